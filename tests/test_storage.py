@@ -61,6 +61,7 @@ def test_uri_for_points_at_what_was_written(store: Store, store_uri: str) -> Non
     store.write_bytes("runs/a/x.bin", b"1")
     assert store.uri_for("runs/a/x.bin") == f"{store_uri}/runs/a/x.bin"
     assert store.uri_for() == store_uri
+    assert store.uri_for("runs/a/") == f"{store_uri}/runs/a/"
     if isinstance(store, LocalStore):
         assert Path(store.uri_for("runs/a/x.bin")).read_bytes() == b"1"
 

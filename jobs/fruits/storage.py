@@ -80,7 +80,7 @@ class Store(ABC):
 
     @abstractmethod
     def uri_for(self, key: str = "") -> str:
-        """Full path or URI of ``key`` for Spark readers and writers ('' gives the root itself)."""
+        """Full path or URI of ``key`` for Spark readers and writers ('' is the root; 'a/' keeps its /)."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -185,6 +185,8 @@ class LocalStore(Store):
 
     def uri_for(self, key: str = "") -> str:
         """Plain absolute path: what Spark and pandas expect for local files."""
+        if key.endswith("/"):
+            return self.uri_for(key.rstrip("/")) + os.sep
         return self._path(key) if key else self.root
 
     def read_bytes(self, key: str) -> bytes:
@@ -408,6 +410,8 @@ class S3Store(Store):
 
     def uri_for(self, key: str = "") -> str:
         """``s3://bucket/prefix/key`` (Spark on EMR reads s3:// through EMRFS)."""
+        if key.endswith("/"):
+            return self.uri_for(key.rstrip("/")) + "/"
         return f"s3://{self.bucket}/{self._key(key)}" if key else self.root
 
     def read_bytes(self, key: str) -> bytes:
