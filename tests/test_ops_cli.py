@@ -1,10 +1,12 @@
 """The `fruits` operator commands against moto in server mode on 127.0.0.1.
 
-The server runs in this process (ThreadedMotoServer) so the tests can reach into moto's EMR backend: moto's
-steps never change state by themselves, and a test that wants a completed or failed step sets it there. moto's
-EMR always answers for us-east-1, so everything here uses that region. A cluster created by a CloudFormation
-template comes up terminated in moto, so the cluster is made with run_job_flow and a tiny stack only carries
-the real stack's output keys.
+The server is the session's (`moto_server` in tests/moto_server.py: a ThreadedMotoServer in this process),
+so the tests can reach into moto's EMR backend: moto's steps never change state by themselves, and a test
+that wants a completed or failed step sets it there. moto's EMR always answers for us-east-1, so everything
+here uses that region. A cluster created by a CloudFormation template comes up terminated in moto, so the
+cluster is made with run_job_flow and a tiny stack only carries the real stack's output keys. The server is
+shared with other test modules, so nothing is reset: each test gets its own buckets and cluster, and deletes
+its stacks.
 """
 
 from __future__ import annotations
@@ -12,56 +14,31 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import requests
 from fruits.ops import aws
 from fruits.ops.cli import main
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
-from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
-STACK = "FruitsEmrStack"
-RESULTS_BUCKET, LOGS_BUCKET, ARTIFACTS_BUCKET = "fruits-results", "fruits-logs", "fruits-artifacts"
-RESULTS_URI = f"s3://{RESULTS_BUCKET}/fruits/"
-SCRIPT_URI = f"s3://{ARTIFACTS_BUCKET}/job/fruits_job.py"
-PY_FILES_URI = f"s3://{ARTIFACTS_BUCKET}/job/fruits.zip"
-LOG_URI = f"s3://{LOGS_BUCKET}/emr/"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """One moto server for the module; port 0 lets the OS pick a free port."""
-    # Werkzeug logs every request to stderr, which would mix with the CLI's one-line errors under test.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
-def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Point boto3 at moto with dummy credentials; monkeypatch restores the environment after each test."""
-    requests.post(f"{moto_url}/moto-api/reset", timeout=10).raise_for_status()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    # Never read the developer's own AWS configuration (a profile or a region there would change the target).
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
+def aws_env(moto_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """moto_env points boto3 at moto; also hide the developer's AWS files and work in a temporary folder."""
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.chdir(tmp_path)  # `fruits results` without --dest writes under the working directory
-    yield
+    # Werkzeug logs every request to stderr, which would mix with the CLI's one-line errors under test.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 
 @pytest.fixture
@@ -89,49 +66,83 @@ def make_cluster(emr: Any) -> str:
     )["JobFlowId"]
 
 
-def stack_outputs_for(cluster_id: str) -> dict[str, str]:
-    """The output keys and values the real stack provides."""
-    return {
-        "ClusterId": cluster_id,
-        "InputUri": "s3://fruits-input/images/",
-        "ResultsUri": RESULTS_URI,
-        "FeatureStoreUri": f"s3://{RESULTS_BUCKET}/features/",
-        "JobScriptUri": SCRIPT_URI,
-        "JobPyFilesUri": PY_FILES_URI,
-        "LogUri": LOG_URI,
-        "InputBucketName": "fruits-input",
-        "ResultsBucketName": RESULTS_BUCKET,
-        "ArtifactsBucketName": ARTIFACTS_BUCKET,
-        "LogsBucketName": LOGS_BUCKET,
-        "StepSparkSubmitOptions": f"--deploy-mode cluster --py-files {PY_FILES_URI}",
-        "StepApplicationLocation": SCRIPT_URI,
-    }
+@dataclass
+class Deployment:
+    """What the deployed stack would name: its buckets, cluster and URIs, unique to one test."""
 
+    cluster_id: str
+    results_bucket: str
+    logs_bucket: str
+    artifacts_bucket: str
+    stacks: list[str] = field(default_factory=list)
 
-def make_stack(name: str, outputs: dict[str, str]) -> None:
-    """A one-resource stack whose only purpose is to carry `outputs`."""
-    template = {
-        "Resources": {
-            "Marker": {
-                "Type": "AWS::SSM::Parameter",
-                "Properties": {"Name": f"/test/{name}", "Type": "String", "Value": "x"},
-            }
-        },
-        "Outputs": {key: {"Value": value} for key, value in outputs.items()},
-    }
-    boto3.client("cloudformation", region_name=REGION).create_stack(
-        StackName=name, TemplateBody=json.dumps(template)
-    )
+    @property
+    def results_uri(self) -> str:
+        return f"s3://{self.results_bucket}/fruits/"
+
+    @property
+    def script_uri(self) -> str:
+        return f"s3://{self.artifacts_bucket}/job/featurize_pca.py"
+
+    @property
+    def py_files_uri(self) -> str:
+        return f"s3://{self.artifacts_bucket}/job/fruits.zip"
+
+    def outputs(self, cluster_id: str | None = None) -> dict[str, str]:
+        """The output keys the real stack provides, with this test's values."""
+        return {
+            "ClusterId": cluster_id or self.cluster_id,
+            "InputUri": "s3://fruits-input/images/",
+            "ResultsUri": self.results_uri,
+            "FeatureStoreUri": f"s3://{self.results_bucket}/features/",
+            "JobScriptUri": self.script_uri,
+            "JobPyFilesUri": self.py_files_uri,
+            "LogUri": f"s3://{self.logs_bucket}/emr/",
+            "InputBucketName": "fruits-input",
+            "ResultsBucketName": self.results_bucket,
+            "ArtifactsBucketName": self.artifacts_bucket,
+            "LogsBucketName": self.logs_bucket,
+            "StepSparkSubmitOptions": f"--deploy-mode cluster --py-files {self.py_files_uri}",
+            "StepApplicationLocation": self.script_uri,
+        }
+
+    def make_stack(self, name: str, outputs: dict[str, str]) -> None:
+        """A one-resource stack whose only purpose is to carry `outputs` (deleted after the test)."""
+        template = {
+            "Resources": {
+                "Marker": {
+                    "Type": "AWS::SSM::Parameter",
+                    "Properties": {
+                        "Name": f"/test/{self.results_bucket}/{name}",
+                        "Type": "String",
+                        "Value": "x",
+                    },
+                }
+            },
+            "Outputs": {key: {"Value": value} for key, value in outputs.items()},
+        }
+        cfn = boto3.client("cloudformation", region_name=REGION)
+        cfn.create_stack(StackName=name, TemplateBody=json.dumps(template))
+        self.stacks.append(name)
 
 
 @pytest.fixture
-def cluster_id(emr: Any, s3: Any) -> str:
-    """The deployed stack: buckets, a waiting cluster and the stack outputs that name them."""
-    for bucket in (RESULTS_BUCKET, LOGS_BUCKET, ARTIFACTS_BUCKET):
+def dep(emr: Any, s3: Any) -> Iterator[Deployment]:
+    """The stack under its default name: fresh buckets, a waiting cluster and the outputs naming them."""
+    suffix = secrets.token_hex(4)
+    deployment = Deployment(
+        cluster_id=make_cluster(emr),
+        results_bucket=f"fruits-results-{suffix}",
+        logs_bucket=f"fruits-logs-{suffix}",
+        artifacts_bucket=f"fruits-artifacts-{suffix}",
+    )
+    for bucket in (deployment.results_bucket, deployment.logs_bucket, deployment.artifacts_bucket):
         s3.create_bucket(Bucket=bucket)
-    cluster = make_cluster(emr)
-    make_stack(STACK, stack_outputs_for(cluster))
-    return cluster
+    deployment.make_stack(aws.DEFAULT_STACK, deployment.outputs())
+    yield deployment
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    for name in deployment.stacks:
+        cfn.delete_stack(StackName=name)
 
 
 def set_step_state(cluster: str, step_id: str, state: str, reason: str | None = None) -> None:
@@ -145,14 +156,18 @@ def set_step_state(cluster: str, step_id: str, state: str, reason: str | None = 
 
 
 def put_run(
-    s3: Any, number: int, run_id: str, counts: dict[str, int], files: tuple[str, ...] = aws.RUN_FILES
+    s3: Any,
+    dep: Deployment,
+    number: int,
+    run_id: str,
+    counts: dict[str, int],
+    files: tuple[str, ...] = aws.RUN_FILES,
 ) -> None:
     """Write a run's files under its prefix, then the commit object that publishes it (the job's order)."""
     prefix = "fruits/"
     for name in files:
-        s3.put_object(
-            Bucket=RESULTS_BUCKET, Key=f"{prefix}runs/{run_id}/{name}", Body=f"{run_id}:{name}".encode()
-        )
+        key = f"{prefix}runs/{run_id}/{name}"
+        s3.put_object(Bucket=dep.results_bucket, Key=key, Body=f"{run_id}:{name}".encode())
     commit = {
         "number": number,
         "run_id": run_id,
@@ -161,9 +176,8 @@ def put_run(
         "counts": counts,
         "manifest": f"runs/{run_id}/manifest.json",
     }
-    s3.put_object(
-        Bucket=RESULTS_BUCKET, Key=f"{prefix}_commits/{number:08d}.json", Body=json.dumps(commit).encode()
-    )
+    key = f"{prefix}_commits/{number:08d}.json"
+    s3.put_object(Bucket=dep.results_bucket, Key=key, Body=json.dumps(commit).encode())
 
 
 def job_steps(emr: Any, cluster: str) -> list[dict[str, Any]]:
@@ -180,11 +194,11 @@ def one_error_line(err: str) -> str:
 # --- submit ----------------------------------------------------------------------------------------------
 
 
-def test_submit_adds_the_spark_submit_step_from_the_outputs(emr: Any, cluster_id: str, capsys) -> None:
+def test_submit_adds_the_spark_submit_step_from_the_outputs(emr: Any, dep: Deployment, capsys) -> None:
     code = main(["submit", "--", "--k", "50", "--limit", "1000"])
 
     out = capsys.readouterr().out
-    (step,) = job_steps(emr, cluster_id)
+    (step,) = job_steps(emr, dep.cluster_id)
     assert code == 0
     assert out.strip() == step["Id"]  # stdout is only the step id, for STEP=$(fruits submit)
     assert step["Name"] == aws.DEFAULT_STEP_NAME
@@ -195,10 +209,10 @@ def test_submit_adds_the_spark_submit_step_from_the_outputs(emr: Any, cluster_id
         "--deploy-mode",
         "cluster",
         "--py-files",
-        PY_FILES_URI,
+        dep.py_files_uri,
         "--conf",
         "spark.yarn.maxAppAttempts=1",
-        SCRIPT_URI,
+        dep.script_uri,
         "--k",
         "50",
         "--limit",
@@ -206,26 +220,26 @@ def test_submit_adds_the_spark_submit_step_from_the_outputs(emr: Any, cluster_id
     ]
 
 
-def test_submit_uses_the_named_stack_and_step_name(emr: Any, cluster_id: str, capsys) -> None:
+def test_submit_uses_the_named_stack_and_step_name(emr: Any, dep: Deployment, capsys) -> None:
     other_cluster = make_cluster(emr)
-    make_stack("FruitsEmrStack-staging", stack_outputs_for(other_cluster))
+    dep.make_stack("FruitsEmrStack-staging", dep.outputs(other_cluster))
 
     code = main(["submit", "--stack", "FruitsEmrStack-staging", "--name", "nightly"])
 
     assert code == 0
-    assert job_steps(emr, cluster_id) == []
+    assert job_steps(emr, dep.cluster_id) == []
     (step,) = job_steps(emr, other_cluster)
     assert step["Name"] == "nightly"
-    assert step["Config"]["Args"][-1] == SCRIPT_URI  # no job options: the script is the last argument
+    assert step["Config"]["Args"][-1] == dep.script_uri  # no job options: the script is the last argument
 
 
-def test_submit_wait_reports_the_final_state(emr: Any, cluster_id: str, capsys) -> None:
+def test_submit_wait_reports_the_final_state(emr: Any, dep: Deployment, capsys) -> None:
     # Fail the step from another thread while the CLI polls, as EMR would some time after submission.
     def fail_the_step() -> None:
         for _ in range(200):
-            steps = job_steps(emr, cluster_id)
+            steps = job_steps(emr, dep.cluster_id)
             if steps:
-                set_step_state(cluster_id, steps[0]["Id"], "FAILED", "Step failed with exitCode 1.")
+                set_step_state(dep.cluster_id, steps[0]["Id"], "FAILED", "Step failed with exitCode 1.")
                 return
             threading.Event().wait(0.02)
 
@@ -240,16 +254,18 @@ def test_submit_wait_reports_the_final_state(emr: Any, cluster_id: str, capsys) 
     assert "Step failed with exitCode 1." in out
 
 
-def test_wait_for_step_polls_until_a_final_state(emr: Any, cluster_id: str) -> None:
-    step_id = emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[aws.job_step("x", ["true"])])["StepIds"][0]
+def test_wait_for_step_polls_until_a_final_state(emr: Any, dep: Deployment) -> None:
+    step_id = emr.add_job_flow_steps(JobFlowId=dep.cluster_id, Steps=[aws.job_step("x", ["true"])])[
+        "StepIds"
+    ][0]
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         if len(sleeps) == 2:
-            set_step_state(cluster_id, step_id, "COMPLETED")
+            set_step_state(dep.cluster_id, step_id, "COMPLETED")
 
-    step = aws.wait_for_step(emr, cluster_id, step_id, poll_seconds=7, sleep=sleep)
+    step = aws.wait_for_step(emr, dep.cluster_id, step_id, poll_seconds=7, sleep=sleep)
 
     assert step["Status"]["State"] == "COMPLETED"
     assert sleeps == [7, 7]
@@ -258,12 +274,12 @@ def test_wait_for_step_polls_until_a_final_state(emr: Any, cluster_id: str) -> N
 # --- status ----------------------------------------------------------------------------------------------
 
 
-def test_status_completed_reports_the_latest_commit(emr: Any, s3: Any, cluster_id: str, capsys) -> None:
+def test_status_completed_reports_the_latest_commit(emr: Any, s3: Any, dep: Deployment, capsys) -> None:
     main(["submit"])
     step_id = capsys.readouterr().out.strip()
-    set_step_state(cluster_id, step_id, "COMPLETED")
-    put_run(s3, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
-    put_run(s3, 2, "run-b", {"found": 11, "reused": 10, "featurized": 1, "rejected": 2})
+    set_step_state(dep.cluster_id, step_id, "COMPLETED")
+    put_run(s3, dep, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
+    put_run(s3, dep, 2, "run-b", {"found": 11, "reused": 10, "featurized": 1, "rejected": 2})
 
     code = main(["status", step_id])
 
@@ -272,20 +288,20 @@ def test_status_completed_reports_the_latest_commit(emr: Any, s3: Any, cluster_i
     assert "COMPLETED" in out
     assert "run run-b" in out
     assert "found 11  reused 10  featurized 1  rejected 2" in out
-    assert f"s3://{RESULTS_BUCKET}/fruits/runs/run-b/" in out
+    assert f"s3://{dep.results_bucket}/fruits/runs/run-b/" in out
 
     assert main(["status", step_id, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["state"] == "COMPLETED"
     assert report["commit"]["counts"] == {"found": 11, "reused": 10, "featurized": 1, "rejected": 2}
-    assert report["run_uri"] == f"s3://{RESULTS_BUCKET}/fruits/runs/run-b/"
+    assert report["run_uri"] == f"s3://{dep.results_bucket}/fruits/runs/run-b/"
 
 
-def test_status_without_id_follows_the_newest_job_step(emr: Any, cluster_id: str, capsys) -> None:
+def test_status_without_id_follows_the_newest_job_step(emr: Any, dep: Deployment, capsys) -> None:
     main(["submit", "--name", "first"])
     main(["submit", "--name", "second"])
     # Another team's step, newer than ours, must not be mistaken for the job.
-    emr.add_job_flow_steps(JobFlowId=cluster_id, Steps=[aws.job_step("someone-else", ["echo", "hi"])])
+    emr.add_job_flow_steps(JobFlowId=dep.cluster_id, Steps=[aws.job_step("someone-else", ["echo", "hi"])])
     capsys.readouterr()
 
     assert main(["status", "--json"]) == 0
@@ -295,17 +311,17 @@ def test_status_without_id_follows_the_newest_job_step(emr: Any, cluster_id: str
 
 @pytest.mark.parametrize("log_uploaded", [True, False], ids=["log-uploaded", "log-not-yet-uploaded"])
 def test_status_failed_exits_1_and_names_the_stderr_log(
-    emr: Any, s3: Any, cluster_id: str, capsys, log_uploaded: bool
+    emr: Any, s3: Any, dep: Deployment, capsys, log_uploaded: bool
 ) -> None:
     main(["submit"])
     step_id = capsys.readouterr().out.strip()
-    set_step_state(cluster_id, step_id, "FAILED", "Step failed with exitCode 1.")
-    stderr_key = f"emr/{cluster_id}/steps/{step_id}/stderr.gz"
+    set_step_state(dep.cluster_id, step_id, "FAILED", "Step failed with exitCode 1.")
+    stderr_key = f"emr/{dep.cluster_id}/steps/{step_id}/stderr.gz"
     if log_uploaded:
         log = (
             "\n".join(f"line {i}" for i in range(100)) + "\nValueError: no images under s3://fruits-input/\n"
         )
-        s3.put_object(Bucket=LOGS_BUCKET, Key=stderr_key, Body=gzip.compress(log.encode()))
+        s3.put_object(Bucket=dep.logs_bucket, Key=stderr_key, Body=gzip.compress(log.encode()))
 
     code = main(["status", step_id])
 
@@ -313,7 +329,7 @@ def test_status_failed_exits_1_and_names_the_stderr_log(
     assert code == 1
     assert "FAILED" in out
     assert "Step failed with exitCode 1." in out
-    assert f"s3://{LOGS_BUCKET}/{stderr_key}" in out
+    assert f"s3://{dep.logs_bucket}/{stderr_key}" in out
     if log_uploaded:
         assert "ValueError: no images under s3://fruits-input/" in out
         assert "line 79" not in out  # only the tail
@@ -321,7 +337,7 @@ def test_status_failed_exits_1_and_names_the_stderr_log(
         assert "not readable yet" in out
 
 
-def test_status_of_a_running_step_exits_0(cluster_id: str, capsys) -> None:
+def test_status_of_a_running_step_exits_0(dep: Deployment, capsys) -> None:
     main(["submit"])
     capsys.readouterr()
 
@@ -332,11 +348,11 @@ def test_status_of_a_running_step_exits_0(cluster_id: str, capsys) -> None:
 # --- results ---------------------------------------------------------------------------------------------
 
 
-def test_results_downloads_the_latest_commit(s3: Any, cluster_id: str, tmp_path: Path, capsys) -> None:
-    put_run(s3, 1, "run-a", {"found": 1, "reused": 0, "featurized": 1, "rejected": 0})
-    put_run(s3, 2, "run-b", {"found": 2, "reused": 1, "featurized": 1, "rejected": 0})
+def test_results_downloads_the_latest_commit(s3: Any, dep: Deployment, tmp_path: Path, capsys) -> None:
+    put_run(s3, dep, 1, "run-a", {"found": 1, "reused": 0, "featurized": 1, "rejected": 0})
+    put_run(s3, dep, 2, "run-b", {"found": 2, "reused": 1, "featurized": 1, "rejected": 0})
     # A newer run that wrote files but never committed (died, or still publishing) must be ignored.
-    s3.put_object(Bucket=RESULTS_BUCKET, Key="fruits/runs/run-c/results.csv", Body=b"run-c:results.csv")
+    s3.put_object(Bucket=dep.results_bucket, Key="fruits/runs/run-c/results.csv", Body=b"run-c:results.csv")
 
     code = main(["results", "--dest", str(tmp_path / "out")])
 
@@ -347,10 +363,10 @@ def test_results_downloads_the_latest_commit(s3: Any, cluster_id: str, tmp_path:
 
 
 def test_results_downloads_a_given_run_and_reports_missing_plots(
-    s3: Any, cluster_id: str, tmp_path: Path, capsys
+    s3: Any, dep: Deployment, tmp_path: Path, capsys
 ) -> None:
-    put_run(s3, 1, "run-a", {}, files=("results.csv", "manifest.json", "rejected.csv"))
-    put_run(s3, 2, "run-b", {})
+    put_run(s3, dep, 1, "run-a", {}, files=("results.csv", "manifest.json", "rejected.csv"))
+    put_run(s3, dep, 2, "run-b", {})
 
     code = main(["results", "--run", "run-a"])  # default destination under the working directory
 
@@ -362,8 +378,8 @@ def test_results_downloads_a_given_run_and_reports_missing_plots(
     assert "explained_variance.png" in err and "pca_scatter.png" in err
 
 
-def test_results_unknown_run_exits_2(s3: Any, cluster_id: str, capsys) -> None:
-    put_run(s3, 1, "run-a", {})
+def test_results_unknown_run_exits_2(s3: Any, dep: Deployment, capsys) -> None:
+    put_run(s3, dep, 1, "run-a", {})
 
     assert main(["results", "--run", "run-zzz"]) == 2
     assert "unknown run run-zzz" in one_error_line(capsys.readouterr().err)
@@ -372,12 +388,12 @@ def test_results_unknown_run_exits_2(s3: Any, cluster_id: str, capsys) -> None:
 # --- runs ------------------------------------------------------------------------------------------------
 
 
-def test_runs_lists_commits_in_order(s3: Any, cluster_id: str, capsys) -> None:
+def test_runs_lists_commits_in_order(s3: Any, dep: Deployment, capsys) -> None:
     # Written out of order, with a stray object the listing must skip.
-    put_run(s3, 3, "run-c", {"found": 30, "reused": 20, "featurized": 10, "rejected": 1})
-    put_run(s3, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
-    put_run(s3, 2, "run-b", {"found": 20, "reused": 10, "featurized": 10, "rejected": 0})
-    s3.put_object(Bucket=RESULTS_BUCKET, Key="fruits/_commits/README", Body=b"not a commit")
+    put_run(s3, dep, 3, "run-c", {"found": 30, "reused": 20, "featurized": 10, "rejected": 1})
+    put_run(s3, dep, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
+    put_run(s3, dep, 2, "run-b", {"found": 20, "reused": 10, "featurized": 10, "rejected": 0})
+    s3.put_object(Bucket=dep.results_bucket, Key="fruits/_commits/README", Body=b"not a commit")
 
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -401,53 +417,55 @@ def test_runs_lists_commits_in_order(s3: Any, cluster_id: str, capsys) -> None:
     assert [c["number"] for c in json.loads(capsys.readouterr().out)] == [1, 2, 3]
 
 
-def test_latest_commit_is_the_highest_number_not_the_last_name(s3: Any, cluster_id: str) -> None:
+def test_latest_commit_is_the_highest_number_not_the_last_name(s3: Any, dep: Deployment) -> None:
     # S3 lists names lexically: "100000000.json" comes before "99999999.json" once the padding runs out.
     for number in (99_999_999, 100_000_000):
         body = {"number": number, "run_id": f"run-{number}", "run_prefix": f"runs/run-{number}/"}
-        s3.put_object(Bucket=RESULTS_BUCKET, Key=f"fruits/_commits/{number:08d}.json", Body=json.dumps(body))
+        s3.put_object(
+            Bucket=dep.results_bucket, Key=f"fruits/_commits/{number:08d}.json", Body=json.dumps(body)
+        )
 
-    assert aws.latest_commit(s3, RESULTS_URI)["number"] == 100_000_000
+    assert aws.latest_commit(s3, dep.results_uri)["number"] == 100_000_000
 
 
 # --- error paths -----------------------------------------------------------------------------------------
 
 
-def test_no_such_stack_exits_2(cluster_id: str, capsys) -> None:
+def test_no_such_stack_exits_2(dep: Deployment, capsys) -> None:
     assert main(["runs", "--stack", "NoSuchStack"]) == 2
     assert "no such stack: NoSuchStack" in one_error_line(capsys.readouterr().err)
 
 
-def test_missing_output_key_exits_2_and_adds_no_step(emr: Any, cluster_id: str, capsys) -> None:
-    outputs = stack_outputs_for(cluster_id)
+def test_missing_output_key_exits_2_and_adds_no_step(emr: Any, dep: Deployment, capsys) -> None:
+    outputs = dep.outputs()
     del outputs["JobPyFilesUri"]
-    make_stack("OldStack", outputs)
+    dep.make_stack("OldStack", outputs)
 
     assert main(["submit", "--stack", "OldStack"]) == 2
     assert "no output 'JobPyFilesUri'" in one_error_line(capsys.readouterr().err)
-    assert job_steps(emr, cluster_id) == []
+    assert job_steps(emr, dep.cluster_id) == []
 
 
-def test_submit_to_a_terminated_cluster_exits_2(emr: Any, cluster_id: str, capsys) -> None:
-    emr.terminate_job_flows(JobFlowIds=[cluster_id])
+def test_submit_to_a_terminated_cluster_exits_2(emr: Any, dep: Deployment, capsys) -> None:
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
 
     assert main(["submit"]) == 2
-    assert f"cluster {cluster_id} is TERMINATED" in one_error_line(capsys.readouterr().err)
-    assert job_steps(emr, cluster_id) == []
+    assert f"cluster {dep.cluster_id} is TERMINATED" in one_error_line(capsys.readouterr().err)
+    assert job_steps(emr, dep.cluster_id) == []
 
 
 @pytest.mark.parametrize("command", [["runs"], ["runs", "--json"], ["results"]])
-def test_no_commits_yet_exits_2(cluster_id: str, capsys, command: list[str]) -> None:
+def test_no_commits_yet_exits_2(dep: Deployment, capsys, command: list[str]) -> None:
     assert main(command) == 2
-    assert f"no commits yet under {RESULTS_URI}" in one_error_line(capsys.readouterr().err)
+    assert f"no commits yet under {dep.results_uri}" in one_error_line(capsys.readouterr().err)
 
 
-def test_status_with_no_job_step_exits_2(cluster_id: str, capsys) -> None:
+def test_status_with_no_job_step_exits_2(dep: Deployment, capsys) -> None:
     assert main(["status"]) == 2
     assert "no step of the Fruits job" in one_error_line(capsys.readouterr().err)
 
 
-def test_status_unknown_step_exits_2(cluster_id: str, capsys) -> None:
+def test_status_unknown_step_exits_2(dep: Deployment, capsys) -> None:
     assert main(["status", "s-NOSUCHSTEP"]) == 2
     assert "no step s-NOSUCHSTEP" in one_error_line(capsys.readouterr().err)
 
