@@ -1,0 +1,229 @@
+"""Typed view of the CDK context (``cdk.json`` and ``cdk deploy -c key=value``).
+
+Every key the app reads is declared once in :data:`DEFAULTS`; ``cdk.json`` repeats the same defaults so
+that an operator sees every option in one place (a test keeps the two equal). Values given with ``-c``
+arrive as strings and are parsed to the type of their default.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+from typing import Any
+
+from constructs import Node
+
+#: Every context key with its default. ``None`` means "not set" (the job's own default applies).
+DEFAULTS: dict[str, Any] = {
+    "ephemeral": False,
+    "releaseLabel": "emr-7.13.0",
+    "clusterName": "fruits-featurize",
+    "instanceMode": "groups",
+    "primaryInstanceTypes": ["m5.xlarge"],
+    "coreInstanceTypes": ["m5.xlarge"],
+    "coreInstanceCount": 2,
+    "taskInstanceTypes": ["m5.xlarge", "m5a.xlarge", "m6i.xlarge"],
+    "taskSpotCount": 0,
+    "ebsVolumeGiB": 64,
+    "managedScaling": True,
+    "scalingMaxUnits": 6,
+    "idleTimeoutSeconds": 3600,
+    "vpcId": None,
+    "subnetIds": [],
+    "inTransitCertificatesUri": None,
+    "weightsUri": None,
+    "deployStep": True,
+    "stepArguments": [],
+    "model": "mobilenet_v2",
+    "alpha": None,
+    "imageSize": 224,
+    "engine": "keras",
+    "pcaK": None,
+    "pcaVariance": None,
+    "batchSize": None,
+    "arrowMaxRecordsPerBatch": 256,
+}
+
+_RELEASE = re.compile(r"^emr-\d+\.\d+\.\d+$")
+_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
+_IDLE_MIN, _IDLE_MAX = 60, 7 * 24 * 3600  # the bounds EMR accepts for AutoTerminationPolicy.IdleTimeout
+
+
+class ConfigError(ValueError):
+    """A context value has the wrong type or is out of range."""
+
+
+def _parse_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    raise ConfigError(f"context {key!r} must be true or false, got {value!r}")
+
+
+def _parse_int(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"context {key!r} must be an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"context {key!r} must be an integer, got {value!r}") from None
+
+
+def _parse_float(key: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"context {key!r} must be a number, got {value!r}") from None
+
+
+def _parse_list(key: str, value: Any) -> list[str]:
+    """A JSON list, or a comma-separated string (``-c subnetIds=subnet-1,subnet-2``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                raise ConfigError(f"context {key!r} is not a JSON list: {value!r}") from None
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"context {key!r} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip() in {"", "null", "none"}):
+        return None
+    return str(value)
+
+
+@dataclass(frozen=True)
+class FruitsConfig:
+    """The app's options. Build with :meth:`from_context` (or directly in tests)."""
+
+    ephemeral: bool = DEFAULTS["ephemeral"]
+    release_label: str = DEFAULTS["releaseLabel"]
+    cluster_name: str = DEFAULTS["clusterName"]
+    instance_mode: str = DEFAULTS["instanceMode"]
+    primary_instance_types: tuple[str, ...] = tuple(DEFAULTS["primaryInstanceTypes"])
+    core_instance_types: tuple[str, ...] = tuple(DEFAULTS["coreInstanceTypes"])
+    core_instance_count: int = DEFAULTS["coreInstanceCount"]
+    task_instance_types: tuple[str, ...] = tuple(DEFAULTS["taskInstanceTypes"])
+    task_spot_count: int = DEFAULTS["taskSpotCount"]
+    ebs_volume_gib: int = DEFAULTS["ebsVolumeGiB"]
+    managed_scaling: bool = DEFAULTS["managedScaling"]
+    scaling_max_units: int = DEFAULTS["scalingMaxUnits"]
+    idle_timeout_seconds: int = DEFAULTS["idleTimeoutSeconds"]
+    vpc_id: str | None = DEFAULTS["vpcId"]
+    subnet_ids: tuple[str, ...] = tuple(DEFAULTS["subnetIds"])
+    in_transit_certificates_uri: str | None = DEFAULTS["inTransitCertificatesUri"]
+    weights_uri: str | None = DEFAULTS["weightsUri"]
+    deploy_step: bool = DEFAULTS["deployStep"]
+    step_arguments: tuple[str, ...] = tuple(DEFAULTS["stepArguments"])
+    model: str = DEFAULTS["model"]
+    alpha: float | None = DEFAULTS["alpha"]
+    image_size: int = DEFAULTS["imageSize"]
+    engine: str = DEFAULTS["engine"]
+    pca_k: int | None = DEFAULTS["pcaK"]
+    pca_variance: float | None = DEFAULTS["pcaVariance"]
+    batch_size: int | None = DEFAULTS["batchSize"]
+    arrow_max_records_per_batch: int = DEFAULTS["arrowMaxRecordsPerBatch"]
+
+    def __post_init__(self) -> None:
+        if not _RELEASE.match(self.release_label):
+            raise ConfigError(f"releaseLabel must look like emr-7.13.0, got {self.release_label!r}")
+        if self.instance_mode not in {"groups", "fleets"}:
+            raise ConfigError(f"instanceMode must be 'groups' or 'fleets', got {self.instance_mode!r}")
+        for name in ("primary_instance_types", "core_instance_types", "task_instance_types"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} needs at least one instance type")
+        if self.core_instance_count < 1:
+            raise ConfigError("coreInstanceCount must be >= 1 (HDFS and YARN need a core node)")
+        if self.task_spot_count < 0:
+            raise ConfigError("taskSpotCount must be >= 0")
+        if self.ebs_volume_gib < 16:
+            raise ConfigError("ebsVolumeGiB must be >= 16")
+        if self.scaling_max_units < self.core_instance_count + self.task_spot_count:
+            raise ConfigError("scalingMaxUnits must be >= coreInstanceCount + taskSpotCount")
+        if not _IDLE_MIN <= self.idle_timeout_seconds <= _IDLE_MAX:
+            raise ConfigError(f"idleTimeoutSeconds must be within [{_IDLE_MIN}, {_IDLE_MAX}]")
+        if bool(self.vpc_id) != bool(self.subnet_ids):
+            raise ConfigError("an existing network needs both vpcId and subnetIds")
+        if self.vpc_id and self.instance_mode == "groups" and len(self.subnet_ids) != 1:
+            raise ConfigError("instance groups run in exactly one subnet: give one subnetIds entry")
+        for key, uri in (("inTransitCertificatesUri", self.in_transit_certificates_uri),):
+            if uri is not None and not (_S3_URI.match(uri) and uri.endswith(".zip")):
+                raise ConfigError(f"{key} must be an s3:// URI of a .zip of PEM files, got {uri!r}")
+        if self.weights_uri is not None and not (
+            _S3_URI.match(self.weights_uri) and self.weights_uri.endswith((".h5", ".keras"))
+        ):
+            raise ConfigError(
+                f"weightsUri must be an s3:// URI of an .h5 or .keras file, got {self.weights_uri!r}"
+            )
+        if self.engine not in {"keras", "litert"}:
+            raise ConfigError(f"engine must be 'keras' or 'litert', got {self.engine!r}")
+        if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
+            raise ConfigError("pcaVariance must be within (0, 1]")
+        if self.arrow_max_records_per_batch < 1:
+            raise ConfigError("arrowMaxRecordsPerBatch must be >= 1")
+
+    @property
+    def task_capacity(self) -> bool:
+        """True when Spot task capacity is requested."""
+        return self.task_spot_count > 0
+
+    @property
+    def existing_network(self) -> bool:
+        return self.vpc_id is not None
+
+    @classmethod
+    def from_context(cls, node: Node) -> FruitsConfig:
+        """Read every key of :data:`DEFAULTS` from ``node``'s context, falling back to the default."""
+
+        def get(key: str) -> Any:
+            value = node.try_get_context(key)
+            return DEFAULTS[key] if value is None else value
+
+        return cls(
+            ephemeral=_parse_bool("ephemeral", get("ephemeral")),
+            release_label=str(get("releaseLabel")),
+            cluster_name=str(get("clusterName")),
+            instance_mode=str(get("instanceMode")),
+            primary_instance_types=tuple(_parse_list("primaryInstanceTypes", get("primaryInstanceTypes"))),
+            core_instance_types=tuple(_parse_list("coreInstanceTypes", get("coreInstanceTypes"))),
+            core_instance_count=_parse_int("coreInstanceCount", get("coreInstanceCount")),
+            task_instance_types=tuple(_parse_list("taskInstanceTypes", get("taskInstanceTypes"))),
+            task_spot_count=_parse_int("taskSpotCount", get("taskSpotCount")),
+            ebs_volume_gib=_parse_int("ebsVolumeGiB", get("ebsVolumeGiB")),
+            managed_scaling=_parse_bool("managedScaling", get("managedScaling")),
+            scaling_max_units=_parse_int("scalingMaxUnits", get("scalingMaxUnits")),
+            idle_timeout_seconds=_parse_int("idleTimeoutSeconds", get("idleTimeoutSeconds")),
+            vpc_id=_optional_str(get("vpcId")),
+            subnet_ids=tuple(_parse_list("subnetIds", get("subnetIds"))),
+            in_transit_certificates_uri=_optional_str(get("inTransitCertificatesUri")),
+            weights_uri=_optional_str(get("weightsUri")),
+            deploy_step=_parse_bool("deployStep", get("deployStep")),
+            step_arguments=tuple(_parse_list("stepArguments", get("stepArguments"))),
+            model=str(get("model")),
+            alpha=None if _optional_str(get("alpha")) is None else _parse_float("alpha", get("alpha")),
+            image_size=_parse_int("imageSize", get("imageSize")),
+            engine=str(get("engine")),
+            pca_k=None if _optional_str(get("pcaK")) is None else _parse_int("pcaK", get("pcaK")),
+            pca_variance=(
+                None
+                if _optional_str(get("pcaVariance")) is None
+                else _parse_float("pcaVariance", get("pcaVariance"))
+            ),
+            batch_size=(
+                None if _optional_str(get("batchSize")) is None else _parse_int("batchSize", get("batchSize"))
+            ),
+            arrow_max_records_per_batch=_parse_int("arrowMaxRecordsPerBatch", get("arrowMaxRecordsPerBatch")),
+        )
+
+
+def field_names() -> list[str]:
+    """The dataclass field names (used by tests to prove every context key maps to a field)."""
+    return [f.name for f in fields(FruitsConfig)]

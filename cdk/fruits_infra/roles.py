@@ -1,0 +1,181 @@
+"""IAM for the cluster: the EMR service role and the EC2 instance profile.
+
+The instance role gets S3 access only through the intent-named methods below, each scoped to a key prefix;
+there is no ``s3:*`` and no bucket-wide grant. Shell access is through SSM Session Manager (no EC2 key pair).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Aws, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from fruits_infra.nag import acknowledge
+
+_EMR_CLUSTER_ARNS = f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"
+EMR_SERVICE_POLICY = "service-role/AmazonEMRServicePolicy_v2"
+_READ = ["s3:GetObject"]
+_WRITE = [
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+]
+#: Spelled out instead of CDK's grant_encrypt_decrypt, whose ReEncrypt* / GenerateDataKey* are wildcards.
+_KMS_USE = [
+    "kms:Encrypt",
+    "kms:Decrypt",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:DescribeKey",
+]
+#: Session Manager's agent calls; none of them supports resource-level permissions.
+_SSM_AGENT_ACTIONS = [
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+]
+
+
+def _prefix_pattern(prefix: str) -> str:
+    return prefix if prefix.endswith("/") else f"{prefix}/"
+
+
+class EmrRoles(Construct):
+    """``service_role`` (assumed by EMR); ``instance_role`` + ``instance_profile`` (assumed by the nodes)."""
+
+    def __init__(self, scope: Construct, construct_id: str) -> None:
+        super().__init__(scope, construct_id)
+        self.instance_role = iam.Role(
+            self,
+            "InstanceRole",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="EMR nodes of the fruits cluster: prefix-scoped S3, SSM Session Manager",
+        )
+        self.instance_profile = iam.CfnInstanceProfile(
+            self, "InstanceProfile", roles=[self.instance_role.role_name]
+        )
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(sid="SessionManager", actions=_SSM_AGENT_ACTIONS, resources=["*"])
+        )
+        acknowledge(
+            self.instance_role,
+            "AwsSolutions-IAM5[Resource::*]",
+            "Session Manager's agent actions (ssm:UpdateInstanceInformation, ssmmessages:*Channel) do not "
+            "support resource-level permissions; this replaces SSH keys and the broader managed "
+            "AmazonSSMManagedInstanceCore policy.",
+        )
+
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            assumed_by=iam.ServicePrincipal(
+                "elasticmapreduce.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {"aws:SourceArn": _EMR_CLUSTER_ARNS},
+                },
+            ),
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(EMR_SERVICE_POLICY)],
+            description="EMR service role (AmazonEMRServicePolicy_v2; acts only on resources tagged for it)",
+        )
+        # The v2 policy leaves iam:PassRole for the instance profile's role to the customer.
+        self.service_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PassInstanceRole",
+                actions=["iam:PassRole"],
+                resources=[self.instance_role.role_arn],
+                conditions={"StringLike": {"iam:PassedToService": "ec2.amazonaws.com*"}},
+            )
+        )
+        acknowledge(
+            self.service_role,
+            f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/{EMR_SERVICE_POLICY}]",
+            "AmazonEMRServicePolicy_v2 is the AWS-maintained EMR service policy; it only acts on resources "
+            "tagged for-use-with-amazon-emr-managed-policies=true, which this app tags explicitly.",
+        )
+
+    # -- intent-named grants (cf. aws-emr-launch's authorize_input_bucket / authorize_output_bucket) --
+
+    def _list(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
+        prefix = _prefix_pattern(prefix)
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid=sid,
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [prefix.rstrip("/"), f"{prefix}*"]}},
+            )
+        )
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(actions=["s3:GetBucketLocation"], resources=[bucket.bucket_arn])
+        )
+
+    def _objects(self, sid: str, actions: list[str], bucket: s3.IBucket, prefix: str, why: str) -> None:
+        pattern = f"{_prefix_pattern(prefix)}*"
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(sid=sid, actions=actions, resources=[bucket.arn_for_objects(pattern)])
+        )
+        acknowledge(
+            self.instance_role,
+            f"AwsSolutions-IAM5[Resource::{self._nag_arn(bucket)}/{pattern}]",
+            f"Scoped to the {prefix} key prefix: {why}; object keys under it are created at run time.",
+        )
+
+    def _nag_arn(self, bucket: s3.IBucket) -> str:
+        """How cdk-nag prints ``bucket``'s ARN in a finding id (an import's export name or ``<Id.Arn>``)."""
+        resolved = Stack.of(self).resolve(bucket.bucket_arn)
+        if isinstance(resolved, dict) and "Fn::ImportValue" in resolved:
+            return str(resolved["Fn::ImportValue"])
+        if isinstance(resolved, dict) and "Fn::GetAtt" in resolved:
+            logical_id, attribute = resolved["Fn::GetAtt"]
+            return f"<{logical_id}.{attribute}>"
+        if isinstance(resolved, str):
+            return resolved
+        raise ValueError(f"cannot name {resolved!r} the way cdk-nag does; import the bucket by export name")
+
+    def authorize_read(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
+        """Read objects under ``prefix`` (and list that prefix)."""
+        self._objects(sid, _READ, bucket, prefix, "the nodes read these objects")
+        self._list(f"{sid}List", bucket, prefix)
+
+    def authorize_write(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
+        """Read, write and delete objects under ``prefix`` (the job overwrites its own results)."""
+        self._objects(sid, _WRITE, bucket, prefix, "the job writes, re-reads and overwrites its own output")
+        self._list(f"{sid}List", bucket, prefix)
+
+    def authorize_log_delivery(self, bucket: s3.IBucket, prefix: str) -> None:
+        """Nodes push their logs under ``prefix`` (write only)."""
+        self._objects(
+            "PushLogs", ["s3:PutObject"], bucket, prefix, "EMR pushes node, application and step logs"
+        )
+        self._list("PushLogsList", bucket, prefix)
+
+    def authorize_read_object(self, sid: str, s3_uri: str) -> None:
+        """Read exactly one object given as ``s3://bucket/key`` (custom weights, TLS certificates)."""
+        bucket, _, key = s3_uri.removeprefix("s3://").partition("/")
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid=sid, actions=_READ, resources=[f"arn:{Aws.PARTITION}:s3:::{bucket}/{key}"]
+            )
+        )
+
+    def authorize_local_disk_key(self, key: kms.IKey) -> None:
+        """Nodes encrypt their local disks with ``key``; EMR attaches encrypted EBS volumes with grants."""
+        for sid, role in (("LocalDiskKey", self.instance_role), ("EbsKey", self.service_role)):
+            role.add_to_policy(iam.PolicyStatement(sid=sid, actions=_KMS_USE, resources=[key.key_arn]))
+        self.service_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="EbsEncryptionGrants",
+                actions=["kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"],
+                resources=[key.key_arn],
+                conditions={"Bool": {"kms:GrantIsForAWSResource": "true"}},
+            )
+        )

@@ -1,0 +1,135 @@
+"""The four buckets, all made by one factory so every bucket gets the same protections.
+
+Every bucket: public access blocked, SSE-S3 encryption, TLS-only bucket policy (``enforceSSL``), server access
+logs to the logs bucket, and a lifecycle rule that aborts incomplete multipart uploads. Input and results are
+versioned; logs expire. ``ephemeral`` (a throw-away environment) makes ``cdk destroy`` empty and delete the
+buckets; by default they are retained with their data.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from fruits_infra.nag import acknowledge
+
+#: Key prefixes: one place, so the IAM policies, the Spark defaults and the outputs agree.
+INPUT_PREFIX = "images/"
+RESULTS_PREFIX = "results/"
+FEATURES_PREFIX = "features/"
+EMR_LOGS_PREFIX = "emr/"
+ACCESS_LOGS_PREFIX = "s3-access/"
+FLOW_LOGS_PREFIX = "vpc-flow-logs/"
+
+ABORT_MULTIPART_AFTER = Duration.days(3)
+LOG_RETENTION = Duration.days(90)
+
+
+def secure_bucket(
+    scope: Construct,
+    construct_id: str,
+    *,
+    ephemeral: bool,
+    access_logs: s3.IBucket | None,
+    access_logs_prefix: str | None = None,
+    versioned: bool = False,
+    expire_after: Duration | None = None,
+) -> s3.Bucket:
+    """The bucket factory: the only place in the app that creates an ``s3.Bucket``."""
+    rules = [
+        s3.LifecycleRule(
+            id="abort-incomplete-multipart", abort_incomplete_multipart_upload_after=ABORT_MULTIPART_AFTER
+        )
+    ]
+    if expire_after is not None:
+        rules.append(s3.LifecycleRule(id="expire", expiration=expire_after))
+    if versioned:
+        rules.append(
+            s3.LifecycleRule(id="expire-noncurrent", noncurrent_version_expiration=Duration.days(30))
+        )
+    return s3.Bucket(
+        scope,
+        construct_id,
+        block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+        encryption=s3.BucketEncryption.S3_MANAGED,
+        enforce_ssl=True,
+        minimum_tls_version=1.2,
+        object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+        versioned=versioned,
+        server_access_logs_bucket=access_logs,
+        server_access_logs_prefix=access_logs_prefix,
+        lifecycle_rules=rules,
+        removal_policy=RemovalPolicy.DESTROY if ephemeral else RemovalPolicy.RETAIN,
+        auto_delete_objects=ephemeral,
+    )
+
+
+class FruitsStorage(Construct):
+    """Logs, input, results and artifacts buckets."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, ephemeral: bool) -> None:
+        super().__init__(scope, construct_id)
+        # Deliver server access logs through the logs bucket's policy, never through ACLs (the buckets are
+        # BucketOwnerEnforced). Set here so the construct does not depend on the app's cdk.json flags.
+        self.node.set_context("@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy", True)
+        self.logs_bucket = secure_bucket(
+            self, "LogsBucket", ephemeral=ephemeral, access_logs=None, expire_after=LOG_RETENTION
+        )
+        acknowledge(
+            self.logs_bucket,
+            "AwsSolutions-S1",
+            "This is the server-access-log target of every other bucket; logging it into itself would loop.",
+        )
+        # VPC flow logs are delivered by the log-delivery service; granting it up front (instead of letting
+        # the service edit the policy on first delivery) keeps the bucket policy owned by CloudFormation.
+        account = Stack.of(self).account
+        self.logs_bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AWSLogDeliveryWrite",
+                principals=[iam.ServicePrincipal("delivery.logs.amazonaws.com")],
+                actions=["s3:PutObject"],
+                resources=[self.logs_bucket.arn_for_objects(f"{FLOW_LOGS_PREFIX}AWSLogs/{account}/*")],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
+        self.logs_bucket.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AWSLogDeliveryAclCheck",
+                principals=[iam.ServicePrincipal("delivery.logs.amazonaws.com")],
+                actions=["s3:GetBucketAcl"],
+                resources=[self.logs_bucket.bucket_arn],
+                conditions={"StringEquals": {"aws:SourceAccount": account}},
+            )
+        )
+
+        def data_bucket(construct_id: str, prefix: str, *, versioned: bool) -> s3.Bucket:
+            return secure_bucket(
+                self,
+                construct_id,
+                ephemeral=ephemeral,
+                access_logs=self.logs_bucket,
+                access_logs_prefix=f"{ACCESS_LOGS_PREFIX}{prefix}/",
+                versioned=versioned,
+            )
+
+        self.input_bucket = data_bucket("InputBucket", "input", versioned=True)
+        self.results_bucket = data_bucket("ResultsBucket", "results", versioned=True)
+        self.artifacts_bucket = data_bucket("ArtifactsBucket", "artifacts", versioned=False)
+
+    @property
+    def input_uri(self) -> str:
+        return f"s3://{self.input_bucket.bucket_name}/{INPUT_PREFIX}"
+
+    @property
+    def results_uri(self) -> str:
+        return f"s3://{self.results_bucket.bucket_name}/{RESULTS_PREFIX}"
+
+    @property
+    def feature_store_uri(self) -> str:
+        return f"s3://{self.results_bucket.bucket_name}/{FEATURES_PREFIX}"
+
+    @property
+    def emr_log_uri(self) -> str:
+        return f"s3://{self.logs_bucket.bucket_name}/{EMR_LOGS_PREFIX}"
