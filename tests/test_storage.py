@@ -221,6 +221,9 @@ def test_s3_objects_get_a_content_type(moto_s3) -> None:
     assert head["ContentType"] == "text/csv"
     head = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key="out/_commits/00000001.json")
     assert head["ContentType"] == "application/json"
+    store.copy("results.csv", "published/results.csv")  # a server-side copy keeps the source's type
+    head = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key="out/published/results.csv")
+    assert head["ContentType"] == "text/csv"
 
 
 def test_moto_enforces_conditional_requests(moto_s3) -> None:

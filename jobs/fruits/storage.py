@@ -544,8 +544,7 @@ class S3Store(Store):
                 {"Bucket": self.bucket, "Key": self._key(src_key)},
                 self.bucket,
                 self._key(dst_key),
-                ExtraArgs=_content_args(dst_key, None) or None,
-            )
+            )  # metadata, content type included, is copied from the source
         except Exception as exc:
             if _is_not_found(exc):
                 raise NotFound(f"{self.uri_for(src_key)} does not exist") from exc
