@@ -1,0 +1,24 @@
+"""Featurize fruit images with a pretrained CNN and reduce them with Spark MLlib PCA.
+
+Locally (Spark in local mode, every core)::
+
+    python jobs/featurize_pca.py --input ../shared/data/fruits360-sample --output out/demo --weights none
+
+On a cluster, the package travels with ``--py-files``::
+
+    spark-submit --deploy-mode cluster --py-files s3://<artifacts>/job/fruits.zip \
+        s3://<artifacts>/job/featurize_pca.py [--k 50 ...]
+
+Every option can also come from the Spark conf (``spark.fruits.input`` ...); ``--help`` lists them.
+"""
+
+import os
+import sys
+
+# Run from a checkout without installing: the package sits beside this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fruits.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())

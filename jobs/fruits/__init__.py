@@ -1,0 +1,1 @@
+"""Fruits! featurize-and-PCA job."""

@@ -1,0 +1,221 @@
+"""The supported Keras backbones, where their weights come from, and the feature model built from them.
+
+The feature model takes raw ``uint8`` RGB images of ``decode_size`` and does the rest inside the graph:
+cast, resize to the backbone's ``image_size``, the backbone's own ``preprocess_input``, the backbone without its
+classifier, global average pooling. Keeping resize and scaling in the graph makes them run in the inference
+engine's kernels instead of in Python, and makes both engines (Keras, LiteRT) see the very same computation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Keras application usable as a featurizer."""
+
+    name: str
+    module: str  # keras.applications submodule with preprocess_input
+    constructor: str  # class name in keras.applications
+    default_size: int
+    has_alpha: bool = False
+
+    def feature_dim(self, alpha: float = 1.0) -> int:
+        """Width of the pooled feature vector (MobileNetV2: 1280, MobileNet alpha 0.25: 256)."""
+        if self.name == "mobilenet_v2":
+            return 1280 if alpha <= 1.0 else int(1280 * alpha)
+        if self.name == "mobilenet":
+            return int(1024 * alpha)
+        return {"resnet50": 2048, "efficientnet_b0": 1280}[self.name]
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("mobilenet_v2", "mobilenet_v2", "MobileNetV2", 224, has_alpha=True),
+        ModelSpec("mobilenet", "mobilenet", "MobileNet", 224, has_alpha=True),
+        ModelSpec("resnet50", "resnet50", "ResNet50", 224),
+        ModelSpec("efficientnet_b0", "efficientnet", "EfficientNetB0", 224),
+    )
+}
+ALPHAS = {"mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4), "mobilenet": (0.25, 0.5, 0.75, 1.0)}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a supported model; a ValueError lists the supported names otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; supported: {', '.join(sorted(MODELS))}") from None
+
+
+def check_alpha(spec: ModelSpec, alpha: float) -> None:
+    """Raise ValueError when ``alpha`` is not a width Keras publishes for this model."""
+    if not spec.has_alpha:
+        if alpha != 1.0:
+            raise ValueError(f"model {spec.name} has no alpha setting (got {alpha})")
+        return
+    if alpha not in ALPHAS[spec.name]:
+        allowed = ", ".join(str(a) for a in ALPHAS[spec.name])
+        raise ValueError(f"alpha {alpha} is not available for {spec.name}; choose one of {allowed}")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where the backbone's weights came from. ``path`` is a local file, or None for imagenet/random."""
+
+    source: str  # what the user asked for: imagenet | none | a path | an s3:// URI
+    kind: str  # imagenet | random | file
+    path: str | None = None
+    sha256: str | None = None
+
+    @property
+    def pretrained(self) -> bool:
+        """False for random weights, which the outputs then mark loudly."""
+        return self.kind != "random"
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_s3(uri: str, cache_dir: str) -> str:
+    """Fetch an s3:// object once into ``cache_dir`` (keyed by URI) and return the local path."""
+    import boto3
+
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket or not key:
+        raise ValueError(f"weights URI {uri!r} has no bucket or key")
+    folder = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, os.path.basename(key))
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=folder)
+        os.close(fd)
+        boto3.client("s3").download_file(bucket, key, tmp)
+        os.replace(tmp, path)  # a killed download never leaves a file that looks complete
+    return path
+
+
+def resolve_weights(source: str, cache_dir: str | None = None) -> Weights:
+    """Turn ``--weights`` into a :class:`Weights`: ``imagenet``, ``none``, a local .h5/.keras file or s3:// URI."""
+    lowered = source.strip().lower()
+    if lowered == "imagenet":
+        return Weights(source="imagenet", kind="imagenet")
+    if lowered in ("none", "random"):
+        return Weights(source="none", kind="random")
+    if not source.endswith((".h5", ".keras")):
+        raise ValueError(f"weights {source!r}: expected imagenet, none, or a .h5/.keras file or s3:// URI")
+    if source.startswith("s3://"):
+        cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "fruits", "weights")
+        path = _download_s3(source, cache)
+    else:
+        path = os.path.abspath(os.path.expanduser(source.removeprefix("file://")))
+        if not os.path.isfile(path):
+            raise ValueError(f"weights file not found: {source}")
+    return Weights(source=source, kind="file", path=path, sha256=sha256_file(path))
+
+
+def _imagenet_cache_file(spec: ModelSpec, alpha: float) -> str | None:
+    """Path of the file Keras caches for these ImageNet weights, when it is there (for the manifest's hash)."""
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    folder = os.path.join(keras_home, "models")
+    if not os.path.isdir(folder):
+        return None
+    # File names as keras.applications writes them.
+    mobilenet_alpha = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, "")
+    prefix = {
+        "mobilenet_v2": f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_",
+        "mobilenet": f"mobilenet_{mobilenet_alpha}_",
+        "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop",
+        "efficientnet_b0": "efficientnetb0_notop",
+    }[spec.name]
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(prefix) and ("no_top" in name or "notop" in name):
+            return os.path.join(folder, name)
+    return None
+
+
+def build_backbone(spec: ModelSpec, image_size: int, alpha: float, weights: Weights) -> Any:
+    """The Keras application without its classifier, with global average pooling, weights loaded."""
+    import keras
+
+    if weights.kind == "file" and weights.path and weights.path.endswith(".keras"):
+        return keras.models.load_model(weights.path, compile=False)
+    if weights.kind == "random":
+        keras.utils.set_random_seed(0)  # random weights, but the same ones on every run and worker
+    kwargs: dict[str, Any] = {
+        "input_shape": (image_size, image_size, 3),
+        "include_top": False,
+        "pooling": "avg",
+        "weights": "imagenet" if weights.kind == "imagenet" else None,
+    }
+    if spec.has_alpha:
+        kwargs["alpha"] = alpha
+    backbone = getattr(keras.applications, spec.constructor)(**kwargs)
+    if weights.kind == "file":
+        backbone.load_weights(weights.path)
+    return backbone
+
+
+def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any]:
+    """The model's own ``keras.applications.<model>.preprocess_input``."""
+    import importlib
+
+    return importlib.import_module(f"keras.applications.{spec.module}").preprocess_input
+
+
+def build_feature_model(
+    spec: ModelSpec, *, image_size: int, decode_size: int, alpha: float, weights: Weights
+) -> Any:
+    """uint8 images (N, decode_size, decode_size, 3) -> float32 features (N, feature_dim)."""
+    import keras
+
+    backbone = build_backbone(spec, image_size, alpha, weights)
+    inputs = keras.Input((decode_size, decode_size, 3), dtype="uint8", name="image")
+    x = keras.ops.cast(inputs, "float32")
+    if decode_size != image_size:
+        x = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
+    x = preprocess_function(spec)(x)
+    features = backbone(x, training=False)
+    return keras.Model(inputs, features, name=f"{spec.name}_features")
+
+
+def imagenet_weights_hash(spec: ModelSpec, alpha: float) -> str | None:
+    """sha256 of Keras' cached ImageNet file for this model, when it can be found."""
+    path = _imagenet_cache_file(spec, alpha)
+    return sha256_file(path) if path else None
+
+
+def infer_model_from_filename(path: str) -> tuple[str, float] | None:
+    """(model, alpha) for a weights file named as Keras publishes it, e.g. ``mobilenet_2_5_224_tf_no_top.h5``."""
+    import re
+
+    name = os.path.basename(path)
+    match = re.match(r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_([0-9.]+)_\d+", name)
+    if match:
+        return "mobilenet_v2", float(match.group(1))
+    match = re.match(r"mobilenet_(\d)_(\d)_\d+_tf", name)
+    if match:
+        return "mobilenet", {"1_0": 1.0, "7_5": 0.75, "5_0": 0.5, "2_5": 0.25}[
+            f"{match.group(1)}_{match.group(2)}"
+        ]
+    if name.startswith("resnet50_weights"):
+        return "resnet50", 1.0
+    if name.startswith("efficientnetb0"):
+        return "efficientnet_b0", 1.0
+    return None

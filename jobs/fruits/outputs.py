@@ -1,0 +1,41 @@
+"""Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv.
+
+Spark writes CSV as a folder of part files; with ``coalesce(1)`` there is one part, which is then copied to its
+final name inside the run's own prefix, so the file analysts open is a single plain CSV.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from fruits.storage import Store
+
+CSV_DECIMALS = 6
+
+
+def result_columns(k: int) -> list[str]:
+    """The header of results.csv: ``path, label, pc_1 .. pc_k``."""
+    return ["path", "label", *[f"pc_{i + 1}" for i in range(k)]]
+
+
+def csv_frame(results: DataFrame, k: int) -> DataFrame:
+    """results.csv's rows: plain fixed-point numbers (never ``1.0E-5``), sorted by path."""
+    pcs = [F.format_string(f"%.{CSV_DECIMALS}f", F.col(f"pc_{i + 1}")).alias(f"pc_{i + 1}") for i in range(k)]
+    return results.select("path", "label", *pcs).orderBy("path")
+
+
+def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int) -> None:
+    """Write ``frame`` (``rows`` long) as ONE CSV file with a header at ``key``, through a scratch folder."""
+    if rows == 0:  # Spark writes no header for an empty frame
+        store.write_bytes(key, (",".join(frame.columns) + "\n").encode(), content_type="text/csv")
+        return
+    scratch = f"{key}.parts"
+    frame.coalesce(1).write.mode("overwrite").option("header", True).option("escape", '"').csv(
+        store.uri_for(scratch)
+    )
+    parts = [name for name in store.list_keys(scratch) if name.rsplit("/", 1)[-1].startswith("part-")]
+    if len(parts) != 1:
+        raise RuntimeError(f"expected one CSV part under {scratch}, found {len(parts)}")
+    store.copy(parts[0], key)
+    store.delete_prefix(scratch)

@@ -1,0 +1,99 @@
+"""Shared fixtures: one local Spark session, generated images, and the paths of shared data and weights.
+
+Shared files are reached through settings, never through a fixed path:
+- ``FRUITS_DATA``: a Fruits-360 folder with Training/ and Test/ (the real-data tests skip without it);
+- ``FRUITS_WEIGHTS``: an ImageNet weights file (e.g. Keras' mobilenet_2_5_224_tf_no_top.h5); when set, the
+  real-data tests run with it too, with the model its Keras file name names (or FRUITS_MODEL/FRUITS_ALPHA).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest_plugins = ["tests.moto_server"]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local Spark session with two task slots, shared by every Spark test."""
+    from fruits.job import ship_package_to_local_workers
+    from pyspark.sql import SparkSession
+
+    ship_package_to_local_workers()
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("fruits-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def write_image(
+    path: Path, colour: tuple[int, int, int], size: int = 40, mode: str = "RGB", seed: int = 0
+) -> Path:
+    """A small image: a coloured disc with noise on white, so that classes differ by colour like fruit."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2
+    pixels = np.full((size, size, 3), 255, dtype=np.uint8)
+    pixels[disc] = np.clip(np.array(colour) + rng.normal(0, 12, (disc.sum(), 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels)
+    if mode != "RGB":
+        image = image.convert(mode)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """Two labelled classes (one with a space in its name), a PNG, an upper-case extension, and bad files."""
+    root = tmp_path / "images"
+    for i in range(6):
+        write_image(root / "Red Apple" / f"r{i}.jpg", (200, 30, 30), seed=i)
+        write_image(root / "Lemon" / f"l{i}.jpg", (230, 220, 40), seed=10 + i)
+    write_image(root / "Lemon" / "l_png.png", (230, 220, 40), seed=99)
+    write_image(root / "Red Apple" / "R_UPPER.JPG", (190, 20, 40), seed=98)
+    (root / "Lemon" / "empty.jpg").write_bytes(b"")
+    (root / "Lemon" / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG")
+    (root / "Red Apple" / "notes.txt").write_text("a stray file")
+    good = root / "Lemon" / "l0.jpg"
+    (root / "Lemon" / "truncated.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    return root
+
+
+@pytest.fixture(scope="session")
+def fruits_data() -> Path:
+    """The real Fruits-360 sample named by FRUITS_DATA (skips when unset)."""
+    value = os.environ.get("FRUITS_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("FRUITS_DATA is not set to a Fruits-360 folder")
+    return Path(value)
+
+
+def weights_settings() -> list[tuple[str, str, float]]:
+    """(weights, model, alpha) to run the real-data tests with: random always, a file when given."""
+    settings = [("none", "mobilenet", 0.25)]
+    path = os.environ.get("FRUITS_WEIGHTS")
+    if path:
+        from fruits.models import infer_model_from_filename
+
+        model, alpha = infer_model_from_filename(path) or (
+            os.environ.get("FRUITS_MODEL", "mobilenet_v2"),
+            float(os.environ.get("FRUITS_ALPHA", "1.0")),
+        )
+        settings.append((path, model, alpha))
+    return settings

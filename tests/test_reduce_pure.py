@@ -1,0 +1,37 @@
+"""Choosing k from an explained-variance curve, and the CSV header."""
+
+from __future__ import annotations
+
+import pytest
+from fruits.outputs import result_columns
+from fruits.reduce import choose_k
+
+
+@pytest.mark.parametrize(
+    ("curve", "variance", "k"),
+    [
+        ([0.5, 0.3, 0.1, 0.1], 0.5, 1),
+        ([0.5, 0.3, 0.1, 0.1], 0.8, 2),
+        ([0.5, 0.3, 0.1, 0.1], 0.81, 3),
+        ([0.5, 0.3, 0.1, 0.1], 1.0, 4),
+        ([0.25, 0.25, 0.25, 0.2499999999], 1.0, 4),  # rounding must not lose the last component
+        ([0.4, 0.2], 0.95, 2),  # a curve over fewer components than the data: all of them
+    ],
+)
+def test_choose_k_is_the_smallest_k_reaching_the_target(curve, variance, k):
+    assert choose_k(curve, variance) == k
+
+
+@pytest.mark.parametrize("variance", [0, -0.1, 1.01])
+def test_choose_k_refuses_a_target_outside_0_1(variance):
+    with pytest.raises(ValueError, match="variance must be in"):
+        choose_k([1.0], variance)
+
+
+def test_choose_k_refuses_an_empty_curve():
+    with pytest.raises(ValueError, match="empty"):
+        choose_k([], 0.9)
+
+
+def test_results_header():
+    assert result_columns(3) == ["path", "label", "pc_1", "pc_2", "pc_3"]
