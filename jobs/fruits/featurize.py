@@ -57,6 +57,17 @@ def featurize_frames(
             yield pd.DataFrame({"id": chunk["id"].to_numpy(), "features": features, "reason": reasons})
 
 
+def fail_first_attempt() -> None:
+    """Fault injection for the retry test: with FRUITS_FAULT=fail-first-attempt, a task's first try fails."""
+    import os
+
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    if os.environ.get("FRUITS_FAULT") == "fail-first-attempt" and context and context.attemptNumber() == 0:
+        raise RuntimeError(f"injected fault: first attempt of task {context.partitionId()}")
+
+
 def featurize(
     todo: DataFrame,
     artifact: ModelArtifact,
@@ -70,6 +81,8 @@ def featurize(
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from pyspark import SparkFiles
+
+        fail_first_attempt()
 
         def get_predictor() -> Predictor:
             return load_predictor(SparkFiles.get(file_name), engine, threads)

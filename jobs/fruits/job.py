@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import socket
 import sys
 import tempfile
@@ -37,6 +38,14 @@ RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--weights none): features are NOT pret
 
 class OutputExists(UsageError):
     """The output already holds a committed result and --overwrite was not given."""
+
+
+def checkpoint(name: str) -> None:
+    """Mark a point of the run; with FRUITS_KILL_AT=<name> the process kills itself there (kill tests)."""
+    log.debug("checkpoint %s", name)
+    if os.environ.get("FRUITS_KILL_AT") == name:
+        log.warning("FRUITS_KILL_AT=%s: killing this run now", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _now() -> dt.datetime:
@@ -252,6 +261,7 @@ def _run_locked(
         raise RuntimeError(f"counts do not reconcile: {featurized} + {rejected_count} != {found}")
 
     with timer.stage("PCA"):
+        checkpoint("pca")
         if options.reuse_pca and previous:
             pipeline = PipelineModel.load(out.uri_for(f"{previous['run_prefix'].rstrip('/')}/pca_model"))
             k = reduce.loaded_k(pipeline)
@@ -269,6 +279,7 @@ def _run_locked(
     lease.check()
 
     with timer.stage("write results"):
+        checkpoint("write")
         projected = reduce.project(pipeline, good, k)
         keep = ["path", "label", "split", "id"] + (["features"] if options.keep_features else [])
         projected.select(*keep, *[f"pc_{i + 1}" for i in range(k)]).orderBy("path").write.parquet(
@@ -361,6 +372,7 @@ def _run_locked(
     manifest["finished_at"] = _now().isoformat()
     out.write_json(f"{run_prefix}/manifest.json", manifest)
 
+    checkpoint("commit")
     lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
     commit = commits.commit_run(
         out,
