@@ -238,6 +238,7 @@ def _run_locked(
                 timer.stage("featurize", f"{todo_count} images"),
                 report_progress(sc, "featurize", todo_count),
             ):
+                checkpoint("featurize")
                 contents = catalog.contents(spark, options.input, todo).repartition(partitions)
                 features = featurize(
                     contents,
