@@ -18,6 +18,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -474,3 +475,50 @@ def test_job_options_without_submit_are_a_usage_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["runs", "--", "--k", "5"])
     assert exit_info.value.code == 2
+
+
+# --- what moto cannot show -------------------------------------------------------------------------------
+
+
+class FailedStepEmr:
+    """An EMR client whose one step failed with FailureDetails, which moto never fills in."""
+
+    def __init__(self, step_id: str) -> None:
+        self.step = {
+            "Id": step_id,
+            "Name": "fruits-featurize-pca",
+            "Status": {
+                "State": "FAILED",
+                "StateChangeReason": {"Message": "generic"},
+                "FailureDetails": {
+                    "Reason": "Unknown error.",
+                    "Message": "ValueError: no images under the input",
+                    "LogFile": "s3://logs/emr/j-1/containers/application_1/container_1/stderr.gz",
+                },
+                "Timeline": {},
+            },
+        }
+
+    def describe_step(self, ClusterId: str, StepId: str) -> dict[str, Any]:  # boto3 spells them so
+        return {"Step": self.step}
+
+
+def test_failure_details_are_preferred_and_their_log_kept(s3: Any, dep: Deployment) -> None:
+    outputs = aws.StackOutputs("FruitsEmrStack", dep.outputs())
+
+    report = aws.step_report(FailedStepEmr("s-1"), s3, outputs, "s-1")
+
+    assert report["reason"] == "ValueError: no images under the input"
+    assert report["failure_log"].endswith("container_1/stderr.gz")
+    assert report["stderr_uri"] == f"s3://{dep.logs_bucket}/emr/{dep.cluster_id}/steps/s-1/stderr.gz"
+    assert report["stderr_tail"] is None  # not uploaded yet
+
+
+def test_a_commit_older_than_the_step_is_flagged() -> None:
+    commit = {"committed_at": "2026-01-02T10:00:00+00:00"}
+    started = datetime(2026, 1, 2, 11, 0, tzinfo=UTC)
+
+    assert aws.commit_predates(commit, started)
+    assert not aws.commit_predates(commit, datetime(2026, 1, 2, 9, 0, tzinfo=UTC))
+    assert not aws.commit_predates(commit, None)  # moto and a pending step have no start time
+    assert not aws.commit_predates({"committed_at": "garbled"}, started)

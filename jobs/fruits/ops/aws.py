@@ -126,7 +126,7 @@ def read_log_tail(s3: S3Client, uri: str, lines: int = 20) -> list[str] | None:
     except (OSError, EOFError):
         # A log still being written (truncated gzip) or one stored uncompressed: show what is there.
         text = body.decode("utf-8", errors="replace")
-    return text.splitlines()[-lines:]
+    return text.splitlines()[-lines:] if lines > 0 else []  # [-0:] would be every line
 
 
 # --- the cluster and its steps ---------------------------------------------------------------------------

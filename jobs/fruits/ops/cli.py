@@ -212,6 +212,9 @@ def run(args: argparse.Namespace, job_args: list[str], clients: Clients) -> int:
         download = aws.download_run(clients.s3, results_uri, commit, dest)
         for path in download.files:
             print(path)
+        print(
+            f"run {commit['run_id']} (commit {commit.get('number')}) downloaded into {dest}", file=sys.stderr
+        )
         if download.missing:
             print(f"run {commit['run_id']} has no {', '.join(download.missing)}", file=sys.stderr)
         return EXIT_OK
