@@ -243,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except aws.OpsError as err:
         print(f"fruits: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # Only our polling stops: a submitted step keeps running on the cluster.
+        print("fruits: interrupted (a submitted step keeps running; see `fruits status`)", file=sys.stderr)
+        return 130
     except (ClientError, BotoCoreError) as err:
         # Credentials, permissions, throttling: still one line, not a traceback.
         print(f"fruits: AWS error: {err}", file=sys.stderr)
