@@ -41,8 +41,9 @@ class FruitsNetwork(Construct):
         if vpc_id:
             if not subnet_ids:
                 raise ValueError("an existing VPC needs subnetIds")
+            # Only the id is used (by the security groups); the cluster gets the subnet ids directly.
             self.vpc: ec2.IVpc = ec2.Vpc.from_vpc_attributes(
-                self, "Vpc", vpc_id=vpc_id, availability_zones=Fn.get_azs()
+                self, "Vpc", vpc_id=vpc_id, availability_zones=[Fn.select(0, Fn.get_azs())]
             )
             self.subnet_ids = list(subnet_ids)
         else:

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import App, CfnOutput, Stack, Tags
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -23,7 +23,7 @@ from fruits_infra.artifacts import (
 )
 from fruits_infra.cluster import FruitsCluster
 from fruits_infra.config import FruitsConfig
-from fruits_infra.nag import acknowledge
+from fruits_infra.nag import acknowledge, apply_nag
 from fruits_infra.network import FruitsNetwork
 from fruits_infra.roles import EmrRoles
 from fruits_infra.step import DEPLOY_MODE, STEP_TYPE, FruitsJobStep, spark_submit_options
@@ -56,6 +56,16 @@ OUTPUT_KEYS = (
     "StepApplicationLocation",
     "StepArguments",
 )
+
+
+def wire(app: App, *, bundle_dir: Path) -> tuple[FruitsDataStack, FruitsEmrStack]:
+    """Both stacks from ``app``'s context, cdk-nag on the whole app (used by cdk/app.py and the tests)."""
+    config = FruitsConfig.from_context(app.node)
+    data = FruitsDataStack(app, "FruitsDataStack", config=config, bundle_dir=bundle_dir)
+    emr = FruitsEmrStack(app, "FruitsEmrStack", config=config, storage=data.storage, artifacts=data.artifacts)
+    emr.add_stack_dependency(data, "the cluster's bootstrap action and step read the deployed artifacts")
+    apply_nag(app)
+    return data, emr
 
 
 class FruitsDataStack(Stack):

@@ -1,0 +1,67 @@
+"""Context keys: one list of defaults (cdk.json equals config.DEFAULTS), typed parsing of -c strings."""
+
+from __future__ import annotations
+
+import pytest
+from aws_cdk import App
+from conftest import CDK_JSON
+from fruits_infra.config import DEFAULTS, ConfigError, FruitsConfig
+
+
+def test_cdk_json_documents_every_context_key_with_its_default():
+    documented = {k: v for k, v in CDK_JSON["context"].items() if not k.startswith("@aws-cdk")}
+    assert documented == DEFAULTS
+
+
+def test_cdk_json_runs_the_app_with_python3():
+    assert CDK_JSON["app"] == "python3 cdk/app.py"
+
+
+def test_defaults_build_a_valid_config():
+    config = FruitsConfig.from_context(App().node)
+    assert config == FruitsConfig()
+    assert config.release_label == "emr-7.13.0"
+    assert not config.ephemeral and config.deploy_step and not config.task_capacity
+
+
+def test_command_line_strings_are_parsed_to_the_default_types():
+    app = App(
+        context={
+            "ephemeral": "true",
+            "coreInstanceCount": "3",
+            "taskSpotCount": "2",
+            "subnetIds": "subnet-1",
+            "vpcId": "vpc-1",
+            "stepArguments": '["--k", "50"]',
+            "coreInstanceTypes": "m5.2xlarge,m6i.2xlarge",
+            "pcaVariance": "0.95",
+            "deployStep": "false",
+        }
+    )
+    config = FruitsConfig.from_context(app.node)
+    assert config.ephemeral is True and config.deploy_step is False
+    assert config.core_instance_count == 3 and config.task_spot_count == 2
+    assert config.subnet_ids == ("subnet-1",) and config.vpc_id == "vpc-1"
+    assert config.step_arguments == ("--k", "50")
+    assert config.core_instance_types == ("m5.2xlarge", "m6i.2xlarge")
+    assert config.pca_variance == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({"releaseLabel": "7.13"}, "releaseLabel"),
+        ({"instanceMode": "spot"}, "instanceMode"),
+        ({"idleTimeoutSeconds": 10}, "idleTimeoutSeconds"),
+        ({"coreInstanceCount": 0}, "coreInstanceCount"),
+        ({"vpcId": "vpc-1"}, "vpcId and subnetIds"),
+        ({"vpcId": "vpc-1", "subnetIds": ["a", "b"]}, "exactly one subnet"),
+        ({"inTransitCertificatesUri": "https://x/certs.zip"}, "inTransitCertificatesUri"),
+        ({"weightsUri": "s3://bucket/models/w.bin"}, "weightsUri"),
+        ({"ephemeral": "yes"}, "true or false"),
+        ({"taskSpotCount": 9}, "scalingMaxUnits"),
+    ],
+)
+def test_bad_context_is_refused_with_the_key_named(context, message):
+    with pytest.raises(ConfigError, match=message):
+        FruitsConfig.from_context(App(context=context).node)
