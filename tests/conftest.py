@@ -23,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def spark():
     """A local Spark session with two task slots, shared by every Spark test."""
-    from fruits.job import ship_package_to_local_workers
     from pyspark.sql import SparkSession
+
+    from fruits.job import ship_package_to_local_workers
 
     ship_package_to_local_workers()
     session = (

@@ -8,9 +8,10 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from fruits import engines
 from fruits.featurize import featurize_frames
-from PIL import Image
 
 
 def jpeg(colour: tuple[int, int, int], size: int = 12) -> bytes:

@@ -8,6 +8,10 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
 from fruits.images import (
     ImageRejected,
     decode_image,
@@ -15,9 +19,6 @@ from fruits.images import (
     label_from_path,
     split_from_path,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from PIL import Image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

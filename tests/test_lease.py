@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from fruits.lease import Lease, LeaseError, LeaseHeld, LeaseLost
 from fruits.storage import Store, open_store
 

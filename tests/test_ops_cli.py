@@ -24,10 +24,11 @@ from typing import Any
 
 import boto3
 import pytest
-from fruits.ops import aws
-from fruits.ops.cli import main
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.emr.models import emr_backends
+
+from fruits.ops import aws
+from fruits.ops.cli import main
 
 REGION = "us-east-1"
 

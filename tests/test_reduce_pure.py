@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fruits.outputs import result_columns
 from fruits.reduce import choose_k
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fruits.storage import LocalStore, NotFound, S3Store, Store, open_store
 
 

@@ -116,8 +116,12 @@ def _prepare_model(spark: SparkSession, options: JobOptions, weights: models.Wei
         weights=weights,
     )
     dim = int(model.output_shape[-1])
-    stem = f"{spec.name}-{os.getpid()}-{abs(hash((weights.source, options.image_size))) % 10**8}"
-    path = engines.export(model, options.engine, folder, stem)
+    exported = engines.export(model, options.engine, folder, spec.name)
+    # Name the shipped file by its content: workers cache models by file name, and Spark refuses to ship a
+    # different file under a name it has already shipped in this session.
+    stem, extension = os.path.splitext(exported)
+    path = f"{stem}-{models.sha256_file(exported)[:16]}{extension}"
+    os.replace(exported, path)
     spark.sparkContext.addFile(path)
     return engines.ModelArtifact(options.engine, os.path.basename(path), options.decode_size, dim), dim
 
@@ -164,16 +168,18 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
         len(scan.unsupported),
     )
 
-    previous = commits.latest_commit(out)
-    if previous and not options.overwrite:
-        raise OutputExists(
-            f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
-            "give --overwrite to publish a new run over it"
-        )
-
-    lease = Lease(out, owner=run_id, ttl_seconds=300, reentrant_key=os.environ.get("EMR_STEP_ID"))
+    lease = Lease(
+        out, owner=run_id, ttl_seconds=options.lease_ttl, reentrant_key=os.environ.get("EMR_STEP_ID")
+    )
     lease.acquire(wait=options.wait > 0, timeout=options.wait)
     try:
+        # Read under the lease: a run that waited for another must see what that run committed.
+        previous = commits.latest_commit(out)
+        if previous and not options.overwrite:
+            raise OutputExists(
+                f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
+                "give --overwrite to publish a new run over it"
+            )
         manifest = _run_locked(
             spark, options, run_id, started, timer, out, store, scan, previous, threads, lease
         )
@@ -420,7 +426,7 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     try:
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
         run(session, options)
-    except (UsageError, catalog.InputError, LeaseHeld) as error:
+    except (UsageError, catalog.InputError, LeaseHeld, models.WeightsError) as error:
         print(f"featurize_pca: error: {error}", file=sys.stderr)
         return 2
     return 0

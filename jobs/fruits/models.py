@@ -69,6 +69,22 @@ def check_alpha(spec: ModelSpec, alpha: float) -> None:
         raise ValueError(f"alpha {alpha} is not available for {spec.name}; choose one of {allowed}")
 
 
+class WeightsError(ValueError):
+    """``--weights`` names something that cannot be used."""
+
+
+def check_weights_source(source: str) -> None:
+    """Raise WeightsError unless ``source`` is imagenet, none, or a .h5/.keras path or s3:// URI."""
+    if source.strip().lower() in ("imagenet", "none", "random"):
+        return
+    if not source.endswith((".h5", ".keras")):
+        raise WeightsError(f"weights {source!r}: expected imagenet, none, or a .h5/.keras file or s3:// URI")
+    if not source.startswith("s3://") and not os.path.isfile(
+        os.path.expanduser(source.removeprefix("file://"))
+    ):
+        raise WeightsError(f"weights file not found: {source}")
+
+
 @dataclass(frozen=True)
 class Weights:
     """Where the backbone's weights came from. ``path`` is a local file, or None for imagenet/random."""
@@ -99,7 +115,7 @@ def _download_s3(uri: str, cache_dir: str) -> str:
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or not key:
-        raise ValueError(f"weights URI {uri!r} has no bucket or key")
+        raise WeightsError(f"weights URI {uri!r} has no bucket or key")
     folder = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, os.path.basename(key))
@@ -118,15 +134,12 @@ def resolve_weights(source: str, cache_dir: str | None = None) -> Weights:
         return Weights(source="imagenet", kind="imagenet")
     if lowered in ("none", "random"):
         return Weights(source="none", kind="random")
-    if not source.endswith((".h5", ".keras")):
-        raise ValueError(f"weights {source!r}: expected imagenet, none, or a .h5/.keras file or s3:// URI")
+    check_weights_source(source)
     if source.startswith("s3://"):
         cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "fruits", "weights")
         path = _download_s3(source, cache)
     else:
         path = os.path.abspath(os.path.expanduser(source.removeprefix("file://")))
-        if not os.path.isfile(path):
-            raise ValueError(f"weights file not found: {source}")
     return Weights(source=source, kind="file", path=path, sha256=sha256_file(path))
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 from fruits.engines import ENGINES
 from fruits.images import DEFAULT_MAX_PIXELS
-from fruits.models import MODELS, check_alpha, get_spec
+from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
 CONF_PREFIX = "spark.fruits."
 
@@ -45,6 +45,7 @@ class JobOptions:
     reuse_pca: bool = False
     keep_runs: int = 0
     wait: int = 0
+    lease_ttl: int = 300
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for another run holding the output (default 0: fail) {key('wait')}",
     )
     add(
+        "--lease-ttl",
+        type=_positive(int),
+        help="seconds a run's lease on the output lasts unless renewed; a crashed run blocks the output this "
+        f"long (default 300) {key('lease_ttl')}",
+    )
+    add(
         "--max-pixels",
         type=_positive(int),
         help=f"refuse images with more pixels (default 50000000) {key('max_pixels')}",
@@ -229,6 +236,7 @@ def parse_options(argv: Sequence[str], conf: Mapping[str, str] | None = None) ->
     try:
         spec = get_spec(options.model)
         check_alpha(spec, options.alpha)
+        check_weights_source(options.weights)
     except ValueError as error:
         raise UsageError(str(error)) from None
     if options.engine not in ENGINES:

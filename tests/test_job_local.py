@@ -1,0 +1,199 @@
+"""The whole job on local Spark over small generated images (random weights, the smallest model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fruits.job import main, run
+from fruits.options import parse_options
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+FAST = [
+    "--model",
+    "mobilenet",
+    "--alpha",
+    "0.25",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--decode-size",
+    "32",
+]
+
+
+def job_options(input_dir: Path, output: Path, *extra: str):
+    return parse_options(["--input", str(input_dir), "--output", str(output), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, tmp_path_factory):
+    """One run over the image tree of conftest, shared by the read-only tests below."""
+    from tests.conftest import write_image
+
+    root = tmp_path_factory.mktemp("tree") / "images"
+    for i in range(6):
+        write_image(root / "Red Apple" / f"r{i}.jpg", (200, 30, 30), seed=i)
+        write_image(root / "Lemon" / f"l{i}.jpg", (230, 220, 40), seed=10 + i)
+    write_image(root / "Lemon" / "l_png.png", (230, 220, 40), seed=99)
+    write_image(root / "Red Apple" / "R_UPPER.JPG", (190, 20, 40), seed=98, mode="L")
+    (root / "Lemon" / "empty.jpg").write_bytes(b"")
+    (root / "Lemon" / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG")
+    (root / "Red Apple" / "notes.txt").write_text("a stray file")
+    good = (root / "Lemon" / "l0.jpg").read_bytes()
+    (root / "Lemon" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    output = tmp_path_factory.mktemp("out") / "result"
+    manifest = run(spark, job_options(root, output, "--k", "3", "--keep-features"))
+    return root, output, manifest
+
+
+def test_counts_reconcile_found_equals_featurized_plus_rejected(first_run):
+    _, output, manifest = first_run
+    counts = manifest["counts"]
+    assert counts == {"found": 18, "featurized": 14, "rejected": 4, "reused": 0, "newly_featurized": 16}
+    rejected = pd.read_csv(output / "rejected.csv")
+    reasons = dict(zip(rejected["path"].str.rsplit("/", n=1).str[-1], rejected["reason"], strict=True))
+    assert reasons["empty.jpg"].startswith("empty file")
+    assert reasons["not_an_image.jpg"].startswith("not an image")
+    assert reasons["truncated.jpg"].startswith("corrupt image")
+    assert reasons["notes.txt"].startswith("unsupported file type")
+
+
+def test_results_csv_is_one_plain_file_with_path_label_and_k_components(first_run):
+    _, output, _ = first_run
+    with open(output / "results.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "label", "pc_1", "pc_2", "pc_3"]
+    assert len(rows) == 1 + 14
+    labels = {row[1] for row in rows[1:]}
+    assert labels == {"Red Apple", "Lemon"}  # spaces kept
+    assert all(
+        "E" not in value and "e" not in value for row in rows[1:] for value in row[2:]
+    )  # plain numbers
+    assert [row[0] for row in rows[1:]] == sorted(row[0] for row in rows[1:])
+    assert any(row[0].endswith("R_UPPER.JPG") for row in rows) and any(
+        row[0].endswith(".png") for row in rows
+    )
+
+
+def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark):
+    _, output, manifest = first_run
+    run_dir = Path(manifest["outputs"]["results.parquet"]).parent
+    table = pd.read_parquet(run_dir / "results.parquet")
+    assert len(table) == 14 and {"path", "label", "split", "id", "features", "pc_3"} <= set(table.columns)
+    assert len(table["features"].iloc[0]) == 256
+    on_disk = json.loads((output / "manifest.json").read_text())
+    assert on_disk["run_id"] == manifest["run_id"]
+    assert on_disk["weights"]["pretrained"] is False and "RANDOM WEIGHTS" in on_disk["weights"]["warning"]
+    assert on_disk["pca"]["k"] == 3 and len(on_disk["pca"]["explained_variance"]) == 256
+    assert on_disk["model"]["feature_dim"] == 256
+    assert set(on_disk["timings_seconds"]) >= {"catalog", "featurize", "PCA", "write results"}
+    assert on_disk["versions"]["spark"] == spark.version
+    for name in ("explained_variance.png", "pca_scatter.png"):
+        assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from pyspark.ml import PipelineModel
+
+    assert len(PipelineModel.load(str(run_dir / "pca_model")).stages) == 3
+
+
+def test_saved_pipeline_projects_the_same_rows_without_refitting(first_run, spark):
+    from pyspark.ml import PipelineModel
+
+    from fruits.reduce import project
+
+    _, _, manifest = first_run
+    run_dir = Path(manifest["outputs"]["results.parquet"]).parent
+    table = spark.read.parquet(str(run_dir / "results.parquet"))
+    again = project(
+        PipelineModel.load(str(run_dir / "pca_model")), table.select("path", "features"), 3
+    ).toPandas()
+    expected = table.select("path", "pc_1", "pc_2", "pc_3").toPandas()
+    merged = expected.merge(again, on="path", suffixes=("", "_again"))
+    for i in (1, 2, 3):
+        assert (merged[f"pc_{i}"] - merged[f"pc_{i}_again"]).abs().max() < 1e-9
+
+
+def test_existing_result_is_refused_without_overwrite(first_run, capsys, spark):
+    root, output, _ = first_run
+    before = (output / "results.csv").read_bytes()
+    status = main(["--input", str(root), "--output", str(output), *FAST, "--k", "3"], spark)
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("featurize_pca: error:") and "--overwrite" in error[-1]
+    assert (output / "results.csv").read_bytes() == before
+
+
+def test_a_failed_run_leaves_the_earlier_result_intact(spark, tmp_path):
+    from tests.conftest import write_image
+
+    root = tmp_path / "images"
+    for i in range(4):
+        write_image(root / "A" / f"{i}.jpg", (200, 10, 10), seed=i)
+        write_image(root / "B" / f"{i}.jpg", (10, 200, 10), seed=i)
+    output = tmp_path / "out"
+    run(spark, job_options(root, output, "--k", "2"))
+    snapshot = {p.relative_to(output): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    # Second run: every image now corrupt, so the run fails after it has started writing.
+    for path in root.rglob("*.jpg"):
+        path.write_bytes(b"corrupt")
+    assert main(["--input", str(root), "--output", str(output), *FAST, "--k", "2", "--overwrite"], spark) == 2
+    for relative, data in snapshot.items():
+        assert (output / relative).read_bytes() == data, relative
+    commits = sorted((output / "_commits").iterdir())
+    assert len(commits) == 1
+
+
+def test_weights_file_is_loaded_and_hashed(spark, tmp_path):
+    """The code path for a weights file, with a file saved from a freshly built model."""
+    import keras
+
+    from tests.conftest import write_image
+
+    backbone = keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg", weights=None
+    )
+    weights_file = tmp_path / "mobilenet_test.weights.h5"
+    backbone.save_weights(weights_file)
+    root = tmp_path / "images"
+    for i in range(3):
+        write_image(root / "A" / f"{i}.jpg", (200, 10, 10), seed=i)
+        write_image(root / "B" / f"{i}.jpg", (10, 10, 200), seed=i)
+    options = parse_options(
+        ["--input", str(root), "--output", str(tmp_path / "out"), "--model", "mobilenet", "--alpha", "0.25",
+         "--weights", str(weights_file), "--image-size", "32", "--decode-size", "32", "--k", "2"]
+    )  # fmt: skip
+    manifest = run(spark, options)
+    import hashlib
+
+    assert manifest["weights"]["sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    assert manifest["weights"]["pretrained"] is True and "warning" not in manifest["weights"]
+    assert manifest["counts"]["featurized"] == 6
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--input", "{missing}", "--output", "{out}"], "input not found"),
+        (["--input", "{empty}", "--output", "{out}"], "input is empty"),
+        (["--input", "{empty}", "--output", "{out}", "--k", "0"], "must be positive"),
+        (["--input", "{empty}", "--output", "{out}", "--k", "2", "--variance", "0.9"], "not allowed with"),
+        (["--input", "{empty}", "--output", "{out}", "--model", "vgg99"], "invalid choice"),
+        (["--input", "{empty}", "--output", "{out}", "--model", "mobilenet", "--alpha", "0.3"], "alpha 0.3"),
+        (["--output", "{out}"], "no input"),
+        (["--input", "{empty}", "--output", "{out}", "--weights", "weights.bin"], "expected imagenet, none"),
+    ],
+)
+def test_bad_options_and_inputs_give_one_line_and_exit_2(spark, tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden").write_text("ignored")
+    values = {"missing": tmp_path / "nope", "empty": tmp_path / "empty", "out": tmp_path / "out"}
+    status = main([arg.format(**values) for arg in argv], spark)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith("featurize_pca: error:") and message in err[0], err
+    assert not (tmp_path / "out" / "_commits").exists()
