@@ -1,0 +1,223 @@
+"""bootstrap/install-runtime.sh run for real against stand-in dnf, sudo, aws and python3.11 on PATH.
+
+The stand-ins record every call in a log; "S3" is a folder; the fake pip "installs" the pins of the -r file
+into a freeze list, so the script's own verification runs against what was installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "bootstrap" / "install-runtime.sh"
+REQUIREMENTS = REPO / "requirements.txt"
+REQ_URI = "s3://artifacts-bucket/bootstrap/requirements.txt"
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+FAKES = {
+    "sudo": '#!/usr/bin/env bash\necho "sudo $*" >> "$FAKE_LOG"\nexec "$@"\n',
+    "dnf": '#!/usr/bin/env bash\necho "dnf $*" >> "$FAKE_LOG"\n',
+    "aws": r"""#!/usr/bin/env bash
+set -euo pipefail
+echo "aws $*" >> "$FAKE_LOG"
+[[ "$*" == "s3 cp "* ]] || { echo "fake aws: unsupported $*" >&2; exit 2; }
+shift 2
+[[ "$1" == --only-show-errors ]] && shift
+src="$1" dst="$2"
+fails="${FAKE_FAILS_DIR}/$(echo "$src" | tr '/:' '__')"
+if [[ -f "$fails" ]] && (( $(cat "$fails") > 0 )); then
+  echo $(( $(cat "$fails") - 1 )) > "$fails"
+  echo "fake aws: simulated network error for $src" >&2
+  exit 1
+fi
+cp "${FAKE_S3}/${src#s3://}" "$dst"
+""",
+    "python3.11": r"""#!/usr/bin/env bash
+set -euo pipefail
+echo "python $*" >> "$FAKE_LOG"
+if [[ "$1" == --version ]]; then echo "Python 3.11.14"; exit 0; fi
+if [[ "$*" == "-m pip install "* ]]; then
+  req=""
+  while (( $# > 0 )); do [[ "$1" == -r ]] && req="$2"; shift; done
+  cp "$req" "${FAKE_SITE}/last-requirements.txt"
+  grep -E '^[A-Za-z0-9._-]+==' "$req" | sed -e "s/[[:space:]].*//" ${FAKE_PIP_SED:+-e "$FAKE_PIP_SED"} > "${FAKE_SITE}/freeze.txt"
+  exit 0
+fi
+if [[ "$*" == "-m pip freeze"* ]]; then cat "${FAKE_SITE}/freeze.txt" 2>/dev/null || true; exit 0; fi
+if [[ "$1" == -c ]]; then
+  mkdir -p "$KERAS_HOME/models"
+  echo weights > "$KERAS_HOME/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+  exit 0
+fi
+echo "fake python: unsupported $*" >&2; exit 2
+""",
+}
+
+
+class Node:
+    """A fake node: bin dir with stand-ins, an S3 folder, and the system paths inside tmp_path."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path
+        self.bin = tmp_path / "bin"
+        self.s3 = tmp_path / "s3"
+        self.site = tmp_path / "site"
+        self.fails = tmp_path / "fails"
+        self.log = tmp_path / "calls.log"
+        self.home = tmp_path / "opt" / "fruits"
+        for d in (self.bin, self.site, self.fails):
+            d.mkdir()
+        for name, body in FAKES.items():
+            path = self.bin / name
+            path.write_text(body)
+            path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        self.put(REQ_URI, REQUIREMENTS.read_bytes())
+        self.log.touch()
+
+    def put(self, uri: str, data: bytes) -> None:
+        path = self.s3 / uri.removeprefix("s3://")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def fail(self, uri: str, times: int) -> None:
+        (self.fails / uri.replace("/", "_").replace(":", "_")).write_text(str(times))
+
+    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environment = {
+            "PATH": f"{self.bin}:/usr/bin:/bin",
+            "HOME": str(self.root),
+            "FAKE_LOG": str(self.log),
+            "FAKE_S3": str(self.s3),
+            "FAKE_SITE": str(self.site),
+            "FAKE_FAILS_DIR": str(self.fails),
+            "FRUITS_HOME": str(self.home),
+            "FRUITS_PYTHON": str(self.bin / "python3.11"),
+            "FRUITS_RETRY_DELAY": "0",
+            **env,
+        }
+        return subprocess.run(
+            ["bash", str(SCRIPT), "--requirements", REQ_URI, *args],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def calls(self, prefix: str) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line.startswith(prefix)]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Node:
+    return Node(tmp_path)
+
+
+def _pins(text: str) -> list[str]:
+    return sorted(
+        line.split("#")[0].strip() for line in text.splitlines() if re.match(r"^[A-Za-z0-9._-]+==", line)
+    )
+
+
+def test_installs_python_311_and_exactly_the_pinned_requirements(node):
+    result = node.run()
+    assert result.returncode == 0, result.stderr
+    assert node.calls("dnf") == ["dnf install -y python3.11 python3.11-pip python3.11-devel"]
+    (install,) = node.calls("python -m pip install")
+    assert "--no-cache-dir" in install and " -r " in install
+    assert (node.site / "last-requirements.txt").read_bytes() == REQUIREMENTS.read_bytes()
+    assert _pins((node.site / "freeze.txt").read_text()) == _pins(REQUIREMENTS.read_text())
+    for name in ("tensorflow-cpu", "numpy", "pillow", "pandas", "pyarrow"):
+        assert any(p.startswith(f"{name}==") for p in _pins(REQUIREMENTS.read_text())), name
+    assert "runtime installed" in result.stderr
+
+
+def test_no_version_is_hard_coded_in_the_script():
+    text = SCRIPT.read_text()
+    for pin in _pins(REQUIREMENTS.read_text()):
+        name, version = pin.split("==")
+        assert pin not in text and f"{name}=={version}" not in text
+
+
+def test_caches_imagenet_weights_once_per_node(node):
+    assert node.run().returncode == 0
+    assert (node.home / "keras" / "models" / WEIGHTS_FILE).is_file()
+    (download,) = node.calls("python -c")
+    assert "MobileNetV2(include_top=False, weights='imagenet'" in download
+
+
+def test_retries_a_failed_download(node):
+    node.fail(REQ_URI, 2)
+    result = node.run()
+    assert result.returncode == 0, result.stderr
+    assert len(node.calls(f"aws s3 cp --only-show-errors {REQ_URI}")) == 3
+    assert "attempt 1/5 failed" in result.stderr and "attempt 2/5 failed" in result.stderr
+
+
+def test_gives_up_loudly_after_the_last_retry(node):
+    node.fail(REQ_URI, 10)
+    result = node.run(FRUITS_RETRIES="3")
+    assert result.returncode != 0
+    assert len(node.calls("aws s3 cp")) == 3
+    assert "giving up after 3 attempts" in result.stderr
+    assert not node.calls("python -m pip install")
+
+
+def test_safe_to_run_twice(node):
+    first, second = node.run(), node.run()
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    assert len(node.calls("python -m pip install")) == 1
+    assert len(node.calls("python -c")) == 1
+    assert "skipping pip" in second.stderr and "already at" in second.stderr
+
+
+def test_changed_requirements_reinstall(node):
+    assert node.run().returncode == 0
+    node.put(REQ_URI, REQUIREMENTS.read_bytes() + b"six==1.17.0\n")
+    assert node.run().returncode == 0
+    assert len(node.calls("python -m pip install")) == 2
+
+
+def test_copies_custom_weights_instead_of_downloading(node):
+    uri = "s3://models-bucket/models/custom.h5"
+    node.put(uri, b"h5")
+    result = node.run("--weights-uri", uri)
+    assert result.returncode == 0, result.stderr
+    assert (node.home / "models" / "custom.h5").read_bytes() == b"h5"
+    assert not node.calls("python -c")
+    assert node.run("--weights-uri", uri).returncode == 0
+    assert len(node.calls(f"aws s3 cp --only-show-errors {uri}")) == 1
+
+
+def test_fails_when_installed_versions_differ_from_the_pins(node):
+    result = node.run(FAKE_PIP_SED="s/^numpy==.*/numpy==1.0.0/")
+    assert result.returncode != 0
+    assert "missing: numpy==" in result.stderr and "pinned runtime not installed" in result.stderr
+
+
+def test_refuses_unpinned_requirements(node):
+    node.put(REQ_URI, b"numpy==2.4.6\npandas>=2\n")
+    result = node.run()
+    assert result.returncode != 0 and "must be pinned" in result.stderr
+    assert not node.calls("python -m pip install")
+
+
+def test_requires_the_requirements_argument(node):
+    result = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+    assert result.returncode != 0 and "--requirements" in result.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck not installed (apt-get install shellcheck)"
+)
+def test_shellcheck_clean():
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
