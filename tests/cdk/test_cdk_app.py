@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 from aws_cdk.assertions import Capture, Match
-from conftest import synthesize
+from cdkapp import synthesize
 from fruits_infra.stacks import OUTPUT_KEYS
 
 VARIANTS = {
@@ -294,12 +294,12 @@ def test_no_policy_in_the_app_has_wildcard_actions(full_app):
 def test_nag_is_wired_into_synthesis(tmp_path):
     """A bucket made outside the factory is a finding: proves the clean results above are not vacuous."""
     from aws_cdk import aws_s3 as s3
-    from conftest import SynthesizedApp
+    from cdkapp import SynthesizedApp
 
     class _Broken(SynthesizedApp):
         def __init__(self, outdir, bundle_dir):
             from aws_cdk import App
-            from conftest import build_bundle, cdk_context, wire
+            from cdkapp import build_bundle, cdk_context, wire
 
             build_bundle(bundle_dir)
             self.app = App(context=cdk_context(), outdir=str(outdir))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
-from conftest import REPO
+from cdkapp import REPO
 from fruits_infra.artifacts import (
     BOOTSTRAP_KEY,
     PYFILES_KEY,

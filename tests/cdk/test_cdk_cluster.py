@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aws_cdk.assertions import Capture
-from conftest import synthesize
+from cdkapp import synthesize
 
 KERAS_HOME = "/opt/fruits/keras"
 PYTHON = "/usr/bin/python3.11"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aws_cdk import App
-from conftest import CDK_JSON
+from cdkapp import CDK_JSON
 from fruits_infra.config import DEFAULTS, ConfigError, FruitsConfig
 
 
