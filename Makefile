@@ -7,9 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 
-# Where the demo and the real-data tests find images and weights (override on the command line or environment).
-FRUITS_DATA ?= $(abspath ../shared/data/fruits360-sample)
-FRUITS_WEIGHTS ?=
+# Where the demo and the real-data tests find images and weights: set them in the environment.
+#   FRUITS_DATA=/path/to/fruits360 (Training/ and Test/)   FRUITS_WEIGHTS=/path/to/keras-weights.h5
 DEMO_OUT ?= out/demo
 
 .PHONY: help venv java demo test lint unit synth bench clean
@@ -30,17 +29,25 @@ venv: $(STAMP)  ## create .venv with the pinned versions
 java:
 	@command -v java >/dev/null || { echo "Spark needs Java 17: install it (Debian/Ubuntu: apt-get install openjdk-17-jre-headless; macOS: brew install openjdk@17)"; exit 1; }
 
-demo: $(STAMP) java  ## featurize + PCA the sample images into $(DEMO_OUT)
+demo: $(STAMP) java  ## featurize + PCA a Fruits-360 sample into out/demo
 	$(PY) scripts/demo.py --output $(DEMO_OUT)
 
-lint: $(STAMP)  ## ruff (and shellcheck on the bootstrap scripts)
+lint: $(STAMP)  ## ruff, and shellcheck on the bootstrap scripts
 	ruff check .
 	ruff format --check .
+	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: apt-get install shellcheck"; exit 1; }
+	shellcheck bootstrap/*.sh scripts/*.sh .ci/run
 
-unit: $(STAMP) java  ## pytest, every test
-	$(PY) -m pytest -q
+unit: $(STAMP) java  ## every pytest test
+	$(PY) -m pytest
 
-test: lint unit  ## everything CI runs
+synth: $(STAMP)  ## cdk synth of every stack with the pinned CLI and cdk-nag (fails on any finding)
+	scripts/synth.sh
+
+test: lint unit synth  ## everything CI runs
+
+bench: $(STAMP) java  ## the featurization benchmark (prints a table, writes out/bench/benchmark.json)
+	$(PY) benchmarks/featurize_bench.py
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build out cdk.out .pytest_cache

@@ -2,7 +2,7 @@
 """CDK app: builds the job bundle, then wires FruitsDataStack -> FruitsEmrStack and cdk-nag.
 
 Run it through the pinned CLI from the repository root: ``scripts/synth.sh`` or ``npx cdk synth``
-(see cdk.json and docs/deploy.md).
+(see cdk.json and the README, "Deploy on AWS").
 """
 
 from __future__ import annotations

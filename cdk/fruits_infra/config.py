@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "model": "mobilenet_v2",
     "alpha": None,
     "imageSize": 224,
-    "engine": "keras",
+    "engine": "litert",
     "pcaK": None,
     "pcaVariance": None,
     "batchSize": None,

@@ -148,7 +148,7 @@ def test_spark_defaults_carry_the_job_defaults(emr):
         "spark.fruits.model": "mobilenet_v2",
         "spark.fruits.weights": "imagenet",
         "spark.fruits.imageSize": "224",
-        "spark.fruits.engine": "keras",
+        "spark.fruits.engine": "litert",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
         "spark.python.worker.reuse": "true",
         "spark.executorEnv.KERAS_HOME": KERAS_HOME,
