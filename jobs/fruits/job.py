@@ -55,9 +55,7 @@ def _now() -> dt.datetime:
 def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
     """The active session, or a local one using every core: the embedded default outside a cluster."""
     builder = SparkSession.builder.appName(app_name)
-    from pyspark import SparkConf
-
-    if not SparkConf().contains("spark.master"):
+    if not _master_chosen():
         ship_package_to_local_workers()
         builder = (
             builder.master("local[*]")
@@ -66,6 +64,16 @@ def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
             .config("spark.sql.shuffle.partitions", "8")
         )
     return builder.getOrCreate()
+
+
+def _master_chosen() -> bool:
+    """Whether spark-submit or PYSPARK_SUBMIT_ARGS chose the master; then we must not set one.
+
+    Asked before any JVM exists, so ``SparkConf()`` cannot tell (it is empty until a SparkContext starts).
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit, whose JVM already has a master
+        return True
+    return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
 
 
 def ship_package_to_local_workers() -> None:
