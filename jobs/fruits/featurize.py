@@ -36,22 +36,23 @@ def featurize_frames(
     for frame in frames:
         for start in range(0, len(frame), batch_size):
             chunk = frame.iloc[start : start + batch_size]
-            arrays: list[np.ndarray] = []
+            # Decoded straight into one batch array: no list of arrays to stack (a copy of the batch) after.
+            batch = np.empty((len(chunk), decode_size, decode_size, 3), dtype=np.uint8)
             good: list[int] = []
             reasons: list[str | None] = [None] * len(chunk)
             for position, content in enumerate(chunk["content"]):
                 try:
-                    arrays.append(decode_image(bytes(content), decode_size, max_pixels))
+                    batch[len(good)] = decode_image(content, decode_size, max_pixels)
                     good.append(position)
                 except ImageRejected as rejected:
                     reasons[position] = rejected.reason
             features: list[np.ndarray | None] = [None] * len(chunk)
-            if arrays:
+            if good:
                 if predictor is None:
                     predictor = get_predictor()
-                output = predictor(np.stack(arrays))
-                if output.shape[0] != len(arrays):
-                    raise ValueError(f"model returned {output.shape[0]} rows for a batch of {len(arrays)}")
+                output = predictor(batch[: len(good)])
+                if output.shape[0] != len(good):
+                    raise ValueError(f"model returned {output.shape[0]} rows for a batch of {len(good)}")
                 for position, vector in zip(good, output, strict=True):
                     features[position] = vector.astype(np.float32, copy=False)
             yield pd.DataFrame({"id": chunk["id"].to_numpy(), "features": features, "reason": reasons})
