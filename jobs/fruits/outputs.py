@@ -11,7 +11,8 @@ from pyspark.sql import functions as F
 
 from fruits.storage import Store
 
-CSV_DECIMALS = 6
+# Significant digits, not decimals: features of an untrained network are ~1e-17 and must not print as 0.
+CSV_DIGITS = 9
 
 
 def result_columns(k: int) -> list[str]:
@@ -20,8 +21,8 @@ def result_columns(k: int) -> list[str]:
 
 
 def csv_frame(results: DataFrame, k: int) -> DataFrame:
-    """results.csv's rows: plain fixed-point numbers (never ``1.0E-5``), sorted by path."""
-    pcs = [F.format_string(f"%.{CSV_DECIMALS}f", F.col(f"pc_{i + 1}")).alias(f"pc_{i + 1}") for i in range(k)]
+    """results.csv's rows: plain unquoted numbers with 9 significant digits, sorted by path."""
+    pcs = [F.format_string(f"%.{CSV_DIGITS}g", F.col(f"pc_{i + 1}")).alias(f"pc_{i + 1}") for i in range(k)]
     return results.select("path", "label", *pcs).orderBy("path")
 
 
