@@ -12,28 +12,31 @@ import json
 import logging
 import math
 import os
-import platform
 import signal
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits import catalog, commits, engines, feature_store, models, outputs, plots, quality, reduce
+from fruits import catalog, commits, engines, feature_store, manifest, models, outputs, plots, quality, reduce
 from fruits.featurize import featurize
 from fruits.lease import Lease, LeaseHeld
-from fruits.options import JobOptions, UsageError, parse_options
+from fruits.options import JobOptions, UsageError, build_parser, parse_options
 from fruits.progress import StageTimer, report_progress
+from fruits.session import get_session, ship_package_to_local_workers
 from fruits.storage import Store, open_store
+
+__all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
 
 log = logging.getLogger("fruits")
 PUBLISHED = ["results.csv", "manifest.json", "rejected.csv", "explained_variance.png", "pca_scatter.png"]
-RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--weights none): features are NOT pretrained; for testing only"
+SCATTER_POINTS = 4000
 
 
 class OutputExists(UsageError):
@@ -52,43 +55,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
-    """The active session, or a local one using every core: the embedded default outside a cluster."""
-    builder = SparkSession.builder.appName(app_name)
-    if not _master_chosen():
-        ship_package_to_local_workers()
-        builder = (
-            builder.master("local[*]")
-            .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
-            .config("spark.ui.showConsoleProgress", "true")
-            .config("spark.sql.shuffle.partitions", "8")
-        )
-    return builder.getOrCreate()
-
-
-def _master_chosen() -> bool:
-    """Whether spark-submit or PYSPARK_SUBMIT_ARGS chose the master; then we must not set one.
-
-    Asked before any JVM exists, so ``SparkConf()`` cannot tell (it is empty until a SparkContext starts).
-    """
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit, whose JVM already has a master
-        return True
-    return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
-
-
-def ship_package_to_local_workers() -> None:
-    """Let local-mode Python workers import ``fruits`` from this checkout (a cluster gets ``--py-files``).
-
-    Must run before the SparkContext starts: its workers inherit this process's PYTHONPATH.
-    """
-    # Workers must run this interpreter (the venv's), not whatever python3 is first on PATH.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if os.path.isdir(parent) and parent not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([parent, *paths])
-
-
 def _weights_id(weights: models.Weights, spec: models.ModelSpec, alpha: float) -> tuple[str, str | None]:
     """(identifier for the feature store, sha256 for the manifest)."""
     if weights.kind == "file":
@@ -99,39 +65,27 @@ def _weights_id(weights: models.Weights, spec: models.ModelSpec, alpha: float) -
     return (f"imagenet-{sha[:16]}" if sha else "imagenet"), sha
 
 
-def _versions(spark: SparkSession) -> dict[str, str]:
-    import numpy
-    import PIL
-
-    found = {"python": platform.python_version(), "spark": spark.version, "numpy": numpy.__version__}
-    found["pillow"] = PIL.__version__
-    for module in ("tensorflow", "keras", "ai_edge_litert"):
-        try:
-            found[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            found[module] = "not installed"
-    return found
-
-
-def _prepare_model(spark: SparkSession, options: JobOptions, weights: models.Weights, folder: str):
+def _export_model(
+    spark: SparkSession, options: JobOptions, weights: models.Weights, folder: str
+) -> engines.ModelArtifact:
     """Build the feature model once on the driver, export it for the engine and ship it to every node."""
-    spec = models.get_spec(options.model)
     model = models.build_feature_model(
-        spec,
+        models.get_spec(options.model),
         image_size=options.image_size,
         decode_size=options.decode_size,
         alpha=options.alpha,
         weights=weights,
     )
-    dim = int(model.output_shape[-1])
-    exported = engines.export(model, options.engine, folder, spec.name)
+    exported = engines.export(model, options.engine, folder, options.model)
     # Name the shipped file by its content: workers cache models by file name, and Spark refuses to ship a
     # different file under a name it has already shipped in this session.
     stem, extension = os.path.splitext(exported)
     path = f"{stem}-{models.sha256_file(exported)[:16]}{extension}"
     os.replace(exported, path)
     spark.sparkContext.addFile(path)
-    return engines.ModelArtifact(options.engine, os.path.basename(path), options.decode_size, dim), dim
+    return engines.ModelArtifact(
+        options.engine, os.path.basename(path), options.decode_size, int(model.output_shape[-1])
+    )
 
 
 def _rejected_frame(spark: SparkSession, rows: DataFrame, scan: catalog.InputScan) -> DataFrame:
@@ -146,26 +100,277 @@ def _rejected_frame(spark: SparkSession, rows: DataFrame, scan: catalog.InputSca
     return decoded.unionByName(spark.createDataFrame(listed, "path string, reason string"))
 
 
-def _scatter_sample(results: DataFrame, total: int, limit: int = 4000):
+def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS) -> pd.DataFrame:
     """A bounded random sample of (label, pc_1, pc_2) for the scatter plot: never the whole table."""
     columns = ["label", "pc_1"] + (["pc_2"] if "pc_2" in results.columns else [])
     fraction = min(1.0, 1.2 * limit / max(total, 1))
     return results.select(*columns).sample(fraction=fraction, seed=7).limit(limit).toPandas()
 
 
+@dataclass
+class Run:
+    """One run holding the output's lease; each method is a stage, called in order by :meth:`execute`."""
+
+    spark: SparkSession
+    options: JobOptions
+    run_id: str
+    out: Store
+    scan: catalog.InputScan
+    previous: dict[str, Any] | None
+    lease: Lease
+    started: dt.datetime = field(default_factory=_now)
+    timer: StageTimer = field(default_factory=StageTimer)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        options = self.options
+        self.prefix = f"runs/{self.run_id}"
+        self.store = open_store(options.store_uri)
+        self.spec = models.get_spec(options.model)
+        self.threads = options.threads or int(self.spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+        self.weights = models.resolve_weights(options.weights)
+        if not self.weights.pretrained:
+            log.warning(manifest.RANDOM_WEIGHTS_WARNING)
+        weights_id, self.weights_sha = _weights_id(self.weights, self.spec, options.alpha)
+        self.key = feature_store.model_key(
+            options.model, options.alpha, options.image_size, options.decode_size, weights_id
+        )
+        self.feature_dim = self.spec.feature_dim(options.alpha)
+
+    def key_for(self, name: str) -> str:
+        """Key of ``name`` inside this run's prefix."""
+        return f"{self.prefix}/{name}"
+
+    def catalog(self) -> DataFrame:
+        """Read and hash every image once; returns the catalog (kept as Parquet in the run's prefix)."""
+        with self.timer.stage("catalog", "(read and hash every image)"):
+            uri = self.out.uri_for(self.key_for("catalog.parquet"))
+            catalog.catalog(self.spark, self.options.input, self.options.limit).write.parquet(uri)
+            images = self.spark.read.parquet(uri)
+            self.counts["images"] = images.count()
+        return images
+
+    def featurize_new(self, images: DataFrame) -> list[str]:
+        """Featurize the images whose content id the store lacks; returns the store batches to read."""
+        batches = feature_store.committed_batches(self.store, self.key)
+        stored = feature_store.read_features(self.spark, self.store, self.key, batches)
+        todo = (
+            images.join(stored.select("id"), "id", "left_anti")
+            .groupBy("id")
+            .agg(F.min("path").alias("path"))  # identical bytes under two paths: featurized once
+        )
+        todo_count = todo.count()
+        self.counts["newly_featurized"] = todo_count
+        self.counts["reused"] = self.counts["images"] - images.join(todo, "id", "left_semi").count()
+        log.info(
+            "%d images: %d reused from the feature store, %d distinct images to featurize",
+            self.counts["images"],
+            self.counts["reused"],
+            todo_count,
+        )
+        self.lease.check()
+        if not todo_count:
+            return batches
+        sc = self.spark.sparkContext
+        with tempfile.TemporaryDirectory(prefix="fruits-model-") as folder:
+            with self.timer.stage("prepare model", f"({self.options.model}, {self.options.engine})"):
+                artifact = _export_model(self.spark, self.options, self.weights, folder)
+                self.feature_dim = artifact.feature_dim
+            partitions = max(sc.defaultParallelism, math.ceil(todo_count / self.options.images_per_task))
+            with (
+                self.timer.stage("featurize", f"{todo_count} images"),
+                report_progress(sc, "featurize", todo_count),
+            ):
+                checkpoint("featurize")
+                contents = catalog.contents(self.spark, self.options.input, todo).repartition(partitions)
+                features = featurize(
+                    contents,
+                    artifact,
+                    batch_size=self.options.batch_size,
+                    threads=self.threads,
+                    max_pixels=self.options.max_pixels,
+                )
+                batches = [*batches, feature_store.write_batch(features, self.store, self.key, self.run_id)]
+        self.lease.check()
+        return batches
+
+    def reconcile(self, rows: DataFrame) -> DataFrame:
+        """Count featurized and rejected files, check they add up to what was found; returns rejected rows."""
+        rejected = _rejected_frame(self.spark, rows, self.scan)
+        self.counts["featurized"] = rows.where(F.col("features").isNotNull()).count()
+        self.counts["rejected"] = rejected.count()
+        self.counts["found"] = self.counts["images"] + len(self.scan.empty) + len(self.scan.unsupported)
+        featurized, rejected_count, found = (self.counts[n] for n in ("featurized", "rejected", "found"))
+        if featurized == 0:
+            raise UsageError(
+                f"no image under {self.options.input} could be featurized ({rejected_count} rejected)"
+            )
+        if featurized + rejected_count != found:
+            raise RuntimeError(f"counts do not reconcile: {featurized} + {rejected_count} != {found}")
+        return rejected
+
+    def reduce(self, good: DataFrame) -> tuple[PipelineModel, int, list[float], bool]:
+        """Fit center + PCA (or load the previous run's pipeline with --reuse-pca) and save it in the run."""
+        with self.timer.stage("PCA"):
+            checkpoint("pca")
+            if self.options.reuse_pca and self.previous:
+                previous_prefix = self.previous["run_prefix"].rstrip("/")
+                pipeline = PipelineModel.load(self.out.uri_for(f"{previous_prefix}/pca_model"))
+                explained = json.loads(self.out.read_bytes(self.previous["manifest"]))["pca"][
+                    "explained_variance"
+                ]
+                k, fitted_here = reduce.loaded_k(pipeline), False
+            else:
+                if self.options.reuse_pca:
+                    log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
+                fit = reduce.fit(
+                    good, feature_dim=self.feature_dim, k=self.options.k, variance=self.options.variance
+                )
+                pipeline, k, explained, fitted_here = fit.model, fit.k, fit.explained, True
+            pipeline.write().overwrite().save(self.out.uri_for(self.key_for("pca_model")))
+        log.info(
+            "PCA: k = %d components explain %.1f%% of the variance",
+            k,
+            100 * manifest.cumulative(explained)[k - 1],
+        )
+        self.lease.check()
+        return pipeline, k, explained, fitted_here
+
+    def write_tables(self, projected: DataFrame, rejected: DataFrame, k: int) -> DataFrame:
+        """results.parquet, results.csv and rejected.csv in the run's prefix; returns the parquet rows."""
+        with self.timer.stage("write results"):
+            checkpoint("write")
+            keep = ["path", "label", "split", "id"] + (["features"] if self.options.keep_features else [])
+            parquet = self.out.uri_for(self.key_for("results.parquet"))
+            projected.select(*keep, *[f"pc_{i + 1}" for i in range(k)]).orderBy("path").write.parquet(parquet)
+            results = self.spark.read.parquet(parquet)
+            outputs.write_single_csv(
+                outputs.csv_frame(results, k),
+                self.out,
+                self.key_for("results.csv"),
+                self.counts["featurized"],
+            )
+            outputs.write_single_csv(
+                rejected.orderBy("path"), self.out, self.key_for("rejected.csv"), self.counts["rejected"]
+            )
+        return results
+
+    def quality_report(self, projected: DataFrame, k: int) -> dict[str, Any] | None:
+        """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
+        with self.timer.stage("quality report"):
+            report = quality.report(
+                projected.select("label", "split", "features", *[f"pc_{i + 1}" for i in range(k)]), k
+            )
+        if report:
+            log.info(
+                "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
+                100 * report["test_accuracy_pca"],
+                k,
+                100 * report["test_accuracy_full_features"],
+                self.feature_dim,
+            )
+        return report
+
+    def draw(self, results: DataFrame, explained: list[float], k: int) -> None:
+        """explained_variance.png and pca_scatter.png in the run's prefix."""
+        note = "" if self.weights.pretrained else "  [RANDOM WEIGHTS]"
+        with self.timer.stage("plots"):
+            variance_png = plots.explained_variance_png(explained, k, self.options.variance, note)
+            self.out.write_bytes(self.key_for("explained_variance.png"), variance_png, "image/png")
+            sample = _scatter_sample(results, self.counts["featurized"])
+            self.out.write_bytes(
+                self.key_for("pca_scatter.png"), plots.scatter_png(sample, note), "image/png"
+            )
+
+    def publish(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
+        self.out.write_json(self.key_for("manifest.json"), document)
+        checkpoint("commit")
+        self.lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
+        commit = commits.commit_run(
+            self.out,
+            self.run_id,
+            {
+                "counts": document["counts"],
+                "manifest": self.key_for("manifest.json"),
+                "feature_store": document["feature_store"],
+                "k": document["pca"]["k"],
+                "model": self.options.model,
+                "pretrained": self.weights.pretrained,
+            },
+        )
+        commits.publish_latest(self.out, self.run_id, PUBLISHED)
+        if self.options.keep_runs:
+            removed = commits.prune_runs(self.out, self.options.keep_runs)
+            log.info("retention: removed %d old runs", len(removed))
+        return commit
+
+    def execute(self) -> dict[str, Any]:
+        """All stages in order; returns the manifest."""
+        images = self.catalog()
+        batches = self.featurize_new(images)
+        rows = images.join(
+            feature_store.read_features(self.spark, self.store, self.key, batches), "id", "left"
+        )
+        rows = rows.cache()
+        try:
+            rejected = self.reconcile(rows)
+            good = rows.where(F.col("features").isNotNull())
+            pipeline, k, explained, fitted_here = self.reduce(good)
+            projected = reduce.project(pipeline, good, k)
+            results = self.write_tables(projected, rejected, k)
+            report = self.quality_report(projected, k)
+            self.draw(results, explained, k)
+        finally:
+            rows.unpersist()
+        self.out.delete_prefix(self.key_for("catalog.parquet"))
+        counts = {
+            name: self.counts[name]
+            for name in ("found", "featurized", "rejected", "reused", "newly_featurized")
+        }
+        document = manifest.build(
+            run_id=self.run_id,
+            options=self.options,
+            counts=counts,
+            feature_dim=self.feature_dim,
+            threads=self.threads,
+            weights=self.weights,
+            weights_sha=self.weights_sha,
+            k=k,
+            explained=explained,
+            fitted_here=fitted_here,
+            quality=report,
+            feature_store={"uri": self.options.store_uri, "model_key": self.key, "batches": batches},
+            outputs={
+                name: self.out.uri_for(self.key_for(name))
+                for name in [*PUBLISHED, "results.parquet", "pca_model"]
+            },
+            timings=self.timer.seconds,
+            versions=manifest.versions(self.spark.version),
+            spark_master=self.spark.sparkContext.master,
+            started_at=self.started.isoformat(),
+            finished_at=_now().isoformat(),
+        )
+        commit = self.publish(document)
+        log.info(
+            "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
+            self.run_id,
+            commit["number"],
+            *(counts[n] for n in ("found", "featurized", "rejected", "reused", "newly_featurized")),
+        )
+        log.info("results: %s", self.out.uri_for("results.csv"))
+        return document
+
+
 def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
-    """Featurize, reduce and publish one run; returns its manifest."""
+    """Featurize, reduce and publish one run under the output's lease; returns its manifest."""
     started = _now()
     run_id = commits.new_run_id(started)
-    timer = StageTimer()
     out = open_store(options.output)
-    store = open_store(options.store_uri)
-    sc = spark.sparkContext
     if spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000":
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(options.batch_size * 4, 256)))
-    threads = options.threads or int(sc.getConf().get("spark.task.cpus", "1"))
-
+    timer = StageTimer()
     with timer.stage("list input"):
         scan = catalog.scan_input(spark, options.input)
     log.info(
@@ -175,7 +380,6 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
         len(scan.empty),
         len(scan.unsupported),
     )
-
     lease = Lease(
         out, owner=run_id, ttl_seconds=options.lease_ttl, reentrant_key=os.environ.get("EMR_STEP_ID")
     )
@@ -188,235 +392,9 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
                 f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
                 "give --overwrite to publish a new run over it"
             )
-        manifest = _run_locked(
-            spark, options, run_id, started, timer, out, store, scan, previous, threads, lease
-        )
+        return Run(spark, options, run_id, out, scan, previous, lease, started=started, timer=timer).execute()
     finally:
         lease.release()
-    return manifest
-
-
-def _run_locked(
-    spark: SparkSession,
-    options: JobOptions,
-    run_id: str,
-    started: dt.datetime,
-    timer: StageTimer,
-    out: Store,
-    store: Store,
-    scan: catalog.InputScan,
-    previous: dict[str, Any] | None,
-    threads: int,
-    lease: Lease,
-) -> dict[str, Any]:
-    sc = spark.sparkContext
-    run_prefix = f"runs/{run_id}"
-    spec = models.get_spec(options.model)
-    weights = models.resolve_weights(options.weights)
-    if not weights.pretrained:
-        log.warning(RANDOM_WEIGHTS_WARNING)
-    weights_id, weights_sha = _weights_id(weights, spec, options.alpha)
-    key = feature_store.model_key(
-        options.model, options.alpha, options.image_size, options.decode_size, weights_id
-    )
-
-    with timer.stage("catalog", "(read and hash every image)"):
-        scratch = f"{run_prefix}/catalog.parquet"
-        catalog.catalog(spark, options.input, options.limit).write.parquet(out.uri_for(scratch))
-        images = spark.read.parquet(out.uri_for(scratch))
-        found_images = images.count()
-    batches = feature_store.committed_batches(store, key)
-    stored = feature_store.read_features(spark, store, key, batches)
-    todo = (
-        images.join(stored.select("id"), "id", "left_anti")
-        .groupBy("id")
-        .agg(F.min("path").alias("path"))  # identical bytes under two paths: featurized once
-    )
-    todo_count = todo.count()
-    reused = found_images - images.join(todo.select("id"), "id", "left_semi").count()
-    log.info(
-        "%d images: %d reused from the feature store, %d distinct images to featurize",
-        found_images,
-        reused,
-        todo_count,
-    )
-    lease.check()
-
-    feature_dim = spec.feature_dim(options.alpha)
-    if todo_count:
-        with tempfile.TemporaryDirectory(prefix="fruits-model-") as folder:
-            with timer.stage("prepare model", f"({options.model}, {options.engine})"):
-                artifact, feature_dim = _prepare_model(spark, options, weights, folder)
-            partitions = max(sc.defaultParallelism, math.ceil(todo_count / options.images_per_task))
-            with (
-                timer.stage("featurize", f"{todo_count} images"),
-                report_progress(sc, "featurize", todo_count),
-            ):
-                checkpoint("featurize")
-                contents = catalog.contents(spark, options.input, todo).repartition(partitions)
-                features = featurize(
-                    contents,
-                    artifact,
-                    batch_size=options.batch_size,
-                    threads=threads,
-                    max_pixels=options.max_pixels,
-                )
-                batches.append(feature_store.write_batch(features, store, key, run_id))
-    lease.check()
-
-    rows = images.join(feature_store.read_features(spark, store, key, batches), "id", "left").cache()
-    good = rows.where(F.col("features").isNotNull())
-    featurized = good.count()
-    rejected = _rejected_frame(spark, rows, scan)
-    rejected_count = rejected.count()
-    found = found_images + len(scan.empty) + len(scan.unsupported)
-    if featurized == 0:
-        raise UsageError(f"no image under {options.input} could be featurized ({rejected_count} rejected)")
-    if featurized + rejected_count != found:
-        raise RuntimeError(f"counts do not reconcile: {featurized} + {rejected_count} != {found}")
-
-    with timer.stage("PCA"):
-        checkpoint("pca")
-        if options.reuse_pca and previous:
-            pipeline = PipelineModel.load(out.uri_for(f"{previous['run_prefix'].rstrip('/')}/pca_model"))
-            k = reduce.loaded_k(pipeline)
-            explained = json.loads(out.read_bytes(previous["manifest"]))["pca"]["explained_variance"]
-            fitted_here = False
-        else:
-            if options.reuse_pca:
-                log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
-            reduction = reduce.fit(good, feature_dim=feature_dim, k=options.k, variance=options.variance)
-            pipeline, k, explained = reduction.model, reduction.k, reduction.explained
-            fitted_here = True
-        pipeline.write().overwrite().save(out.uri_for(f"{run_prefix}/pca_model"))
-    cumulative = [sum(explained[: i + 1]) for i in range(len(explained))]
-    log.info("PCA: k = %d components explain %.1f%% of the variance", k, 100 * cumulative[k - 1])
-    lease.check()
-
-    with timer.stage("write results"):
-        checkpoint("write")
-        projected = reduce.project(pipeline, good, k)
-        keep = ["path", "label", "split", "id"] + (["features"] if options.keep_features else [])
-        projected.select(*keep, *[f"pc_{i + 1}" for i in range(k)]).orderBy("path").write.parquet(
-            out.uri_for(f"{run_prefix}/results.parquet")
-        )
-        results = spark.read.parquet(out.uri_for(f"{run_prefix}/results.parquet"))
-        outputs.write_single_csv(outputs.csv_frame(results, k), out, f"{run_prefix}/results.csv", featurized)
-        outputs.write_single_csv(rejected.orderBy("path"), out, f"{run_prefix}/rejected.csv", rejected_count)
-
-    quality_report = None
-    with timer.stage("quality report"):
-        quality_report = quality.report(
-            projected.select("label", "split", "features", *[f"pc_{i + 1}" for i in range(k)]), k
-        )
-    if quality_report:
-        log.info(
-            "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
-            100 * quality_report["test_accuracy_pca"],
-            k,
-            100 * quality_report["test_accuracy_full_features"],
-            feature_dim,
-        )
-
-    note = "  [RANDOM WEIGHTS]" if not weights.pretrained else ""
-    with timer.stage("plots"):
-        out.write_bytes(
-            f"{run_prefix}/explained_variance.png",
-            plots.explained_variance_png(explained, k, options.variance, note),
-            "image/png",
-        )
-        out.write_bytes(
-            f"{run_prefix}/pca_scatter.png",
-            plots.scatter_png(_scatter_sample(results, featurized), note),
-            "image/png",
-        )
-    rows.unpersist()
-    out.delete_prefix(scratch)
-
-    counts = {
-        "found": found,
-        "featurized": featurized,
-        "rejected": rejected_count,
-        "reused": reused,
-        "newly_featurized": todo_count,
-    }
-    manifest: dict[str, Any] = {
-        "run_id": run_id,
-        "started_at": started.isoformat(),
-        "input": options.input,
-        "output": options.output,
-        "limit": options.limit,
-        "counts": counts,
-        "model": {
-            "name": options.model,
-            "alpha": options.alpha,
-            "image_size": options.image_size,
-            "decode_size": options.decode_size,
-            "feature_dim": feature_dim,
-            "engine": options.engine,
-            "batch_size": options.batch_size,
-            "threads_per_task": threads,
-        },
-        "weights": {
-            "source": weights.source,
-            "kind": weights.kind,
-            "pretrained": weights.pretrained,
-            "sha256": weights_sha,
-            **({"warning": RANDOM_WEIGHTS_WARNING} if not weights.pretrained else {}),
-        },
-        "pca": {
-            "k": k,
-            "requested_k": options.k,
-            "requested_variance": options.variance,
-            "fitted_in_this_run": fitted_here,
-            "explained_variance": explained,
-            "cumulative_explained_variance": cumulative,
-            "explained_by_k": cumulative[k - 1],
-            "centered": True,
-        },
-        "quality": quality_report,
-        "feature_store": {"uri": options.store_uri, "model_key": key, "batches": batches},
-        "outputs": {
-            name: out.uri_for(f"{run_prefix}/{name}") for name in [*PUBLISHED, "results.parquet", "pca_model"]
-        },
-        "timings_seconds": timer.seconds,
-        "versions": _versions(spark),
-        "host": socket.gethostname(),
-        "spark_master": sc.master,
-    }
-    manifest["finished_at"] = _now().isoformat()
-    out.write_json(f"{run_prefix}/manifest.json", manifest)
-
-    checkpoint("commit")
-    lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
-    commit = commits.commit_run(
-        out,
-        run_id,
-        {
-            "counts": counts,
-            "manifest": f"{run_prefix}/manifest.json",
-            "feature_store": manifest["feature_store"],
-            "k": k,
-            "model": options.model,
-            "pretrained": weights.pretrained,
-        },
-    )
-    commits.publish_latest(out, run_id, PUBLISHED)
-    if options.keep_runs:
-        removed = commits.prune_runs(out, options.keep_runs)
-        log.info("retention: removed %d old runs", len(removed))
-    log.info(
-        "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
-        run_id,
-        commit["number"],
-        found,
-        featurized,
-        rejected_count,
-        reused,
-        todo_count,
-    )
-    log.info("results: %s", out.uri_for("results.csv"))
-    return manifest
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
@@ -426,8 +404,6 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     )
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
-        from fruits.options import build_parser
-
         build_parser().print_help()
         return 0
     session = spark or get_session()

@@ -1,0 +1,104 @@
+"""manifest.json: what a run read, how, what it produced, and how long each stage took."""
+
+from __future__ import annotations
+
+import platform
+import socket
+from typing import Any
+
+from fruits.models import Weights
+from fruits.options import JobOptions
+
+RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--weights none): features are NOT pretrained; for testing only"
+
+
+def versions(spark_version: str) -> dict[str, str]:
+    """Versions of Python, Spark and the libraries that decide the numbers."""
+    import numpy
+    import PIL
+
+    found = {"python": platform.python_version(), "spark": spark_version, "numpy": numpy.__version__}
+    found["pillow"] = PIL.__version__
+    for module in ("tensorflow", "keras", "ai_edge_litert"):
+        try:
+            found[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            found[module] = "not installed"
+    return found
+
+
+def cumulative(explained: list[float]) -> list[float]:
+    """Running sum of the explained-variance curve."""
+    total, out = 0.0, []
+    for value in explained:
+        total += value
+        out.append(total)
+    return out
+
+
+def build(
+    *,
+    run_id: str,
+    options: JobOptions,
+    counts: dict[str, int],
+    feature_dim: int,
+    threads: int,
+    weights: Weights,
+    weights_sha: str | None,
+    k: int,
+    explained: list[float],
+    fitted_here: bool,
+    quality: dict[str, Any] | None,
+    feature_store: dict[str, Any],
+    outputs: dict[str, str],
+    timings: dict[str, float],
+    versions: dict[str, str],
+    spark_master: str,
+    started_at: str,
+    finished_at: str,
+) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict."""
+    curve = cumulative(explained)
+    return {
+        "run_id": run_id,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "input": options.input,
+        "output": options.output,
+        "limit": options.limit,
+        "counts": counts,
+        "model": {
+            "name": options.model,
+            "alpha": options.alpha,
+            "image_size": options.image_size,
+            "decode_size": options.decode_size,
+            "feature_dim": feature_dim,
+            "engine": options.engine,
+            "batch_size": options.batch_size,
+            "threads_per_task": threads,
+        },
+        "weights": {
+            "source": weights.source,
+            "kind": weights.kind,
+            "pretrained": weights.pretrained,
+            "sha256": weights_sha,
+            **({"warning": RANDOM_WEIGHTS_WARNING} if not weights.pretrained else {}),
+        },
+        "pca": {
+            "k": k,
+            "requested_k": options.k,
+            "requested_variance": options.variance,
+            "fitted_in_this_run": fitted_here,
+            "centered": True,
+            "explained_by_k": curve[k - 1],
+            "explained_variance": explained,
+            "cumulative_explained_variance": curve,
+        },
+        "quality": quality,
+        "feature_store": feature_store,
+        "outputs": outputs,
+        "timings_seconds": timings,
+        "versions": versions,
+        "host": socket.gethostname(),
+        "spark_master": spark_master,
+    }

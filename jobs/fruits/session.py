@@ -1,0 +1,45 @@
+"""The Spark session: the cluster's when spark-submit started us, else local mode on every core."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+
+def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
+    """The session spark-submit configured, or a local one using every core: the embedded default."""
+    builder = SparkSession.builder.appName(app_name)
+    if not _master_chosen():
+        ship_package_to_local_workers()
+        builder = (
+            builder.master("local[*]")
+            .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
+            .config("spark.ui.showConsoleProgress", "true")
+            .config("spark.sql.shuffle.partitions", "8")
+        )
+    return builder.getOrCreate()
+
+
+def _master_chosen() -> bool:
+    """Whether spark-submit or PYSPARK_SUBMIT_ARGS chose the master; then we must not set one.
+
+    Asked before any JVM exists, so ``SparkConf()`` cannot tell (it is empty until a SparkContext starts).
+    """
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit, whose JVM already has a master
+        return True
+    return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+
+
+def ship_package_to_local_workers() -> None:
+    """Let local-mode Python workers import ``fruits`` from this checkout (a cluster gets ``--py-files``).
+
+    Must run before the SparkContext starts: its workers inherit this process's environment.
+    """
+    # Workers must run this interpreter (the venv's), not whatever python3 is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if os.path.isdir(parent) and parent not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([parent, *paths])
