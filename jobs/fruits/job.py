@@ -142,11 +142,9 @@ class Run:
         return f"{self.prefix}/{name}"
 
     def catalog(self) -> DataFrame:
-        """Read and hash every image once; returns the catalog (kept as Parquet in the run's prefix)."""
+        """Read and hash every image once; the catalog (with the bytes) stays on the executors' disks."""
         with self.timer.stage("catalog", "(read and hash every image)"):
-            uri = self.out.uri_for(self.key_for("catalog.parquet"))
-            catalog.catalog(self.spark, self.options.input, self.options.limit).write.parquet(uri)
-            images = self.spark.read.parquet(uri)
+            images = catalog.catalog(self.spark, self.options.input, self.options.limit)
             self.counts["images"] = images.count()
         return images
 
@@ -182,7 +180,8 @@ class Run:
                 report_progress(sc, "featurize", todo_count),
             ):
                 checkpoint("featurize")
-                contents = catalog.contents(self.spark, self.options.input, todo).repartition(partitions)
+                everything = todo_count == self.counts["images"]  # first run, no duplicate bytes
+                contents = catalog.contents(images, todo, everything).repartition(partitions)
                 features = featurize(
                     contents,
                     artifact,
@@ -323,7 +322,7 @@ class Run:
             self.draw(results, explained, k)
         finally:
             rows.unpersist()
-        self.out.delete_prefix(self.key_for("catalog.parquet"))
+            images.unpersist()
         counts = {
             name: self.counts[name]
             for name in ("found", "featurized", "rejected", "reused", "newly_featurized")
