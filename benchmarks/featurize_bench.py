@@ -212,14 +212,11 @@ def watch(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, 
     }
 
 
-def job_run(
-    args: argparse.Namespace, engine: str, count: int, model: str, alpha: float, weights: str
-) -> dict:
-    """Section 3: the job in a fresh process over ``count`` images, fresh output (no feature-store reuse)."""
-    data = dataset(args, count)
-    output = Path(args.out) / "runs" / f"{model}-{alpha}-{engine}-n{count}"
-    shutil.rmtree(output, ignore_errors=True)
-    command = [
+def job_command(
+    args: argparse.Namespace, engine: str, data: Path, output: Path, model: str, alpha: float, weights: str
+) -> list[str]:
+    """The job's command line for one benchmark run."""
+    return [
         sys.executable,
         "jobs/featurize_pca.py",
         "--input",
@@ -242,6 +239,16 @@ def job_run(
         str(args.decode_size),
         "--overwrite",
     ]
+
+
+def job_run(
+    args: argparse.Namespace, engine: str, count: int, model: str, alpha: float, weights: str
+) -> dict:
+    """Section 3: the job in a fresh process over ``count`` images, fresh output (no feature-store reuse)."""
+    data = dataset(args, count)
+    output = Path(args.out) / "runs" / f"{model}-{alpha}-{engine}-n{count}"
+    shutil.rmtree(output, ignore_errors=True)
+    command = job_command(args, engine, data, output, model, alpha, weights)
     before = loadavg()
     watched = watch(command, dict(os.environ), Path(args.out) / f"log-{output.name}.txt")
     manifest = json.loads((output / "manifest.json").read_text())
@@ -265,6 +272,49 @@ def job_run(
         "load_before": before,
         "load_after": loadavg(),
         **watched,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 6
+
+
+def incremental(args: argparse.Namespace) -> dict[str, object]:
+    """Section 6: a second run over the same images plus 10% new ones, on the same output and feature store."""
+    files = sorted(dataset(args, args.incremental_n).rglob("*.jpg"))
+    base = round(len(files) / 1.1)
+    work = Path(args.out) / "incremental-input"
+    output = Path(args.out) / "runs" / "incremental"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(output, ignore_errors=True)
+    root = files[0].parents[1]
+
+    def link(paths: list[Path]) -> None:
+        for path in paths:
+            target = work / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+
+    runs = []
+    for name, paths in (("first", files[:base]), ("second", files[base:])):
+        link(paths)
+        command = job_command(args, "litert", work, output, args.model, args.alpha, args.weights)
+        watch(command, dict(os.environ), Path(args.out) / f"log-incremental-{name}.txt")
+        manifest = json.loads((output / "manifest.json").read_text())
+        runs.append(
+            {
+                "run": name,
+                "found": manifest["counts"]["found"],
+                "newly_featurized": manifest["counts"]["newly_featurized"],
+                "reused": manifest["counts"]["reused"],
+                "featurize_seconds": manifest["timings_seconds"].get("featurize", 0.0),
+                "end_to_end_seconds": round(sum(manifest["timings_seconds"].values()), 1),
+            }
+        )
+    first, second = runs
+    return {
+        "runs": runs,
+        "work_ratio": round(second["newly_featurized"] / first["newly_featurized"], 3),
+        "featurize_time_ratio": round(second["featurize_seconds"] / max(first["featurize_seconds"], 1e-9), 3),
     }
 
 
@@ -452,6 +502,19 @@ def table(report: dict) -> str:
                 f"                       {case['n']:7} {case['width']:6} {case['k']:4} "
                 f"{case['fit_seconds']:7.1f} {case['seconds']:8.1f}"
             )
+    if report.get("incremental"):
+        inc = report["incremental"]
+        lines += ["", "6. incremental: same output and feature store, +10% new images"]
+        lines.append("   run       found  newly featurized  reused  featurize s  end to end s")
+        for r in inc["runs"]:
+            lines.append(
+                f"   {r['run']:8} {r['found']:6} {r['newly_featurized']:17} {r['reused']:7} "
+                f"{r['featurize_seconds']:12.1f} {r['end_to_end_seconds']:13.1f}"
+            )
+        lines.append(
+            f"   second run's featurization work: {inc['work_ratio']:.1%} of the first "
+            f"(featurize stage time {inc['featurize_time_ratio']:.1%})"
+        )
     return "\n".join(lines)
 
 
@@ -481,7 +544,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="model:alpha:weights also run with litert, '' skips",
     )
     add("--extra-sizes", default="1000,5000")
-    add("--skip", default="", help="comma list of sections to skip: limit,jobs,naive,pca,extra")
+    add("--incremental-n", type=int, default=5500, help="images in the incremental section's second run")
+    add("--skip", default="", help="comma list of sections to skip: limit,jobs,naive,pca,extra,incremental")
     add("--quick", action="store_true", help="N = 1,000 only, small naive and PCA runs")
     add("--table", metavar="JSON", help="only print the table of an earlier run's bench.json")
     add("--child", help=argparse.SUPPRESS)
@@ -491,6 +555,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         parser.error("give --data or set FRUITS_DATA to the Fruits-360 sample")
     if args.quick:
         args.sizes, args.extra_sizes, args.naive_count, args.pca_sizes = "1000", "1000", 128, "1000,5000"
+        args.incremental_n = 1100
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.extra_sizes = [int(s) for s in args.extra_sizes.split(",") if s]
     args.pca_sizes = [int(s) for s in args.pca_sizes.split(",") if s]
@@ -553,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             run["limit"] = limit_rate(limit)
             report["jobs"].append(run)
             save()
+    if "incremental" not in args.skip:
+        report["incremental"] = incremental(args)
+        print(json.dumps(report["incremental"]), flush=True)
+        save()
     if "naive" not in args.skip:
         report["naive"] = child(args, "naive")
         save()
