@@ -280,13 +280,13 @@ def job_run(
 
 def incremental(args: argparse.Namespace) -> dict[str, object]:
     """Section 6: a second run over the same images plus 10% new ones, on the same output and feature store."""
-    files = sorted(dataset(args, args.incremental_n).rglob("*.jpg"))
+    root = dataset(args, args.incremental_n)
+    files = sorted(root.rglob("*.jpg"))
     base = round(len(files) / 1.1)
     work = Path(args.out) / "incremental-input"
     output = Path(args.out) / "runs" / "incremental"
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(output, ignore_errors=True)
-    root = files[0].parents[1]
 
     def link(paths: list[Path]) -> None:
         for path in paths:
@@ -548,6 +548,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--skip", default="", help="comma list of sections to skip: limit,jobs,naive,pca,extra,incremental")
     add("--quick", action="store_true", help="N = 1,000 only, small naive and PCA runs")
     add("--table", metavar="JSON", help="only print the table of an earlier run's bench.json")
+    add("--resume", action="store_true", help="keep the sections already in <out>/bench.json, run the others")
     add("--child", help=argparse.SUPPRESS)
     add("--child-output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -588,24 +589,27 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": [],
     }
     json_path = Path(args.out) / "bench.json"
+    if args.resume and json_path.exists():
+        report = json.loads(json_path.read_text())
 
     def save() -> None:
         json_path.write_text(json.dumps(report, indent=2))
 
     for count in sorted(set(args.sizes) | set(args.extra_sizes)):
         dataset(args, count)
-    with tempfile.TemporaryDirectory(prefix="fruits-bench-") as folder:
-        report["limit"] = limit_and_decode(args, read_images(dataset(args, min(args.sizes)), 512), folder)
-    print(json.dumps(report["limit"]), flush=True)
-    save()
-    if "jobs" not in args.skip:
+    if "limit" not in report:
+        with tempfile.TemporaryDirectory(prefix="fruits-bench-") as folder:
+            report["limit"] = limit_and_decode(args, read_images(dataset(args, min(args.sizes)), 512), folder)
+        print(json.dumps(report["limit"]), flush=True)
+        save()
+    if "jobs" not in args.skip and not report["jobs"]:
         for count in args.sizes:
             for engine in args.big_engines if count == max(args.sizes) else args.engines:
                 run = job_run(args, engine, count, args.model, args.alpha, args.weights)
                 report["jobs"].append(run)
                 print(json.dumps({k: run[k] for k in ("engine", "n", "featurize_images_per_s")}), flush=True)
                 save()
-    if args.extra_model and "extra" not in args.skip:
+    if args.extra_model and "extra" not in args.skip and "extra_limit" not in report:
         model, alpha, weights = args.extra_model.split(":")
         extra = argparse.Namespace(
             **{**vars(args), "model": model, "alpha": float(alpha), "weights": weights}
@@ -618,14 +622,14 @@ def main(argv: list[str] | None = None) -> int:
             run["limit"] = limit_rate(limit)
             report["jobs"].append(run)
             save()
-    if "incremental" not in args.skip:
+    if "incremental" not in args.skip and "incremental" not in report:
         report["incremental"] = incremental(args)
         print(json.dumps(report["incremental"]), flush=True)
         save()
-    if "naive" not in args.skip:
+    if "naive" not in args.skip and "naive" not in report:
         report["naive"] = child(args, "naive")
         save()
-    if "pca" not in args.skip:
+    if "pca" not in args.skip and "pca" not in report:
         report["pca"] = child(args, "pca")
         save()
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -19,6 +19,20 @@ pytest_plugins = ["tests.moto_server"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The smallest model on 32-pixel images with random weights: the job's whole path in seconds, not minutes.
+FAST_MODEL = [
+    "--model",
+    "mobilenet",
+    "--alpha",
+    "0.25",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--decode-size",
+    "32",
+]
+
 
 @pytest.fixture(scope="session")
 def spark():
@@ -59,20 +73,21 @@ def write_image(
     return path
 
 
-@pytest.fixture
-def image_tree(tmp_path: Path) -> Path:
-    """Two labelled classes (one with a space in its name), a PNG, an upper-case extension, and bad files."""
-    root = tmp_path / "images"
+def make_image_tree(root: Path) -> Path:
+    """Two labelled classes (one with a space in its name), a PNG, an upper-case extension, and bad files.
+
+    14 images that decode and 4 files that cannot be used: empty, not an image, truncated, not .jpg/.png.
+    """
     for i in range(6):
         write_image(root / "Red Apple" / f"r{i}.jpg", (200, 30, 30), seed=i)
         write_image(root / "Lemon" / f"l{i}.jpg", (230, 220, 40), seed=10 + i)
     write_image(root / "Lemon" / "l_png.png", (230, 220, 40), seed=99)
-    write_image(root / "Red Apple" / "R_UPPER.JPG", (190, 20, 40), seed=98)
+    write_image(root / "Red Apple" / "R_UPPER.JPG", (190, 20, 40), seed=98, mode="L")
     (root / "Lemon" / "empty.jpg").write_bytes(b"")
     (root / "Lemon" / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG")
     (root / "Red Apple" / "notes.txt").write_text("a stray file")
-    good = root / "Lemon" / "l0.jpg"
-    (root / "Lemon" / "truncated.jpg").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    good = (root / "Lemon" / "l0.jpg").read_bytes()
+    (root / "Lemon" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     return root
 
 

@@ -10,27 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import write_image
+from tests.conftest import FAST_MODEL, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "jobs" / "featurize_pca.py"
-# The smallest model on 32-pixel images with random weights: the job's full path in seconds, not minutes.
-FAST = [
-    "--model",
-    "mobilenet",
-    "--alpha",
-    "0.25",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--decode-size",
-    "32",
-    "--engine",
-    "litert",
-    "--k",
-    "2",
-]
+FAST = [*FAST_MODEL, "--engine", "litert", "--k", "2"]
 RED, YELLOW = (200, 30, 30), (230, 220, 40)
 
 

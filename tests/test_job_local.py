@@ -12,20 +12,10 @@ import pytest
 
 from fruits.job import main, run
 from fruits.options import parse_options
+from tests.conftest import FAST_MODEL, make_image_tree
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-FAST = [
-    "--model",
-    "mobilenet",
-    "--alpha",
-    "0.25",
-    "--weights",
-    "none",
-    "--image-size",
-    "32",
-    "--decode-size",
-    "32",
-]
+FAST = FAST_MODEL
 
 
 def job_options(input_dir: Path, output: Path, *extra: str):
@@ -35,19 +25,7 @@ def job_options(input_dir: Path, output: Path, *extra: str):
 @pytest.fixture(scope="module")
 def first_run(spark, tmp_path_factory):
     """One run over the image tree of conftest, shared by the read-only tests below."""
-    from tests.conftest import write_image
-
-    root = tmp_path_factory.mktemp("tree") / "images"
-    for i in range(6):
-        write_image(root / "Red Apple" / f"r{i}.jpg", (200, 30, 30), seed=i)
-        write_image(root / "Lemon" / f"l{i}.jpg", (230, 220, 40), seed=10 + i)
-    write_image(root / "Lemon" / "l_png.png", (230, 220, 40), seed=99)
-    write_image(root / "Red Apple" / "R_UPPER.JPG", (190, 20, 40), seed=98, mode="L")
-    (root / "Lemon" / "empty.jpg").write_bytes(b"")
-    (root / "Lemon" / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG")
-    (root / "Red Apple" / "notes.txt").write_text("a stray file")
-    good = (root / "Lemon" / "l0.jpg").read_bytes()
-    (root / "Lemon" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    root = make_image_tree(tmp_path_factory.mktemp("tree") / "images")
     output = tmp_path_factory.mktemp("out") / "result"
     manifest = run(spark, job_options(root, output, "--k", "3", "--keep-features"))
     return root, output, manifest
