@@ -22,7 +22,12 @@ MAX_TEST_ROWS = 20_000
 def _accuracy(train: DataFrame, test: DataFrame, features_col: str) -> float:
     indexer = StringIndexer(inputCol="label", outputCol="label_index", handleInvalid="keep").fit(train)
     classifier = LogisticRegression(
-        featuresCol=features_col, labelCol="label_index", family="multinomial", maxIter=50, regParam=1e-2, tol=1e-4
+        featuresCol=features_col,
+        labelCol="label_index",
+        family="multinomial",
+        maxIter=50,
+        regParam=1e-2,
+        tol=1e-4,
     )
     model = classifier.fit(indexer.transform(train))
     scored = model.transform(indexer.transform(test))
