@@ -22,6 +22,7 @@ SUPPORTED_PATTERN = r"(?i)\.(" + "|".join(ext.lstrip(".") for ext in SUPPORTED_E
 # Spark plans file scans as if opening a file cost reading 4 MB; with ~5 KB images that makes one task per
 # 32 files. A cost near a small image's size packs thousands of images into a read task.
 SMALL_FILE_OPEN_COST = str(64 * 1024)
+DEFAULT_OPEN_COST = 4 * 1024 * 1024
 
 
 class InputError(ValueError):
@@ -135,8 +136,8 @@ def catalog(spark: SparkSession, uri: str, limit: int | None = None) -> DataFram
     The result is persisted on the executors' disks: the bytes are read from storage once, hashed, and the
     images still to featurize are taken from there instead of being read again.
     """
-    if spark.conf.get("spark.sql.files.openCostInBytes") in ("4194304", "4MB", "4m"):
-        spark.conf.set("spark.sql.files.openCostInBytes", SMALL_FILE_OPEN_COST)
+    if spark._jsparkSession.sessionState().conf().filesOpenCostInBytes() == DEFAULT_OPEN_COST:
+        spark.conf.set("spark.sql.files.openCostInBytes", SMALL_FILE_OPEN_COST)  # only if nobody chose one
     images = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uri)
     images = images.where(F.col("path").rlike(SUPPORTED_PATTERN))
     if limit:
