@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 #   FRUITS_DATA=/path/to/fruits360 (Training/ and Test/)   FRUITS_WEIGHTS=/path/to/keras-weights.h5
 DEMO_OUT ?= out/demo
 
-.PHONY: help venv java demo test lint unit synth bench clean
+.PHONY: help venv java demo test lint unit synth bench package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,10 @@ synth: $(STAMP)  ## cdk synth of every stack with the pinned CLI and cdk-nag (fa
 	scripts/synth.sh
 
 test: lint unit synth  ## everything CI runs
+
+package: $(STAMP)  ## build/job-bundle/: featurize_pca.py, fruits.zip (for --py-files), bootstrap, requirements
+	$(PY) -c "import sys; sys.path.insert(0, 'cdk'); from pathlib import Path; \
+	from fruits_infra.artifacts import build_bundle; print(*build_bundle(Path('build/job-bundle')), sep='\n')"
 
 bench: $(STAMP) java  ## the featurization benchmark (prints a table, writes out/bench/benchmark.json)
 	$(PY) benchmarks/featurize_bench.py
