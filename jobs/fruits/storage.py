@@ -329,19 +329,7 @@ class LocalStore(Store):
 
     def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
         """Copy into a temp file next to the target, then rename over it."""
-        path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = _temp_name(path)
-        try:
-            shutil.copyfile(local_path, tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        self._fsync_dir(os.path.dirname(path))
+        _atomic_local_copy(os.fspath(local_path), self._path(key))
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Same as :meth:`upload_file` in the other direction."""
@@ -350,8 +338,10 @@ class LocalStore(Store):
         _atomic_local_copy(self._path(key), os.fspath(local_path))
 
     def copy(self, src_key: str, dst_key: str) -> None:
-        """Read the source and replace the destination in one rename."""
-        self.write_bytes(dst_key, self.read_bytes(src_key))
+        """Copy the source file (streamed, not read into memory) and replace the destination in one rename."""
+        if not self.exists(src_key):
+            raise NotFound(f"{self.uri_for(src_key)} does not exist")
+        _atomic_local_copy(self._path(src_key), self._path(dst_key))
 
     def delete(self, key: str) -> None:
         """Unlink the file if present."""
@@ -382,16 +372,20 @@ class LocalStore(Store):
 
 
 def _atomic_local_copy(src: str, dst: str) -> None:
+    """Copy ``src`` to a durable temporary file beside ``dst``, then rename it over ``dst``."""
     folder = os.path.dirname(os.path.abspath(dst))
     os.makedirs(folder, exist_ok=True)
     tmp = _temp_name(dst)
     try:
         shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    LocalStore._fsync_dir(folder)
 
 
 class S3Store(Store):
