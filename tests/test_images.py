@@ -16,8 +16,6 @@ from fruits.images import (
     ImageRejected,
     decode_image,
     is_supported,
-    label_from_path,
-    split_from_path,
 )
 
 
@@ -162,21 +160,6 @@ def test_truncated_or_bit_flipped_images_never_crash(mode, fmt, cut, flip):
         decode_image(bytes(data), 16)
     except ImageRejected as rejected:
         assert rejected.reason
-
-
-@pytest.mark.parametrize(
-    ("path", "label", "split"),
-    [
-        ("file:/data/Training/Apple Braeburn/r_1_100.jpg", "Apple Braeburn", "Training"),
-        ("s3://bucket/images/test/Lemon Meyer/1.JPG", "Lemon Meyer", "Test"),
-        ("/data/Mango/a.png", "Mango", None),
-        ("file:///x/Training/Red%20Apple/a.jpg", "Red Apple", "Training"),
-        ("a.jpg", "", None),
-    ],
-)
-def test_label_and_split_from_path(path, label, split):
-    assert label_from_path(path) == label
-    assert split_from_path(path) == split
 
 
 @pytest.mark.parametrize(

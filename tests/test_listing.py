@@ -66,3 +66,27 @@ def test_other_file_systems_are_listed_through_spark(spark, tmp_path):
     (tmp_path / "in" / "A" / "_SUCCESS").write_bytes(b"")
     listed = list(_list_hadoop(spark, f"file://{tmp_path}/in"))
     assert listed == [(f"file:{tmp_path}/in/A/a.jpg", 3)]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    ("path", "label", "split"),
+    [
+        ("file:/data/Training/Apple Braeburn/r_1_100.jpg", "Apple Braeburn", "Training"),
+        ("s3://bucket/images/test/Lemon Meyer/1.JPG", "Lemon Meyer", "Test"),
+        ("file:/data/Mango/a.png", "Mango", None),
+        ("file:/data/Validation/Kiwi/a.png", "Kiwi", None),
+        ("a.jpg", "", None),
+    ],
+)
+def test_label_and_split_columns_from_spark_paths(spark, path, label, split):
+    from pyspark.sql import functions as F
+
+    from fruits.catalog import label_column, split_column
+
+    row = (
+        spark.createDataFrame([(path,)], "path string")
+        .select(label_column(F.col("path")).alias("label"), split_column(F.col("path")).alias("split"))
+        .first()
+    )
+    assert (row["label"], row["split"]) == (label, split)

@@ -16,7 +16,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits.images import SUPPORTED_EXTENSIONS
+from fruits.images import SUPPORTED_EXTENSIONS, is_supported
 
 SUPPORTED_PATTERN = r"(?i)\.(" + "|".join(ext.lstrip(".") for ext in SUPPORTED_EXTENSIONS) + r")$"
 # Spark plans file scans as if opening a file cost reading 4 MB; with ~5 KB images that makes one task per
@@ -40,7 +40,7 @@ class InputScan:
     def add(self, path: str, size: int) -> None:
         """Count one listed file, keeping its name if it cannot be an image."""
         self.files += 1
-        if not path.lower().endswith(SUPPORTED_EXTENSIONS):
+        if not is_supported(path):
             self.unsupported.append(path)
         elif size == 0:
             self.empty.append(path)
@@ -120,7 +120,7 @@ def scan_input(spark: SparkSession, uri: str) -> InputScan:
 
 
 def label_column(path: Column) -> Column:
-    """The parent folder's name (spaces kept), as :func:`fruits.images.label_from_path` computes it."""
+    """The parent folder's name, spaces kept (Spark's paths are not URL-encoded)."""
     return F.regexp_extract(path, r"([^/]+)/[^/]+$", 1)
 
 

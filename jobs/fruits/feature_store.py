@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from fruits.storage import Store
 
@@ -46,8 +45,3 @@ def write_batch(frame: DataFrame, store: Store, key: str, run_id: str) -> str:
         store.uri_for(f"{key}/{name}")
     )
     return name
-
-
-def stored_ids(frame: DataFrame) -> DataFrame:
-    """Just the ids of stored rows (what a run need not featurize again)."""
-    return frame.select(F.col("id"))

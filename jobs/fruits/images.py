@@ -1,4 +1,4 @@
-"""Decode image bytes into fixed-size RGB arrays, and read labels from paths.
+"""Decode image bytes into fixed-size RGB arrays.
 
 Pure functions (no Spark, no TensorFlow) so that every rule here is tested on its own. A file that cannot be
 used raises :class:`ImageRejected` with a short reason; callers record it and go on.
@@ -7,9 +7,7 @@ used raises :class:`ImageRejected` with a short reason; callers record it and go
 from __future__ import annotations
 
 import io
-import posixpath
 import warnings
-from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -21,7 +19,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Refuse decompression bombs from the header alone: 50 megapixels is far above any fruit photo.
 DEFAULT_MAX_PIXELS = 50_000_000
-SPLIT_NAMES = {"training": "Training", "test": "Test"}
 
 
 class ImageRejected(ValueError):
@@ -35,26 +32,6 @@ class ImageRejected(ValueError):
 def is_supported(path: str) -> bool:
     """True when the path ends in .jpg, .jpeg or .png, in any letter case."""
     return path.lower().endswith(SUPPORTED_EXTENSIONS)
-
-
-def _path_parts(path: str) -> list[str]:
-    """Folder names of a local path or URI (``file:/a/b c/x.jpg`` or ``s3://bucket/a/x.jpg``), decoded."""
-    without_scheme = path.split("://", 1)[-1] if "://" in path else path.split(":", 1)[-1]
-    return [unquote(p) for p in posixpath.dirname(without_scheme).split("/") if p]
-
-
-def label_from_path(path: str) -> str:
-    """The image's class: the name of its parent folder, spaces kept (``.../Apple Braeburn/1.jpg``)."""
-    parts = _path_parts(path)
-    return parts[-1] if parts else ""
-
-
-def split_from_path(path: str) -> str | None:
-    """``Training`` or ``Test`` when the grandparent folder is one of Fruits-360's splits, else None."""
-    parts = _path_parts(path)
-    if len(parts) >= 2:
-        return SPLIT_NAMES.get(parts[-2].lower())
-    return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

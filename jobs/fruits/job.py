@@ -241,7 +241,7 @@ class Run:
             checkpoint("write")
             keep = ["path", "label", "split", "id"] + (["features"] if self.options.keep_features else [])
             parquet = self.out.uri_for(self.key_for("results.parquet"))
-            projected.select(*keep, *[f"pc_{i + 1}" for i in range(k)]).orderBy("path").write.parquet(parquet)
+            projected.select(*keep, *reduce.pc_columns(k)).orderBy("path").write.parquet(parquet)
             results = self.spark.read.parquet(parquet)
             outputs.write_single_csv(
                 outputs.csv_frame(results, k),
@@ -257,9 +257,7 @@ class Run:
     def quality_report(self, projected: DataFrame, k: int) -> dict[str, Any] | None:
         """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
         with self.timer.stage("quality report"):
-            report = quality.report(
-                projected.select("label", "split", "features", *[f"pc_{i + 1}" for i in range(k)]), k
-            )
+            report = quality.report(projected.select("label", "split", "features", *reduce.pc_columns(k)), k)
         if report:
             log.info(
                 "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits.reduce import pc_columns
 from fruits.storage import Store
 
 # Significant digits, not decimals: features of an untrained network are ~1e-17 and must not print as 0.
@@ -17,13 +18,14 @@ CSV_DIGITS = 9
 
 def result_columns(k: int) -> list[str]:
     """The header of results.csv: ``path, label, pc_1 .. pc_k``."""
-    return ["path", "label", *[f"pc_{i + 1}" for i in range(k)]]
+    return ["path", "label", *pc_columns(k)]
 
 
 def csv_frame(results: DataFrame, k: int) -> DataFrame:
     """results.csv's rows: plain unquoted numbers with 9 significant digits, sorted by path."""
-    pcs = [F.format_string(f"%.{CSV_DIGITS}g", F.col(f"pc_{i + 1}")).alias(f"pc_{i + 1}") for i in range(k)]
-    return results.select("path", "label", *pcs).orderBy("path")
+    path, label, *pcs = result_columns(k)
+    formatted = [F.format_string(f"%.{CSV_DIGITS}g", F.col(name)).alias(name) for name in pcs]
+    return results.select(path, label, *formatted).orderBy(path)
 
 
 def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int) -> None:

@@ -14,6 +14,8 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from fruits.reduce import pc_columns
+
 # Enough rows to measure what the reduction keeps; more only makes the report cost as much as featurizing.
 MAX_TRAIN_ROWS = 20_000
 MAX_TEST_ROWS = 20_000
@@ -46,7 +48,7 @@ def report(rows: DataFrame, k: int) -> dict[str, object] | None:
     train_n, test_n = counts.get("Training", 0), counts.get("Test", 0)
     if not train_n or not test_n:
         return None
-    assembled = VectorAssembler(inputCols=[f"pc_{i + 1}" for i in range(k)], outputCol="pcs").transform(
+    assembled = VectorAssembler(inputCols=pc_columns(k), outputCol="pcs").transform(
         rows.withColumn("full", array_to_vector("features"))
     )
     train = assembled.where(F.col("split") == "Training")

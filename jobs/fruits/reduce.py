@@ -22,6 +22,11 @@ VECTOR_COL = "features_vec"
 PCA_COL = "pca"
 
 
+def pc_columns(k: int) -> list[str]:
+    """Names of the projected components: ``pc_1 .. pc_k``."""
+    return [f"pc_{i + 1}" for i in range(k)]
+
+
 def choose_k(explained: Sequence[float], variance: float) -> int:
     """Smallest k whose cumulative explained variance reaches ``variance`` (all components if none does)."""
     if not explained:
@@ -42,11 +47,6 @@ class Reduction:
     k: int
     explained: list[float]  # per component, over all components that were fitted
 
-    @property
-    def cumulative(self) -> list[float]:
-        """Cumulative explained variance, component by component."""
-        return [float(v) for v in np.cumsum(self.explained)]
-
 
 def with_vectors(frame: DataFrame) -> DataFrame:
     """Add the MLlib vector column the pipeline reads (``array_to_vector`` of ``features``)."""
@@ -55,11 +55,10 @@ def with_vectors(frame: DataFrame) -> DataFrame:
 
 def fit(features: DataFrame, *, feature_dim: int, k: int | None, variance: float | None) -> Reduction:
     """Fit center + PCA on ``features`` (a ``features`` array column); k given or chosen by ``variance``."""
-    rows_hint = feature_dim  # PCA needs k <= number of features
     full = Pipeline(
         stages=[
             StandardScaler(inputCol=VECTOR_COL, outputCol="centered", withMean=True, withStd=False),
-            PCA(k=rows_hint, inputCol="centered", outputCol="pca_all"),
+            PCA(k=feature_dim, inputCol="centered", outputCol="pca_all"),  # every component: the full curve
         ]
     ).fit(with_vectors(features))
     explained = [float(v) for v in full.stages[1].explainedVariance.toArray()]
@@ -73,7 +72,7 @@ def project(model: PipelineModel, features: DataFrame, k: int) -> DataFrame:
     """Rows of ``features`` with ``pc_1..pc_k`` double columns added (the vector columns dropped)."""
     projected = model.transform(with_vectors(features))
     array = vector_to_array(F.col(PCA_COL))
-    columns = [array[i].alias(f"pc_{i + 1}") for i in range(k)]
+    columns = [array[i].alias(name) for i, name in enumerate(pc_columns(k))]
     return projected.select(*features.columns, *columns)
 
 
