@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 #   FRUITS_DATA=/path/to/fruits360 (Training/ and Test/)   FRUITS_WEIGHTS=/path/to/keras-weights.h5
 DEMO_OUT ?= out/demo
 
-.PHONY: help venv java demo test lint unit synth bench package clean
+.PHONY: help venv java demo test lint unit synth rehearse jars bench package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,13 +38,19 @@ lint: $(STAMP)  ## ruff, and shellcheck on the bootstrap scripts
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: apt-get install shellcheck"; exit 1; }
 	shellcheck bootstrap/*.sh scripts/*.sh .ci/run
 
-unit: $(STAMP) java  ## every pytest test
-	$(PY) -m pytest
+unit: $(STAMP) java  ## every pytest test but the cloud rehearsal
+	$(PY) -m pytest -m "not rehearsal"
+
+jars: $(STAMP)  ## hadoop-aws + aws-java-sdk-bundle matching pyspark's Hadoop, from Maven, into a cache outside git
+	scripts/fetch-jars.sh
+
+rehearse: $(STAMP) java jars  ## the deployed step on S3 (moto, IAM enforced) on a 2-worker Spark cluster, as root
+	$(PY) -m pytest -m rehearsal -p no:cacheprovider tests/rehearsal
 
 synth: $(STAMP)  ## cdk synth of every stack with the pinned CLI and cdk-nag (fails on any finding)
 	scripts/synth.sh
 
-test: lint unit synth  ## everything CI runs
+test: lint unit synth rehearse  ## everything CI runs
 
 package: $(STAMP)  ## build/job-bundle/: featurize_pca.py, fruits.zip (for --py-files), bootstrap, requirements
 	$(PY) -c "import sys; sys.path.insert(0, 'cdk'); from pathlib import Path; \

@@ -5,6 +5,7 @@
 #
 #   scripts/synth.sh                  # default context (cdk.json)
 #   scripts/synth.sh -c ephemeral=true -c taskSpotCount=2
+#   CDK_OUT=/tmp/out scripts/synth.sh -c model=mobilenet   # another output folder (the cloud rehearsal's)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,12 +24,13 @@ fi
 cli_version="$(npx --no-install cdk --version 2>/dev/null | cut -d' ' -f1)"
 [[ "${cli_version}" == "${wanted}" ]] || { echo "synth: cdk CLI is ${cli_version}, package.json pins ${wanted}" >&2; exit 1; }
 
-rm -rf cdk.out
+out="${CDK_OUT:-cdk.out}"
+rm -rf "${out}"
 # The pinned CLI synthesizes every stack of the app when given no stack name (it has no --all for synth).
-npx --no-install cdk synth --quiet --ci "$@"
+npx --no-install cdk synth --quiet --ci --output "${out}" "$@"
 
 # Belt and braces: the validation report must not list any unacknowledged finding.
-report=cdk.out/validation-report.json
+report="${out}/validation-report.json"
 if [[ -f "${report}" ]]; then
   python3 - "${report}" <<'PY'
 import json
@@ -47,5 +49,5 @@ if findings or failed:
     sys.exit(f"synth: policy validation failed ({', '.join(failed) or 'findings'}): {len(findings)} finding(s)")
 PY
 fi
-stacks="$(python3 -c 'import json; print(" ".join(sorted(a for a, v in json.load(open("cdk.out/manifest.json"))["artifacts"].items() if v["type"] == "aws:cloudformation:stack")))')"
+stacks="$(python3 -c 'import json, sys; print(" ".join(sorted(a for a, v in json.load(open(sys.argv[1]))["artifacts"].items() if v["type"] == "aws:cloudformation:stack")))' "${out}/manifest.json")"
 echo "synth: OK (${cli_version}): ${stacks}"
