@@ -35,7 +35,7 @@ from fruits.storage import Store, open_store
 
 __all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
 
-log = logging.getLogger("fruits")
+log = logging.getLogger(__name__)
 PUBLISHED = list(PUBLISHED_NAMES)
 SCATTER_POINTS = 4000
 
