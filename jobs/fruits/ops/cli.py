@@ -4,10 +4,11 @@
     fruits status [STEP_ID] [--json] [--lines N]
     fruits results [--run RUN_ID] [--dest DIR]
     fruits runs [--json]
+    fruits smoke [--timeout MINUTES] [--keep]
 
 Everything is found from the CloudFormation stack's outputs (default stack FruitsEmrStack), so no bucket or
 cluster id is ever typed. Exit codes: 0 done; 1 `status` (or `submit --wait`) reports a step that failed, was
-cancelled or interrupted; 2 usage errors, anything not found (stack, output, step, commit,
+cancelled or interrupted, or `smoke` failed; 2 usage errors, anything not found (stack, output, step, commit,
 run) or refused, and a terminated cluster (with the command that deploys a new one). Errors are one line.
 This module only parses arguments and prints; the work is in the other modules of `fruits.ops`.
 """
@@ -24,7 +25,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.ops import aws, runs
+from fruits.ops import aws, runs, smoke
 from fruits.ops.status import step_report
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE = 0, 1, 2
@@ -96,6 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runs.add_argument("--json", action="store_true", help="print the commit objects as a JSON list")
 
+    smoke_cmd = commands.add_parser(
+        "smoke",
+        parents=[common],
+        help="end-to-end check of a deployed stack on synthetic images",
+        description="Upload a few synthetic images (two labels and one bad file) to a scratch prefix under "
+        f"InputUri ({smoke.SMOKE_DIR}/<id>/), run the stack's job step on them with --limit {smoke.LIMIT} into "
+        "scratch prefixes under ResultsUri and FeatureStoreUri, wait, check results.csv, the manifest's "
+        "counts and the logs, print PASS or FAIL, and delete the scratch prefixes. Exit 0 on PASS, 1 on FAIL.",
+    )
+    smoke_cmd.add_argument(
+        "--timeout",
+        metavar="MINUTES",
+        type=float,
+        default=smoke.DEFAULT_TIMEOUT_MINUTES,
+        help="give up (and cancel the step) after this long (default: %(default)g)",
+    )
+    smoke_cmd.add_argument(
+        "--poll",
+        metavar="SECONDS",
+        type=float,
+        default=smoke.DEFAULT_POLL_SECONDS,
+        help="seconds between checks (default: %(default)g)",
+    )
+    smoke_cmd.add_argument("--keep", action="store_true", help="keep the scratch images and outputs")
+    smoke_cmd.add_argument("--name", metavar="STEP_NAME", default="fruits-smoke", help="step name")
     return parser
 
 
@@ -233,6 +259,31 @@ def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Client
     return EXIT_STEP_FAILED if report and report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
 
 
+def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients) -> int:
+    """`fruits smoke`: progress on stderr, the checks and the verdict on stdout."""
+    result = smoke.run_smoke(
+        clients.emr,
+        clients.s3,
+        outputs,
+        name=args.name,
+        timeout=args.timeout * 60,
+        poll=args.poll,
+        keep=args.keep,
+        progress=sys.stderr,
+    )
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    for check in result.checks:
+        print(f"{marks[check.ok]}  {check.name:<12} {check.detail}")
+    if not result.passed and result.log_tail:
+        print(f"--- last {len(result.log_tail)} lines of {result.log_uri} ---")
+        print("\n".join(result.log_tail))
+    kept = "deleted (keep them with --keep)" if result.cleaned else "kept"
+    print(f"scratch {kept}: {', '.join(result.scratch.uris())}")
+    verdict = "PASS" if result.passed else "FAIL"
+    print(f"{verdict}  step {result.step_id}  logs {result.log_uri or 'not uploaded yet'}")
+    return EXIT_OK if result.passed else EXIT_STEP_FAILED
+
+
 def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) -> int:
     """Carry out one parsed command; return the exit code."""
     outputs = aws.stack_outputs(clients.cloudformation, args.stack)
@@ -251,6 +302,8 @@ def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) 
         return EXIT_STEP_FAILED if report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
     if args.command == "status":
         return _status(args, outputs, clients)
+    if args.command == "smoke":
+        return _smoke(args, outputs, clients)
     store = runs.results_store(clients.s3, outputs["ResultsUri"])
     if args.command == "results":
         commit = runs.find_commit(store, args.run)
