@@ -19,7 +19,7 @@ from PIL import Image
 from fruits import catalog, commits, layout
 from fruits.ops import aws
 from fruits.ops.cli import main
-from fruits.storage import open_store
+from fruits.storage import S3Store, StoreError, open_store
 from tests.ops_stack import Deployment, set_step_state
 
 pytestmark = pytest.mark.usefixtures("aws_env")
@@ -198,3 +198,18 @@ def test_smoke_on_a_terminated_cluster_uploads_nothing(emr: Any, s3: Any, dep: D
     assert len(err) == 1 and "clusterGeneration=" in err[0]
     assert scratch_objects(s3, dep) == []
     assert aws.cluster_state(emr, dep.cluster_id) == "TERMINATED"
+
+
+def test_a_failed_cleanup_is_reported_and_keeps_the_verdict(
+    emr: Any, s3: Any, dep: Deployment, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: S3Store, prefix: str) -> int:
+        raise StoreError(f"could not delete 1 objects under {self.uri_for(prefix)}: AccessDenied")
+
+    monkeypatch.setattr(S3Store, "delete_prefix", refuse)
+    with FakeJob(s3, emr, dep):
+        assert main(["smoke", "--poll", "0.05"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("PASS")
+    assert any(line.startswith("scratch NOT deleted") and "AccessDenied" in line for line in out)

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fruits",
         description="Run the Fruits featurize-and-PCA job on the deployed EMR cluster and fetch its results.",
-        epilog="Exit codes: 0 ok, 1 the step failed, 2 usage error or not found.",
+        epilog="Exit codes: 0 ok, 1 the step failed (smoke: FAIL), 2 usage error, not found or cluster ended.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[common],
-        help="a step's state, its run's counts or its failure",
+        help="a step's state, its run or its failure, and its logs",
         description="Show a step's state (default: the newest step of the job on the cluster): "
         "when completed the run it published and where the results are, or that it published none; "
         "when failed the reason; and where the step's and the driver's logs are, with their last lines "
@@ -277,7 +277,10 @@ def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients
     if not result.passed and result.log_tail:
         print(f"--- last {len(result.log_tail)} lines of {result.log_uri} ---")
         print("\n".join(result.log_tail))
-    kept = "deleted (keep them with --keep)" if result.cleaned else "kept"
+    if result.cleanup_error:
+        kept = f"NOT deleted ({result.cleanup_error}); delete by hand"
+    else:
+        kept = "deleted (keep them with --keep)" if result.cleaned else "kept"
     print(f"scratch {kept}: {', '.join(result.scratch.uris())}")
     verdict = "PASS" if result.passed else "FAIL"
     print(f"{verdict}  step {result.step_id}  logs {result.log_uri or 'not uploaded yet'}")

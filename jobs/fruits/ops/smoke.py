@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from fruits import commits, layout
-from fruits.storage import NotFound, Store, open_store
+from fruits.storage import NotFound, Store, StoreError, open_store
 
 from . import aws, logs, runs
 
@@ -142,6 +144,7 @@ class SmokeResult:
     log_uri: str | None = None
     log_tail: list[str] = field(default_factory=list)
     cleaned: bool = False
+    cleanup_error: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -204,11 +207,17 @@ def check_logs(found: logs.StepLogs) -> Check:
     return Check("logs", None, f"driver log not uploaded yet; it will be under {found.containers_uri}")
 
 
-def _delete_scratch(s3: aws.S3Client, scratch: Scratch) -> None:
+def _delete_scratch(s3: aws.S3Client, scratch: Scratch) -> str | None:
+    """Delete every scratch prefix; the first error, if any (reported, so it never hides the verdict)."""
+    error = None
     for uri in scratch.uris():
         parent, _, name = uri.rstrip("/").rpartition("/")
-        # From the parent, because a Store refuses to delete its whole root.
-        open_store(parent, s3_client=s3).delete_prefix(name + "/")
+        try:
+            # From the parent, because a Store refuses to delete its whole root.
+            open_store(parent, s3_client=s3).delete_prefix(name + "/")
+        except (ClientError, BotoCoreError, StoreError) as err:
+            error = error or f"{uri}: {err}"
+    return error
 
 
 def run_smoke(
@@ -263,6 +272,6 @@ def run_smoke(
         result.checks.append(check_logs(found))
     finally:
         if not keep:
-            _delete_scratch(s3, scratch)
-            result.cleaned = True
+            result.cleanup_error = _delete_scratch(s3, scratch)
+            result.cleaned = result.cleanup_error is None
     return result
