@@ -51,10 +51,14 @@ class SynthesizedStack:
 
 @pytest.fixture(scope="session")
 def synthesized_stack(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedStack:
-    """The CDK app with cdk.json's context, synthesized once per session (a few seconds)."""
+    """The CDK app with cdk.json's context, synthesized once per session (a few seconds).
+
+    deployStep is forced on whatever cdk.json says, so the template holds the stack's own AWS::EMR::Step for
+    `Deployment.stack_step`; the outputs do not depend on it.
+    """
     from tests.cdk.cdkapp import synthesize
 
-    app = synthesize(tmp_path_factory.mktemp("cdk-app"))
+    app = synthesize(tmp_path_factory.mktemp("cdk-app"), deployStep=True)
     assert app.assembly is not None, f"the CDK app did not synthesize: {app.error}"
     path = Path(app.outdir) / f"{app.emr_stack.artifact_id}.template.json"
     return SynthesizedStack(app.emr_stack.stack_name, json.loads(path.read_text()))
