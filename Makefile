@@ -56,7 +56,7 @@ package: $(STAMP)  ## build/job-bundle/: featurize_pca.py, fruits.zip (for --py-
 	$(PY) -c "import sys; sys.path.insert(0, 'cdk'); from pathlib import Path; \
 	from fruits_infra.artifacts import build_bundle; print(*build_bundle(Path('build/job-bundle')), sep='\n')"
 
-bench: $(STAMP) java  ## the featurization benchmark (prints a table, writes out/bench/benchmark.json)
+bench: $(STAMP) java  ## the featurization benchmark (prints a table, writes out/bench/bench.json)
 	$(PY) benchmarks/featurize_bench.py
 
 clean:  ## remove build outputs (keeps .venv)

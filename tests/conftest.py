@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest_plugins = ["tests.moto_server"]
+pytest_plugins = ["tests.moto_server", "tests.ops_stack"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

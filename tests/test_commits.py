@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fruits import layout
 from fruits.commits import (
     CommitConflict,
     commit_key,
@@ -90,10 +91,10 @@ class RivalCommitsFirst:
         self.inner = inner
         self.rival_run = rival_run
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
+    def put_if_absent(self, key: str, data: bytes) -> str | None:
         if key.startswith("_commits/"):
             commit_run(self.inner, self.rival_run)
-        return self.inner.create_exclusive(key, data)
+        return self.inner.put_if_absent(key, data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -228,9 +229,46 @@ def test_read_run_manifest(store: Store) -> None:
     for run_id in (first, second, uncommitted):
         write_run(store, run_id)
     commit_run(store, first)
-    commit_run(store, second, {"manifest_key": f"runs/{second}/other.json"})
-    store.write_json(f"runs/{second}/other.json", {"run_id": second, "via": "manifest_key"})
-    assert read_run_manifest(store) == {"run_id": second, "via": "manifest_key"}
-    assert read_run_manifest(store, first)["run_id"] == first
+    # The field the job writes (job.py's commit payload): the reader must follow it, not a fallback.
+    commit_run(store, second, {layout.COMMIT_MANIFEST_FIELD: f"runs/{second}/other.json"})
+    store.write_json(f"runs/{second}/other.json", {"run_id": second, "via": "the commit's manifest field"})
+    assert read_run_manifest(store) == {"run_id": second, "via": "the commit's manifest field"}
+    assert read_run_manifest(store, first)["run_id"] == first  # no field: the run's own manifest.json
     with pytest.raises(NotFound, match="never committed"):
         read_run_manifest(store, uncommitted)
+
+
+def test_the_manifest_field_is_the_one_the_job_writes() -> None:
+    # The job's commits already on S3 say "manifest"; a reader looking for another name silently falls back.
+    assert layout.COMMIT_MANIFEST_FIELD == "manifest"
+
+
+def test_only_canonical_commit_names_count(store: Store) -> None:
+    run_id = run_at(0)
+    write_run(store, run_id)
+    commit_run(store, run_id)
+    stray = {"number": 5, "run_id": run_id, "run_prefix": f"runs/{run_id}/"}
+    # Not commit names: too short, a second name for commit 1, a name for 0, another extension.
+    for name in ("1.json", "7.json", "000000001.json", "00000000.json", "00000009.json.tmp"):
+        store.write_json(f"_commits/{name}", stray)
+    assert [c["number"] for c in list_commits(store)] == [1]
+    assert latest_commit(store)["number"] == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "number"),
+    [
+        ("_commits/00000001.json", 1),
+        ("_commits/99999999.json", 99_999_999),
+        ("_commits/100000000.json", 100_000_000),
+        ("_commits/1.json", None),
+        ("_commits/0100000000.json", None),
+        ("_commits/00000000.json", None),
+        ("_commits/sub/00000001.json", None),
+        ("runs/00000001.json", None),
+    ],
+)
+def test_commit_number_parses_exactly_what_commit_key_writes(key: str, number: int | None) -> None:
+    assert layout.commit_number(key) == number
+    if number is not None:
+        assert commit_key(number) == key

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fruits import commits, layout
 from fruits.job import main, run
 from fruits.options import parse_options
+from fruits.storage import open_store
 from tests.conftest import FAST_MODEL, make_image_tree
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -77,6 +79,14 @@ def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark
     from pyspark.ml import PipelineModel
 
     assert len(PipelineModel.load(str(run_dir / "pca_model")).stages) == 3
+
+
+def test_the_commit_names_the_manifest_the_readers_follow(first_run):
+    _, output, manifest = first_run
+    store = open_store(str(output))
+    commit = commits.latest_commit(store)
+    assert commit[layout.COMMIT_MANIFEST_FIELD] == layout.manifest_key(manifest["run_id"])
+    assert commits.read_run_manifest(store) == json.loads((output / "manifest.json").read_text())
 
 
 def test_saved_pipeline_projects_the_same_rows_without_refitting(first_run, spark):

@@ -1,189 +1,63 @@
-"""The `fruits` operator commands against moto in server mode on 127.0.0.1.
+"""The `fruits` operator commands against moto in server mode on 127.0.0.1, with the real stack's outputs.
 
-The server is the session's (`moto_server` in tests/moto_server.py: a ThreadedMotoServer in this process),
-so the tests can reach into moto's EMR backend: moto's steps never change state by themselves, and a test
-that wants a completed or failed step sets it there. moto's EMR always answers for us-east-1, so everything
-here uses that region. A cluster created by a CloudFormation template comes up terminated in moto, so the
-cluster is made with run_job_flow and a tiny stack only carries the real stack's output keys. The server is
-shared with other test modules, so nothing is reset: each test gets its own buckets and cluster, and deletes
-its stacks.
+The stack, its outputs and the moto fixtures are in tests/ops_stack.py (a plugin loaded by conftest.py). moto's steps never change state by
+themselves: a test that wants a completed or failed step sets it in moto's backend. Runs are published with
+the job's own code (fruits.commits over an S3 Store), so the layout the CLI reads is the one the job writes.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import logging
-import secrets
+import shlex
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.emr.models import emr_backends
 
-from fruits.ops import aws
+from fruits import commits, layout
+from fruits.ops import aws, runs
 from fruits.ops.cli import main
+from fruits.ops.status import step_report
+from fruits.storage import Store, open_store
+from tests.ops_stack import Deployment, make_cluster, set_cluster_state, set_step_state
 
-REGION = "us-east-1"
+pytestmark = pytest.mark.usefixtures("aws_env")
 
-
-@pytest.fixture(autouse=True)
-def aws_env(moto_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """moto_env points boto3 at moto; also hide the developer's AWS files and work in a temporary folder."""
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.chdir(tmp_path)  # `fruits results` without --dest writes under the working directory
-    # Werkzeug logs every request to stderr, which would mix with the CLI's one-line errors under test.
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def s3() -> Any:
-    return boto3.client("s3", region_name=REGION)
+def results(s3: Any, dep: Deployment) -> Store:
+    """The deployment's output root, as the job opens it."""
+    return open_store(dep.results_uri, s3_client=s3)
 
 
-@pytest.fixture
-def emr() -> Any:
-    return boto3.client("emr", region_name=REGION)
-
-
-def make_cluster(emr: Any) -> str:
-    """A cluster that stays WAITING (without KeepJobFlowAliveWhenNoSteps moto terminates it at once)."""
-    return emr.run_job_flow(
-        Name="fruits",
-        ReleaseLabel="emr-7.13.0",
-        Instances={
-            "MasterInstanceType": "m5.xlarge",
-            "InstanceCount": 1,
-            "KeepJobFlowAliveWhenNoSteps": True,
-        },
-        JobFlowRole="EMR_EC2_DefaultRole",
-        ServiceRole="EMR_DefaultRole",
-    )["JobFlowId"]
-
-
-@dataclass
-class Deployment:
-    """What the deployed stack would name: its buckets, cluster and URIs, unique to one test."""
-
-    cluster_id: str
-    results_bucket: str
-    logs_bucket: str
-    artifacts_bucket: str
-    stacks: list[str] = field(default_factory=list)
-
-    @property
-    def results_uri(self) -> str:
-        return f"s3://{self.results_bucket}/fruits/"
-
-    @property
-    def script_uri(self) -> str:
-        return f"s3://{self.artifacts_bucket}/job/featurize_pca.py"
-
-    @property
-    def py_files_uri(self) -> str:
-        return f"s3://{self.artifacts_bucket}/job/fruits.zip"
-
-    def outputs(self, cluster_id: str | None = None) -> dict[str, str]:
-        """The output keys the real stack provides, with this test's values."""
-        return {
-            "ClusterId": cluster_id or self.cluster_id,
-            "InputUri": "s3://fruits-input/images/",
-            "ResultsUri": self.results_uri,
-            "FeatureStoreUri": f"s3://{self.results_bucket}/features/",
-            "JobScriptUri": self.script_uri,
-            "JobPyFilesUri": self.py_files_uri,
-            "LogUri": f"s3://{self.logs_bucket}/emr/",
-            "InputBucketName": "fruits-input",
-            "ResultsBucketName": self.results_bucket,
-            "ArtifactsBucketName": self.artifacts_bucket,
-            "LogsBucketName": self.logs_bucket,
-            "StepSparkSubmitOptions": f"--deploy-mode cluster --py-files {self.py_files_uri}",
-            "StepApplicationLocation": self.script_uri,
-        }
-
-    def make_stack(self, name: str, outputs: dict[str, str]) -> None:
-        """A one-resource stack whose only purpose is to carry `outputs` (deleted after the test)."""
-        template = {
-            "Resources": {
-                "Marker": {
-                    "Type": "AWS::SSM::Parameter",
-                    "Properties": {
-                        "Name": f"/test/{self.results_bucket}/{name}",
-                        "Type": "String",
-                        "Value": "x",
-                    },
-                }
-            },
-            "Outputs": {key: {"Value": value} for key, value in outputs.items()},
-        }
-        cfn = boto3.client("cloudformation", region_name=REGION)
-        cfn.create_stack(StackName=name, TemplateBody=json.dumps(template))
-        self.stacks.append(name)
-
-
-@pytest.fixture
-def dep(emr: Any, s3: Any) -> Iterator[Deployment]:
-    """The stack under its default name: fresh buckets, a waiting cluster and the outputs naming them."""
-    suffix = secrets.token_hex(4)
-    deployment = Deployment(
-        cluster_id=make_cluster(emr),
-        results_bucket=f"fruits-results-{suffix}",
-        logs_bucket=f"fruits-logs-{suffix}",
-        artifacts_bucket=f"fruits-artifacts-{suffix}",
-    )
-    for bucket in (deployment.results_bucket, deployment.logs_bucket, deployment.artifacts_bucket):
-        s3.create_bucket(Bucket=bucket)
-    deployment.make_stack(aws.DEFAULT_STACK, deployment.outputs())
-    yield deployment
-    cfn = boto3.client("cloudformation", region_name=REGION)
-    for name in deployment.stacks:
-        cfn.delete_stack(StackName=name)
-
-
-def set_step_state(cluster: str, step_id: str, state: str, reason: str | None = None) -> None:
-    """Move a step the way EMR would; moto leaves steps where they were created (RUNNING/PENDING)."""
-    backend = emr_backends[DEFAULT_ACCOUNT_ID][REGION]
-    (step,) = [s for s in backend.clusters[cluster].steps if s.id == step_id]
-    step.state = state
-    if reason is not None:
-        # moto serialises this attribute as Status.StateChangeReason.Message.
-        step.last_state_change_reason = reason
-
-
-def put_run(
+def publish_run(
     s3: Any,
     dep: Deployment,
-    number: int,
-    run_id: str,
-    counts: dict[str, int],
-    files: tuple[str, ...] = aws.RUN_FILES,
-) -> None:
-    """Write a run's files under its prefix, then the commit object that publishes it (the job's order)."""
-    prefix = "fruits/"
+    minutes: int,
+    counts: dict[str, int] | None = None,
+    files: tuple[str, ...] = layout.PUBLISHED_NAMES,
+) -> dict[str, Any]:
+    """Write a run's files under its prefix, then commit it with the job's commit_run; returns the commit."""
+    store = results(s3, dep)
+    run_id = commits.new_run_id(T0 + timedelta(minutes=minutes))
     for name in files:
-        key = f"{prefix}runs/{run_id}/{name}"
-        s3.put_object(Bucket=dep.results_bucket, Key=key, Body=f"{run_id}:{name}".encode())
-    commit = {
-        "number": number,
-        "run_id": run_id,
-        "run_prefix": f"runs/{run_id}/",
-        "committed_at": f"2026-01-0{number}T10:00:00+00:00",
-        "counts": counts,
-        "manifest": f"runs/{run_id}/manifest.json",
-    }
-    key = f"{prefix}_commits/{number:08d}.json"
-    s3.put_object(Bucket=dep.results_bucket, Key=key, Body=json.dumps(commit).encode())
+        store.write_bytes(layout.run_prefix(run_id) + name, f"{run_id}:{name}".encode())
+    payload = {"counts": counts or {}, layout.COMMIT_MANIFEST_FIELD: layout.manifest_key(run_id)}
+    return commits.commit_run(store, run_id, payload, now=T0 + timedelta(minutes=minutes, seconds=30))
 
 
 def job_steps(emr: Any, cluster: str) -> list[dict[str, Any]]:
     return emr.list_steps(ClusterId=cluster)["Steps"]
+
+
+def submitted(capsys: pytest.CaptureFixture[str], args: list[str]) -> str:
+    """Run `fruits submit ...` and return the step id it printed."""
+    assert main(["submit", *args]) == 0
+    return capsys.readouterr().out.strip()
 
 
 def one_error_line(err: str) -> str:
@@ -193,46 +67,60 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
+# --- the fake stack is the real one ----------------------------------------------------------------------
+
+
+def test_the_test_stack_has_every_output_of_the_real_stack(dep: Deployment) -> None:
+    from fruits_infra.stacks import OUTPUT_KEYS  # on sys.path once the app is synthesized
+
+    outputs = dep.outputs()
+    assert set(OUTPUT_KEYS) <= set(outputs)
+    assert all(isinstance(value, str) and value for value in outputs.values())
+    # Resolved with this test's resources, as CloudFormation would: no intrinsic function is left.
+    assert outputs["ClusterId"] == dep.cluster_id
+    assert outputs["ResultsUri"].startswith(f"s3://{dep.buckets['results']}/")
+    assert outputs["StepApplicationLocation"].startswith(f"s3://{dep.buckets['artifacts']}/")
+
+
 # --- submit ----------------------------------------------------------------------------------------------
 
 
-def test_submit_adds_the_spark_submit_step_from_the_outputs(emr: Any, dep: Deployment, capsys) -> None:
-    code = main(["submit", "--", "--k", "50", "--limit", "1000"])
+def test_submit_adds_exactly_the_step_the_stack_deploys(emr: Any, dep: Deployment, capsys) -> None:
+    step_id = submitted(capsys, ["--", "--k", "50", "--limit", "1000"])
 
-    out = capsys.readouterr().out
     (step,) = job_steps(emr, dep.cluster_id)
-    assert code == 0
-    assert out.strip() == step["Id"]  # stdout is only the step id, for STEP=$(fruits submit)
+    expected = dep.stack_step()  # the AWS::EMR::Step of the synthesized template (no StepArguments)
+    assert step["Id"] == step_id  # stdout is only the step id, for STEP=$(fruits submit)
     assert step["Name"] == aws.DEFAULT_STEP_NAME
-    assert step["ActionOnFailure"] == "CONTINUE"
-    assert step["Config"]["Jar"] == "command-runner.jar"
-    assert step["Config"]["Args"] == [
-        "spark-submit",
-        "--deploy-mode",
-        "cluster",
-        "--py-files",
-        dep.py_files_uri,
-        "--conf",
-        "spark.yarn.maxAppAttempts=1",
-        dep.script_uri,
-        "--k",
-        "50",
-        "--limit",
-        "1000",
-    ]
+    assert step["ActionOnFailure"] == expected["ActionOnFailure"]
+    assert step["Config"]["Jar"] == expected["Jar"]
+    assert step["Config"]["Args"] == [*expected["Args"], "--k", "50", "--limit", "1000"]
+
+
+def test_job_options_replace_the_stacks_step_arguments(emr: Any, dep: Deployment, capsys) -> None:
+    outputs = dep.outputs()
+    outputs["StepArguments"] = shlex.join(["--k", "7", "--overwrite"])  # as stacks.py publishes a list
+    dep.make_stack("WithArguments", outputs)
+    script = outputs["StepApplicationLocation"]
+
+    submitted(capsys, ["--stack", "WithArguments"])
+    submitted(capsys, ["--stack", "WithArguments", "--", "--variance", "0.9"])
+    submitted(capsys, ["--stack", "WithArguments", "--"])
+
+    newest_first = [step["Config"]["Args"] for step in job_steps(emr, dep.cluster_id)]
+    tails = [args[args.index(script) + 1 :] for args in reversed(newest_first)]
+    assert tails == [["--k", "7", "--overwrite"], ["--variance", "0.9"], []]
 
 
 def test_submit_uses_the_named_stack_and_step_name(emr: Any, dep: Deployment, capsys) -> None:
     other_cluster = make_cluster(emr)
     dep.make_stack("FruitsEmrStack-staging", dep.outputs(other_cluster))
 
-    code = main(["submit", "--stack", "FruitsEmrStack-staging", "--name", "nightly"])
+    submitted(capsys, ["--stack", "FruitsEmrStack-staging", "--name", "nightly"])
 
-    assert code == 0
     assert job_steps(emr, dep.cluster_id) == []
     (step,) = job_steps(emr, other_cluster)
     assert step["Name"] == "nightly"
-    assert step["Config"]["Args"][-1] == dep.script_uri  # no job options: the script is the last argument
 
 
 def test_submit_wait_reports_the_final_state(emr: Any, dep: Deployment, capsys) -> None:
@@ -256,10 +144,13 @@ def test_submit_wait_reports_the_final_state(emr: Any, dep: Deployment, capsys) 
     assert "Step failed with exitCode 1." in out
 
 
+def _raw_step(emr: Any, cluster: str) -> str:
+    step = {"Name": "x", "ActionOnFailure": "CONTINUE", "HadoopJarStep": {"Jar": "j", "Args": ["true"]}}
+    return emr.add_job_flow_steps(JobFlowId=cluster, Steps=[step])["StepIds"][0]
+
+
 def test_wait_for_step_polls_until_a_final_state(emr: Any, dep: Deployment) -> None:
-    step_id = emr.add_job_flow_steps(JobFlowId=dep.cluster_id, Steps=[aws.job_step("x", ["true"])])[
-        "StepIds"
-    ][0]
+    step_id = _raw_step(emr, dep.cluster_id)
     sleeps: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -273,57 +164,164 @@ def test_wait_for_step_polls_until_a_final_state(emr: Any, dep: Deployment) -> N
     assert sleeps == [7, 7]
 
 
+def test_wait_for_step_gives_up_after_the_timeout(emr: Any, dep: Deployment) -> None:
+    step_id = _raw_step(emr, dep.cluster_id)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    step = aws.wait_for_step(emr, dep.cluster_id, step_id, 10, sleep, timeout=35, clock=lambda: now[0])
+
+    assert step["Status"]["State"] not in aws.FINAL_STEP_STATES
+    assert now[0] == 40  # polled at 0, 10, 20, 30 and 40 s: the first poll past the deadline returns
+
+
+# --- a terminated cluster --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", sorted(aws.ENDED_CLUSTER_STATES))
+def test_submit_to_an_ended_cluster_prints_the_redeploy_command(
+    emr: Any, dep: Deployment, capsys, state: str
+) -> None:
+    outputs = dep.outputs()
+    outputs[aws.GENERATION_OUTPUT] = "3"
+    dep.make_stack("Generations", outputs)
+    set_cluster_state(dep.cluster_id, state)
+
+    assert main(["submit", "--stack", "Generations"]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cluster {dep.cluster_id} is {state}" in line
+    assert "npx cdk deploy Generations -c clusterGeneration=4" in line
+    assert '"clusterGeneration": 4 in cdk.json' in line
+    assert job_steps(emr, dep.cluster_id) == []
+
+
+def test_without_a_generation_output_the_advice_says_where_n_is(emr: Any, dep: Deployment, capsys) -> None:
+    outputs = dep.outputs()
+    outputs.pop(aws.GENERATION_OUTPUT, None)  # a stack deployed before cluster generations
+    dep.make_stack("Older", outputs)
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
+
+    assert main(["submit", "--stack", "Older"]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert "has no ClusterGeneration output" in line
+    assert "npx cdk deploy Older -c clusterGeneration=<n+1>" in line
+    assert '"clusterGeneration" in cdk.json' in line
+
+
+def test_status_on_a_terminated_cluster_shows_the_last_step_then_the_advice(
+    emr: Any, dep: Deployment, capsys
+) -> None:
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED")
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
+
+    assert main(["status"]) == 2
+
+    captured = capsys.readouterr()
+    assert step_id in captured.out and "COMPLETED" in captured.out
+    assert "npx cdk deploy FruitsEmrStack -c clusterGeneration=" in one_error_line(captured.err)
+
+
+def test_status_on_a_terminated_cluster_without_job_steps(emr: Any, dep: Deployment, capsys) -> None:
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
+
+    assert main(["status"]) == 2
+    assert "is TERMINATED" in one_error_line(capsys.readouterr().err)
+
+
 # --- status ----------------------------------------------------------------------------------------------
 
 
-def test_status_completed_reports_the_latest_commit(emr: Any, s3: Any, dep: Deployment, capsys) -> None:
-    main(["submit"])
-    step_id = capsys.readouterr().out.strip()
-    set_step_state(dep.cluster_id, step_id, "COMPLETED")
-    put_run(s3, dep, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
-    put_run(s3, dep, 2, "run-b", {"found": 11, "reused": 10, "featurized": 1, "rejected": 2})
+def test_status_completed_reports_the_run_it_published(emr: Any, s3: Any, dep: Deployment, capsys) -> None:
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED", started=T0)
+    publish_run(s3, dep, 1, {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
+    latest = publish_run(s3, dep, 2, {"found": 11, "reused": 10, "featurized": 1, "rejected": 2})
 
     code = main(["status", step_id])
 
     out = capsys.readouterr().out
+    run_uri = f"{dep.results_uri}{latest['run_prefix']}"
     assert code == 0
     assert "COMPLETED" in out
-    assert "run run-b" in out
+    assert f"run {latest['run_id']}" in out
     assert "found 11  reused 10  featurized 1  rejected 2" in out
-    assert f"s3://{dep.results_bucket}/fruits/runs/run-b/" in out
+    assert run_uri in out
+    assert "without publishing" not in out
 
     assert main(["status", step_id, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["state"] == "COMPLETED"
+    assert report["state"] == "COMPLETED" and report["published"] is True
     assert report["commit"]["counts"] == {"found": 11, "reused": 10, "featurized": 1, "rejected": 2}
-    assert report["run_uri"] == f"s3://{dep.results_bucket}/fruits/runs/run-b/"
+    assert report["run_uri"] == run_uri
+
+
+@pytest.mark.parametrize("earlier_run", [True, False], ids=["older-commit", "no-commit"])
+def test_status_completed_without_a_new_commit_says_so(
+    emr: Any, s3: Any, dep: Deployment, capsys, earlier_run: bool
+) -> None:
+    # e.g. the job's --allow-empty: nothing to featurize, exit 0, no commit.
+    if earlier_run:
+        publish_run(s3, dep, 0, {"found": 3})
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED", started=T0 + timedelta(hours=1))
+
+    assert main(["status", step_id]) == 0
+
+    out = capsys.readouterr().out
+    assert "completed without publishing a run" in out
+    assert main(["status", step_id, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["published"] is False
+    assert report["commit_predates_step"] is earlier_run
 
 
 def test_status_without_id_follows_the_newest_job_step(emr: Any, dep: Deployment, capsys) -> None:
-    main(["submit", "--name", "first"])
-    main(["submit", "--name", "second"])
+    submitted(capsys, ["--name", "first"])
+    submitted(capsys, ["--name", "second"])
     # Another team's step, newer than ours, must not be mistaken for the job.
-    emr.add_job_flow_steps(JobFlowId=dep.cluster_id, Steps=[aws.job_step("someone-else", ["echo", "hi"])])
-    capsys.readouterr()
+    _raw_step(emr, dep.cluster_id)
 
     assert main(["status", "--json"]) == 0
 
     assert json.loads(capsys.readouterr().out)["name"] == "second"
 
 
+def put_log(s3: Any, dep: Deployment, key: str, text: str) -> str:
+    """A gzipped log object in the logs bucket, as EMR uploads them; returns its URI."""
+    s3.put_object(Bucket=dep.buckets["logs"], Key=key, Body=gzip.compress(text.encode()))
+    return f"s3://{dep.buckets['logs']}/{key}"
+
+
+def log_key(dep: Deployment, *parts: str) -> str:
+    """A key under the stack's LogUri (whatever its prefix is)."""
+    prefix = dep.outputs()["LogUri"].split("/", 3)[3]
+    return prefix + "/".join(parts)
+
+
+SPARK_SUBMIT_REPORT = """\
+26/01/01 10:00:01 INFO Client: Requesting a new application from cluster with 3 NodeManagers
+26/01/01 10:00:02 INFO Client: Submitted application {app}
+26/01/01 10:00:03 INFO Client: Application report for {app} (state: ACCEPTED)
+\t tracking URL: http://ip-10-0-0-1.ec2.internal:20888/proxy/{app}/
+Exception in thread "main" org.apache.spark.SparkException: Application {app} finished with failed status
+"""
+
+
 @pytest.mark.parametrize("log_uploaded", [True, False], ids=["log-uploaded", "log-not-yet-uploaded"])
-def test_status_failed_exits_1_and_names_the_stderr_log(
+def test_status_failed_exits_1_and_names_the_step_log(
     emr: Any, s3: Any, dep: Deployment, capsys, log_uploaded: bool
 ) -> None:
-    main(["submit"])
-    step_id = capsys.readouterr().out.strip()
+    step_id = submitted(capsys, [])
     set_step_state(dep.cluster_id, step_id, "FAILED", "Step failed with exitCode 1.")
-    stderr_key = f"emr/{dep.cluster_id}/steps/{step_id}/stderr.gz"
+    stderr_key = log_key(dep, dep.cluster_id, "steps", step_id, "stderr.gz")
     if log_uploaded:
-        log = (
-            "\n".join(f"line {i}" for i in range(100)) + "\nValueError: no images under s3://fruits-input/\n"
-        )
-        s3.put_object(Bucket=dep.logs_bucket, Key=stderr_key, Body=gzip.compress(log.encode()))
+        log = "\n".join(f"line {i}" for i in range(100)) + "\nspark-submit: the last line\n"
+        put_log(s3, dep, stderr_key, log)
 
     code = main(["status", step_id])
 
@@ -331,17 +329,77 @@ def test_status_failed_exits_1_and_names_the_stderr_log(
     assert code == 1
     assert "FAILED" in out
     assert "Step failed with exitCode 1." in out
-    assert f"s3://{dep.logs_bucket}/{stderr_key}" in out
+    assert f"s3://{dep.buckets['logs']}/{stderr_key}" in out
     if log_uploaded:
-        assert "ValueError: no images under s3://fruits-input/" in out
+        assert "spark-submit: the last line" in out
         assert "line 79" not in out  # only the tail
     else:
         assert "not readable yet" in out
 
 
+@pytest.mark.parametrize(
+    "containers",
+    [
+        ("container_1700000000000_0007_01_000001", "container_1700000000000_0007_01_000002"),
+        # After a ResourceManager restart the ids carry an epoch.
+        ("container_e02_1700000000000_0007_01_000002", "container_e02_1700000000000_0007_01_000001"),
+    ],
+    ids=["plain", "with-epoch"],
+)
+def test_status_shows_the_drivers_container_log(
+    emr: Any, s3: Any, dep: Deployment, capsys, containers: tuple[str, str]
+) -> None:
+    app = "application_1700000000000_0007"
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "FAILED", "Step failed with exitCode 1.")
+    put_log(
+        s3,
+        dep,
+        log_key(dep, dep.cluster_id, "steps", step_id, "stderr.gz"),
+        SPARK_SUBMIT_REPORT.format(app=app),
+    )
+    uris = {}
+    for container in containers:
+        text = f"{container} says hello\nValueError: no images under s3://input/images/ ({container})\n"
+        key = log_key(dep, dep.cluster_id, "containers", app, container, "stderr.gz")
+        uris[container] = put_log(s3, dep, key, text)
+    (driver,) = [c for c in containers if c.endswith("_000001")]  # the application master
+
+    assert main(["status", step_id]) == 1
+
+    out = capsys.readouterr().out
+    assert f"driver    {uris[driver]}" in out
+    assert f"ValueError: no images under s3://input/images/ ({driver})" in out
+    (executor,) = [c for c in containers if c != driver]
+    assert executor not in out
+
+    assert main(["status", step_id, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["application_id"] == app
+    assert report["driver_stderr_uri"] == uris[driver]
+
+
+def test_status_names_the_driver_folder_until_the_container_log_arrives(
+    emr: Any, s3: Any, dep: Deployment, capsys
+) -> None:
+    app = "application_1700000000000_0042"
+    step_id = submitted(capsys, [])
+    put_log(
+        s3,
+        dep,
+        log_key(dep, dep.cluster_id, "steps", step_id, "stderr.gz"),
+        SPARK_SUBMIT_REPORT.format(app=app),
+    )
+
+    assert main(["status", step_id]) == 0  # still RUNNING in moto
+
+    out = capsys.readouterr().out
+    folder = f"s3://{dep.buckets['logs']}/{log_key(dep, dep.cluster_id, 'containers', app)}/"
+    assert f"driver    not uploaded yet; it will be under {folder}" in out
+
+
 def test_status_of_a_running_step_exits_0(dep: Deployment, capsys) -> None:
-    main(["submit"])
-    capsys.readouterr()
+    submitted(capsys, [])
 
     assert main(["status"]) == 0
     assert "RUNNING" in capsys.readouterr().out
@@ -351,37 +409,43 @@ def test_status_of_a_running_step_exits_0(dep: Deployment, capsys) -> None:
 
 
 def test_results_downloads_the_latest_commit(s3: Any, dep: Deployment, tmp_path: Path, capsys) -> None:
-    put_run(s3, dep, 1, "run-a", {"found": 1, "reused": 0, "featurized": 1, "rejected": 0})
-    put_run(s3, dep, 2, "run-b", {"found": 2, "reused": 1, "featurized": 1, "rejected": 0})
+    publish_run(s3, dep, 1)
+    latest = publish_run(s3, dep, 2)
     # A newer run that wrote files but never committed (died, or still publishing) must be ignored.
-    s3.put_object(Bucket=dep.results_bucket, Key="fruits/runs/run-c/results.csv", Body=b"run-c:results.csv")
+    newer = commits.new_run_id(T0 + timedelta(minutes=3))
+    results(s3, dep).write_bytes(layout.run_prefix(newer) + "results.csv", b"uncommitted")
 
-    code = main(["results", "--dest", str(tmp_path / "out")])
+    assert main(["results", "--dest", str(tmp_path / "out")]) == 0
 
-    assert code == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(aws.RUN_FILES)
-    for name in aws.RUN_FILES:
-        assert (tmp_path / "out" / name).read_text() == f"run-b:{name}"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(layout.PUBLISHED_NAMES)
+    for name in layout.PUBLISHED_NAMES:
+        assert (tmp_path / "out" / name).read_text() == f"{latest['run_id']}:{name}"
 
 
 def test_results_downloads_a_given_run_and_reports_missing_plots(
     s3: Any, dep: Deployment, tmp_path: Path, capsys
 ) -> None:
-    put_run(s3, dep, 1, "run-a", {}, files=("results.csv", "manifest.json", "rejected.csv"))
-    put_run(s3, dep, 2, "run-b", {})
+    first = publish_run(s3, dep, 1, files=("results.csv", "manifest.json", "rejected.csv"))
+    publish_run(s3, dep, 2)
 
-    code = main(["results", "--run", "run-a"])  # default destination under the working directory
+    assert main(["results", "--run", first["run_id"]]) == 0  # default destination under the working directory
 
     err = capsys.readouterr().err
-    dest = tmp_path / "fruits-results" / "run-a"
-    assert code == 0
-    assert (dest / "results.csv").read_text() == "run-a:results.csv"
+    dest = tmp_path / "fruits-results" / first["run_id"]
+    assert (dest / "results.csv").read_text() == f"{first['run_id']}:results.csv"
     assert not (dest / "pca_scatter.png").exists()
     assert "explained_variance.png" in err and "pca_scatter.png" in err
 
 
+def test_results_of_a_run_without_its_results_csv_exits_2(s3: Any, dep: Deployment, capsys) -> None:
+    publish_run(s3, dep, 1, files=("manifest.json",))
+
+    assert main(["results"]) == 2
+    assert "is committed but" in one_error_line(capsys.readouterr().err)
+
+
 def test_results_unknown_run_exits_2(s3: Any, dep: Deployment, capsys) -> None:
-    put_run(s3, dep, 1, "run-a", {})
+    publish_run(s3, dep, 1)
 
     assert main(["results", "--run", "run-zzz"]) == 2
     assert "unknown run run-zzz" in one_error_line(capsys.readouterr().err)
@@ -391,11 +455,12 @@ def test_results_unknown_run_exits_2(s3: Any, dep: Deployment, capsys) -> None:
 
 
 def test_runs_lists_commits_in_order(s3: Any, dep: Deployment, capsys) -> None:
-    # Written out of order, with a stray object the listing must skip.
-    put_run(s3, dep, 3, "run-c", {"found": 30, "reused": 20, "featurized": 10, "rejected": 1})
-    put_run(s3, dep, 1, "run-a", {"found": 10, "reused": 0, "featurized": 10, "rejected": 0})
-    put_run(s3, dep, 2, "run-b", {"found": 20, "reused": 10, "featurized": 10, "rejected": 0})
-    s3.put_object(Bucket=dep.results_bucket, Key="fruits/_commits/README", Body=b"not a commit")
+    published = [
+        publish_run(s3, dep, 1, {"found": 10, "reused": 0, "featurized": 10, "rejected": 0}),
+        publish_run(s3, dep, 2, {"found": 20, "reused": 10, "featurized": 10, "rejected": 0}),
+        publish_run(s3, dep, 3, {"found": 30, "reused": 20, "featurized": 10, "rejected": 1}),
+    ]
+    s3.put_object(Bucket=dep.buckets["results"], Key="results/_commits/README", Body=b"not a commit")
 
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -411,23 +476,40 @@ def test_runs_lists_commits_in_order(s3: Any, dep: Deployment, capsys) -> None:
         "FEATURIZED",
         "REJECTED",
     ]
-    assert [line.split()[:2] for line in lines[1:3]] == [["1", "run-a"], ["2", "run-b"]]
-    assert lines[3].split()[:3] == ["*", "3", "run-c"]  # the current run is marked
+    assert [line.split()[:2] for line in lines[1:3]] == [
+        ["1", published[0]["run_id"]],
+        ["2", published[1]["run_id"]],
+    ]
+    assert lines[3].split()[:3] == ["*", "3", published[2]["run_id"]]  # the current run is marked
     assert lines[3].split()[-4:] == ["30", "20", "10", "1"]
 
     assert main(["runs", "--json"]) == 0
     assert [c["number"] for c in json.loads(capsys.readouterr().out)] == [1, 2, 3]
 
 
+def test_runs_and_results_know_only_the_jobs_commit_names(s3: Any, dep: Deployment, capsys) -> None:
+    # The CLI once accepted any number (`1.json`), the job only 8 digits: a stray `1.json` was a run to one
+    # and nothing to the other. Now both read fruits.commits.
+    real = publish_run(s3, dep, 1)
+    stray = {"number": 2, "run_id": "stray", "run_prefix": "runs/stray/", "committed_at": "x"}
+    for name in ("2.json", "000000002.json"):
+        s3.put_object(Bucket=dep.buckets["results"], Key=f"results/_commits/{name}", Body=json.dumps(stray))
+
+    assert main(["runs", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+
+    assert listed == commits.list_commits(results(s3, dep))
+    assert [c["run_id"] for c in listed] == [real["run_id"]]
+    assert main(["results", "--run", "stray"]) == 2
+
+
 def test_latest_commit_is_the_highest_number_not_the_last_name(s3: Any, dep: Deployment) -> None:
     # S3 lists names lexically: "100000000.json" comes before "99999999.json" once the padding runs out.
+    store = results(s3, dep)
     for number in (99_999_999, 100_000_000):
-        body = {"number": number, "run_id": f"run-{number}", "run_prefix": f"runs/run-{number}/"}
-        s3.put_object(
-            Bucket=dep.results_bucket, Key=f"fruits/_commits/{number:08d}.json", Body=json.dumps(body)
-        )
+        store.write_json(layout.commit_key(number), {"number": number, "run_id": f"run-{number}"})
 
-    assert aws.latest_commit(s3, dep.results_uri)["number"] == 100_000_000
+    assert runs.find_commit(store, None)["number"] == 100_000_000
 
 
 # --- error paths -----------------------------------------------------------------------------------------
@@ -440,19 +522,11 @@ def test_no_such_stack_exits_2(dep: Deployment, capsys) -> None:
 
 def test_missing_output_key_exits_2_and_adds_no_step(emr: Any, dep: Deployment, capsys) -> None:
     outputs = dep.outputs()
-    del outputs["JobPyFilesUri"]
+    del outputs["StepSparkSubmitOptions"]
     dep.make_stack("OldStack", outputs)
 
     assert main(["submit", "--stack", "OldStack"]) == 2
-    assert "no output 'JobPyFilesUri'" in one_error_line(capsys.readouterr().err)
-    assert job_steps(emr, dep.cluster_id) == []
-
-
-def test_submit_to_a_terminated_cluster_exits_2(emr: Any, dep: Deployment, capsys) -> None:
-    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
-
-    assert main(["submit"]) == 2
-    assert f"cluster {dep.cluster_id} is TERMINATED" in one_error_line(capsys.readouterr().err)
+    assert "no output 'StepSparkSubmitOptions'" in one_error_line(capsys.readouterr().err)
     assert job_steps(emr, dep.cluster_id) == []
 
 
@@ -472,9 +546,10 @@ def test_status_unknown_step_exits_2(dep: Deployment, capsys) -> None:
     assert "no step s-NOSUCHSTEP" in one_error_line(capsys.readouterr().err)
 
 
-def test_job_options_without_submit_are_a_usage_error(capsys) -> None:
+@pytest.mark.parametrize("argv", [["runs", "--", "--k", "5"], ["status", "--"]])
+def test_job_options_without_submit_are_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["runs", "--", "--k", "5"])
+        main(argv)
     assert exit_info.value.code == 2
 
 
@@ -507,11 +582,12 @@ class FailedStepEmr:
 def test_failure_details_are_preferred_and_their_log_kept(s3: Any, dep: Deployment) -> None:
     outputs = aws.StackOutputs("FruitsEmrStack", dep.outputs())
 
-    report = aws.step_report(FailedStepEmr("s-1"), s3, outputs, "s-1")
+    report = step_report(FailedStepEmr("s-1"), s3, outputs, "s-1")
 
+    log_uri = dep.outputs()["LogUri"]
     assert report["reason"] == "ValueError: no images under the input"
     assert report["failure_log"].endswith("container_1/stderr.gz")
-    assert report["stderr_uri"] == f"s3://{dep.logs_bucket}/emr/{dep.cluster_id}/steps/s-1/stderr.gz"
+    assert report["stderr_uri"] == f"{log_uri}{dep.cluster_id}/steps/s-1/stderr.gz"
     assert report["stderr_tail"] is None  # not uploaded yet
 
 
@@ -519,7 +595,7 @@ def test_a_commit_older_than_the_step_is_flagged() -> None:
     commit = {"committed_at": "2026-01-02T10:00:00+00:00"}
     started = datetime(2026, 1, 2, 11, 0, tzinfo=UTC)
 
-    assert aws.commit_predates(commit, started)
-    assert not aws.commit_predates(commit, datetime(2026, 1, 2, 9, 0, tzinfo=UTC))
-    assert not aws.commit_predates(commit, None)  # moto and a pending step have no start time
-    assert not aws.commit_predates({"committed_at": "garbled"}, started)
+    assert runs.commit_predates(commit, started)
+    assert not runs.commit_predates(commit, datetime(2026, 1, 2, 9, 0, tzinfo=UTC))
+    assert not runs.commit_predates(commit, None)  # moto and a pending step have no start time
+    assert not runs.commit_predates({"committed_at": "garbled"}, started)

@@ -121,32 +121,32 @@ def test_local_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
     assert bad == []
 
 
-def test_create_exclusive_creates_once(store: Store) -> None:
-    assert store.create_exclusive("_commits/00000001.json", b"first")
-    assert not store.create_exclusive("_commits/00000001.json", b"second")
+def test_put_if_absent_creates_once(store: Store) -> None:
+    assert store.put_if_absent("_commits/00000001.json", b"first") is not None
+    assert store.put_if_absent("_commits/00000001.json", b"second") is None
     assert store.read_bytes("_commits/00000001.json") == b"first"
 
 
-def test_create_exclusive_race_has_exactly_one_winner(store: Store) -> None:
+def test_put_if_absent_race_has_exactly_one_winner(store: Store) -> None:
     # moto checks If-None-Match and then writes without a lock; in practice (300 trials of 8 threads, see the
     # report) that window never opened, and real S3 makes the check atomic.
     for trial in range(5):
         key = f"_commits/{trial:08d}.json"
-        won = race(8, lambda i, key=key: store.create_exclusive(key, f"writer {i}".encode()))
+        won = race(8, lambda i, key=key: store.put_if_absent(key, f"writer {i}".encode()) is not None)
         assert won.count(True) == 1, won
         assert store.read_bytes(key) == f"writer {won.index(True)}".encode()
 
 
-def test_replace_if_match_follows_the_etag(store: Store) -> None:
+def test_put_if_match_follows_the_etag(store: Store) -> None:
     assert store.read_versioned("_lease.json") is None
-    assert not store.replace_if_match("_lease.json", b"x", "no-such-etag")
+    assert store.put_if_match("_lease.json", b"x", "no-such-etag") is None
     assert not store.exists("_lease.json")  # IfMatch never creates
     store.write_bytes("_lease.json", b"v1")
     data, etag = store.read_versioned("_lease.json")
     assert data == b"v1"
-    assert store.replace_if_match("_lease.json", b"v2", etag)
+    assert store.put_if_match("_lease.json", b"v2", etag) is not None
     assert store.read_bytes("_lease.json") == b"v2"
-    assert not store.replace_if_match("_lease.json", b"v3", etag)  # stale etag
+    assert store.put_if_match("_lease.json", b"v3", etag) is None  # stale etag
     assert store.read_bytes("_lease.json") == b"v2"
 
 
@@ -159,10 +159,10 @@ def test_put_returns_the_etag_that_read_versioned_sees(store: Store) -> None:
     assert store.read_versioned("k.json") == (b"two", new_etag)
 
 
-def test_replace_if_match_race_has_exactly_one_winner(store: Store) -> None:
+def test_put_if_match_race_has_exactly_one_winner(store: Store) -> None:
     store.write_bytes("_lease.json", b"stale")
     _, etag = store.read_versioned("_lease.json")
-    won = race(6, lambda i: store.replace_if_match("_lease.json", f"taker {i}".encode(), etag))
+    won = race(6, lambda i: store.put_if_match("_lease.json", f"taker {i}".encode(), etag) is not None)
     assert won.count(True) == 1, won
     assert store.read_bytes("_lease.json") == f"taker {won.index(True)}".encode()
 
@@ -179,10 +179,8 @@ def test_delete_if_match(store: Store) -> None:
     assert not store.delete_if_match("_lease.json", theirs)
 
 
-def test_upload_download_copy(store: Store, tmp_path: Path) -> None:
-    src = tmp_path / "plot.png"
-    src.write_bytes(b"\x89PNG fake")
-    store.upload_file(src, "runs/a/pca_scatter.png")
+def test_download_and_copy(store: Store, tmp_path: Path) -> None:
+    store.write_bytes("runs/a/pca_scatter.png", b"\x89PNG fake")
     store.copy("runs/a/pca_scatter.png", "pca_scatter.png")
     dst = tmp_path / "down" / "plot.png"
     store.download_file("pca_scatter.png", dst)
@@ -217,7 +215,7 @@ def test_bad_keys_are_refused(store: Store, key: str) -> None:
 def test_s3_objects_get_a_content_type(moto_s3) -> None:
     store = open_store(moto_s3.uri("out"))
     store.write_bytes("results.csv", b"a,b\n")
-    store.create_exclusive("_commits/00000001.json", b"{}")
+    store.put_if_absent("_commits/00000001.json", b"{}")
     head = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key="out/results.csv")
     assert head["ContentType"] == "text/csv"
     head = moto_s3.client.head_object(Bucket=moto_s3.bucket, Key="out/_commits/00000001.json")

@@ -1,6 +1,6 @@
 """Publish a run by creating ONE commit object, so a run killed at any point never costs the previous results.
 
-Layout under an output root::
+Layout under an output root (the names are :mod:`fruits.layout`'s)::
 
     runs/<run_id>/...             everything one run writes (Parquet, results.csv, manifest.json, plots)
     _commits/00000001.json        one small object per published run; the highest number is current
@@ -17,28 +17,40 @@ output when the job starts, and S3 committers expose each task's files as tasks 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+from .layout import (
+    COMMIT_MANIFEST_FIELD,
+    COMMITS_PREFIX,
+    MANIFEST_JSON,
+    PUBLISHED_NAMES,
+    RUNS_PREFIX,
+    commit_key,
+    commit_number,
+    is_run_id,
+    run_prefix,
+)
 from .storage import NotFound, Store
 
-COMMITS_PREFIX = "_commits/"
-RUNS_PREFIX = "runs/"
-# The top-level files an analyst opens; publish_latest copies them out of the current run.
-PUBLISHED_NAMES = (
-    "results.csv",
-    "manifest.json",
-    "rejected.csv",
-    "explained_variance.png",
-    "pca_scatter.png",
-)
+__all__ = [
+    "CommitConflict",
+    "commit_key",
+    "commit_numbers",
+    "commit_run",
+    "is_run_id",
+    "latest_commit",
+    "list_commits",
+    "new_run_id",
+    "prune_runs",
+    "publish_latest",
+    "read_run_manifest",
+    "run_prefix",
+]
+
 # Fields commit_run writes itself; a caller's payload must not override them.
 RESERVED_FIELDS = ("number", "run_id", "run_prefix", "committed_at")
-
-_COMMIT_KEY = re.compile(r"^_commits/(\d{8,})\.json$")
-_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
 
 
 class CommitConflict(RuntimeError):
@@ -68,27 +80,13 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def is_run_id(text: str) -> bool:
-    """Whether ``text`` has the shape :func:`new_run_id` produces."""
-    return bool(_RUN_ID.match(text))
-
-
-def run_prefix(run_id: str) -> str:
-    """``runs/<run_id>/``: the only place a run writes before it is committed."""
-    if not is_run_id(run_id):
-        raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
-    return f"{RUNS_PREFIX}{run_id}/"
-
-
-def commit_key(number: int) -> str:
-    """``_commits/00000042.json``."""
-    return f"{COMMITS_PREFIX}{number:08d}.json"
-
-
 def commit_numbers(store: Store) -> list[int]:
-    """Every commit number present, ascending (other files under _commits/ are ignored)."""
-    matches = (_COMMIT_KEY.match(key) for key in store.list_keys(COMMITS_PREFIX))
-    return sorted(int(match.group(1)) for match in matches if match)
+    """Every commit number present, ascending (other files under _commits/ are ignored).
+
+    Sorted as numbers, not as names: past 99999999 a ninth digit must not sort first.
+    """
+    numbers = (commit_number(key) for key in store.list_keys(COMMITS_PREFIX))
+    return sorted(number for number in numbers if number is not None)
 
 
 def list_commits(store: Store) -> list[dict[str, Any]]:
@@ -132,7 +130,7 @@ def commit_run(
         "committed_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds"),
     }
     data = (json.dumps(commit, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    if store.create_exclusive(commit_key(number), data):
+    if store.put_if_absent(commit_key(number), data) is not None:
         return commit
     try:
         winner = store.read_json(commit_key(number))
@@ -207,6 +205,7 @@ def read_run_manifest(store: Store, run_id: str | None = None) -> dict[str, Any]
             # An uncommitted run may be half-written or still running: never report it as a result.
             raise NotFound(f"run {run_id} was never committed under {store.uri_for()}")
         commit = matching[-1]
-    # The caller may name the manifest key in the commit payload; by default it is the run's manifest.json.
-    manifest_key = commit.get("manifest_key") or commit["run_prefix"] + "manifest.json"
-    return store.read_json(manifest_key)
+    # The job names the manifest in its commit; a commit without that field (a caller that did not) means
+    # the run's own manifest.json.
+    key = commit.get(COMMIT_MANIFEST_FIELD) or commit["run_prefix"] + MANIFEST_JSON
+    return store.read_json(key)

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from fruits import catalog, commits, engines, feature_store, manifest, models, outputs, plots, quality, reduce
 from fruits.featurize import featurize
+from fruits.layout import PUBLISHED_NAMES
 from fruits.lease import Lease, LeaseHeld
 from fruits.options import JobOptions, UsageError, build_parser, parse_options
 from fruits.progress import StageTimer, report_progress
@@ -34,8 +35,8 @@ from fruits.storage import Store, open_store
 
 __all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
 
-log = logging.getLogger("fruits")
-PUBLISHED = ["results.csv", "manifest.json", "rejected.csv", "explained_variance.png", "pca_scatter.png"]
+log = logging.getLogger(__name__)
+PUBLISHED = list(PUBLISHED_NAMES)
 SCATTER_POINTS = 4000
 
 

@@ -30,9 +30,10 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from .layout import LEASE_KEY
 from .storage import Store
 
-DEFAULT_KEY = "_lease.json"
+DEFAULT_KEY = LEASE_KEY
 
 
 class LeaseError(RuntimeError):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 from fruits.engines import ENGINES
 from fruits.images import DEFAULT_MAX_PIXELS
+from fruits.layout import default_feature_store
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
 CONF_PREFIX = "spark.fruits."
@@ -51,7 +52,7 @@ class JobOptions:
     @property
     def store_uri(self) -> str:
         """Where featurized vectors are kept: ``--feature-store`` or ``<output>/feature_store``."""
-        return self.feature_store or self.output.rstrip("/") + "/feature_store"
+        return self.feature_store or default_feature_store(self.output)
 
 
 def _conf_key(dest: str) -> str:

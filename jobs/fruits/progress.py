@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from pyspark import SparkContext
 
-log = logging.getLogger("fruits")
+log = logging.getLogger(__name__)
 
 
 class StageTimer:

@@ -6,12 +6,12 @@ relative, ``/``-separated paths under that root (``"runs/abc/manifest.json"``), 
 Every write replaces one whole object: a reader sees the old bytes or the new bytes, never a mix or a prefix.
 On S3 a single PUT already behaves so; locally we write a temporary file in the same folder, fsync it and
 rename (or hard-link) it into place. On top of that the store offers the three conditional operations the
-commit protocol and the lease rely on:
+commit protocol and the lease rely on, one name each:
 
-- ``create_exclusive`` / ``put_if_absent``: S3 ``PutObject(IfNoneMatch="*")``; locally ``os.link`` of a fully
-  written temporary file, which fails if the name exists (the atomic equivalent of ``open(path, "x")``).
-- ``replace_if_match`` / ``put_if_match``: S3 ``PutObject(IfMatch=etag)``; locally a compare-and-replace under
-  an ``flock`` on the folder, the etag being a SHA-256 of the content.
+- ``put_if_absent``: S3 ``PutObject(IfNoneMatch="*")``; locally ``os.link`` of a fully written temporary file,
+  which fails if the name exists (the atomic equivalent of ``open(path, "x")``).
+- ``put_if_match``: S3 ``PutObject(IfMatch=etag)``; locally a compare-and-replace under an ``flock`` on the
+  folder, the etag being a SHA-256 of the content.
 - ``delete_if_match``: S3 ``DeleteObject(IfMatch=etag)``; locally the same locked compare.
 
 Conditional writes need botocore >= 1.35.69 (pinned in requirements.txt).
@@ -119,10 +119,6 @@ class Store(ABC):
         """Delete ``key`` only if its etag is still ``etag``; whether it was deleted."""
 
     @abstractmethod
-    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
-        """Copy a local file to ``key``, replacing it atomically."""
-
-    @abstractmethod
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Copy ``key`` to a local file, replacing it atomically; raises :class:`NotFound`."""
 
@@ -147,14 +143,6 @@ class Store(ABC):
     def write_json(self, key: str, value: Any) -> None:
         """Write ``value`` as indented, key-sorted JSON (stable diffs, readable by people)."""
         self.write_bytes(key, _json_bytes(value), content_type="application/json")
-
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create ``key`` only if absent; True if this call created it, False if it already existed."""
-        return self.put_if_absent(key, data) is not None
-
-    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
-        """Replace ``key`` only if its etag is still ``etag``; False if it changed or disappeared."""
-        return self.put_if_match(key, data, etag) is not None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root!r})"
@@ -327,12 +315,8 @@ class LocalStore(Store):
             os.unlink(path)
         return True
 
-    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
-        """Copy into a temp file next to the target, then rename over it."""
-        _atomic_local_copy(os.fspath(local_path), self._path(key))
-
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
-        """Same as :meth:`upload_file` in the other direction."""
+        """Copy into a temp file next to ``local_path``, then rename over it."""
         if not self.exists(key):
             raise NotFound(f"{self.uri_for(key)} does not exist")
         _atomic_local_copy(self._path(key), os.fspath(local_path))
@@ -508,12 +492,6 @@ class S3Store(Store):
     def delete_if_match(self, key: str, etag: str) -> bool:
         """``DeleteObject(IfMatch=etag)`` (S3 conditional deletes; needs s3:GetObject as well)."""
         return self._conditional(self._client.delete_object, Key=self._key(key), IfMatch=etag) is not None
-
-    def upload_file(self, local_path: str | os.PathLike[str], key: str) -> None:
-        """Managed upload: multipart for big files, still visible only once complete."""
-        self._client.upload_file(
-            os.fspath(local_path), self.bucket, self._key(key), ExtraArgs=_content_args(key, None) or None
-        )
 
     def download_file(self, key: str, local_path: str | os.PathLike[str]) -> None:
         """Managed download into a temp file next to ``local_path``, then rename."""

@@ -1,14 +1,16 @@
 """`fruits`: run the Fruits featurize-and-PCA job on the deployed EMR cluster and fetch its results.
 
-    fruits submit [--stack NAME] [--name STEP_NAME] [--wait] -- [job options]
-    fruits status [STEP_ID] [--json]
+    fruits submit [--stack NAME] [--name STEP_NAME] [--wait] [-- job options]
+    fruits status [STEP_ID] [--json] [--lines N]
     fruits results [--run RUN_ID] [--dest DIR]
     fruits runs [--json]
+    fruits smoke [--timeout MINUTES] [--keep]
 
 Everything is found from the CloudFormation stack's outputs (default stack FruitsEmrStack), so no bucket or
 cluster id is ever typed. Exit codes: 0 done; 1 `status` (or `submit --wait`) reports a step that failed, was
-cancelled or interrupted; 2 usage errors and anything not found (stack, output, step, commit, run) or refused.
-This module only parses arguments and prints; the work is in `fruits.ops.aws`.
+cancelled or interrupted, or `smoke` failed; 2 usage errors, anything not found (stack, output, step, commit,
+run) or refused, and a terminated cluster (with the command that deploys a new one). Errors are one line.
+This module only parses arguments and prints; the work is in the other modules of `fruits.ops`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.ops import aws
+from fruits.ops import aws, runs, smoke
+from fruits.ops.status import step_report
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE = 0, 1, 2
 COUNT_KEYS = ("found", "reused", "featurized", "rejected")
@@ -41,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fruits",
         description="Run the Fruits featurize-and-PCA job on the deployed EMR cluster and fetch its results.",
-        epilog="Exit codes: 0 ok, 1 the step failed, 2 usage error or not found.",
+        epilog="Exit codes: 0 ok, 1 the step failed (smoke: FAIL), 2 usage error, not found or cluster ended.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -49,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         parents=[common],
         help="add the job as a step on the cluster",
-        description="Add the job step to the stack's cluster and print its step id. "
-        "Job options go after `--`, e.g. `fruits submit -- --k 50 --limit 1000`.",
+        description="Add the job step, as the stack's outputs describe it, to the stack's cluster and print "
+        "its step id. Job options go after `--`, e.g. `fruits submit -- --k 50 --limit 1000`, and replace the "
+        "stack's StepArguments; without `--` the step gets StepArguments; a bare `--` gives no options "
+        "(the cluster's spark-defaults).",
         usage="fruits submit [-h] [--stack NAME] [--region REGION] [--profile PROFILE] [--name STEP_NAME] "
-        "[--wait] [--poll SECONDS] -- [job options]",
+        "[--wait] [--poll SECONDS] [-- job options]",
     )
     submit.add_argument(
         "--name", metavar="STEP_NAME", default=aws.DEFAULT_STEP_NAME, help="step name (default: %(default)s)"
@@ -65,14 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status",
         parents=[common],
-        help="a step's state, its run's counts or its failure",
+        help="a step's state, its run or its failure, and its logs",
         description="Show a step's state (default: the newest step of the job on the cluster): "
-        "when completed the latest commit's counts and where the results are, "
-        "when failed the reason and the stderr log.",
+        "when completed the run it published and where the results are, or that it published none; "
+        "when failed the reason; and where the step's and the driver's logs are, with their last lines "
+        "when they explain a failure or a run that published nothing.",
     )
     status.add_argument("step_id", nargs="?", metavar="STEP_ID", help="EMR step id, s-...")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.add_argument("--lines", type=int, default=20, help="stderr lines to show on failure")
+    status.add_argument("--lines", type=int, default=20, help="log lines to show (default: %(default)s)")
 
     results = commands.add_parser(
         "results",
@@ -90,6 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
         "runs", parents=[common], help="list committed runs", description="List committed runs, oldest first."
     )
     runs.add_argument("--json", action="store_true", help="print the commit objects as a JSON list")
+
+    smoke_cmd = commands.add_parser(
+        "smoke",
+        parents=[common],
+        help="end-to-end check of a deployed stack on synthetic images",
+        description="Upload a few synthetic images (two labels and one bad file) to a scratch prefix under "
+        f"InputUri ({smoke.SMOKE_DIR}/<id>/), run the stack's job step on them with --limit {smoke.LIMIT} into "
+        "scratch prefixes under ResultsUri and FeatureStoreUri, wait, check results.csv, the manifest's "
+        "counts and the logs, print PASS or FAIL, and delete the scratch prefixes. Exit 0 on PASS, 1 on FAIL.",
+    )
+    smoke_cmd.add_argument(
+        "--timeout",
+        metavar="MINUTES",
+        type=float,
+        default=smoke.DEFAULT_TIMEOUT_MINUTES,
+        help="give up (and cancel the step) after this long (default: %(default)g)",
+    )
+    smoke_cmd.add_argument(
+        "--poll",
+        metavar="SECONDS",
+        type=float,
+        default=smoke.DEFAULT_POLL_SECONDS,
+        help="seconds between checks (default: %(default)g)",
+    )
+    smoke_cmd.add_argument("--keep", action="store_true", help="keep the scratch images and outputs")
+    smoke_cmd.add_argument("--name", metavar="STEP_NAME", default="fruits-smoke", help="step name")
     return parser
 
 
@@ -113,36 +145,60 @@ def _counts(counts: dict[str, Any] | None) -> str:
     return "  ".join(f"{key} {counts.get(key, '-')}" for key in COUNT_KEYS)
 
 
+def _print_tail(what: str, uri: str | None, lines: list[str] | None) -> None:
+    if lines is None:
+        where = f" ({uri})" if uri else ""
+        print(f"          ({what} not readable yet{where}: EMR copies logs to S3 periodically)")
+    elif lines:
+        print(f"--- last {len(lines)} lines of {what} ---")
+        print("\n".join(lines))
+
+
+def _print_logs(report: dict[str, Any]) -> None:
+    """Where the step's and the driver's logs are, with their tails when the report carries them."""
+    if "stderr_uri" not in report:
+        return  # a pending step has no logs yet
+    print(f"step log  {report['stderr_uri']}  (spark-submit's report)")
+    if report.get("driver_stderr_uri"):
+        print(f"driver    {report['driver_stderr_uri']}")
+    elif report.get("containers_uri"):
+        print(f"driver    not uploaded yet; it will be under {report['containers_uri']}")
+    else:
+        print("driver    unknown until the step log, which names the YARN application, is uploaded")
+    if "stderr_tail" in report:
+        _print_tail("the step log", report["stderr_uri"], report["stderr_tail"])
+    if report.get("driver_stderr_uri") and "driver_stderr_tail" in report:
+        _print_tail("the driver log", report["driver_stderr_uri"], report["driver_stderr_tail"])
+
+
 def print_status(report: dict[str, Any]) -> None:
-    """The human form of `aws.step_report`."""
+    """The human form of `status.step_report`."""
     print(f"step      {report['step_id']}  {report.get('name') or ''}".rstrip())
-    print(f"cluster   {report['cluster_id']}")
+    state = f"  ({report['cluster_state']})" if report.get("cluster_state") else ""
+    print(f"cluster   {report['cluster_id']}{state}")
     times = ", ".join(f"{k} {report[k]}" for k in ("started", "ended") if report.get(k))
     print(f"state     {report['state']}" + (f"  ({times})" if times else ""))
     if report["state"] == "COMPLETED":
         commit = report.get("commit")
-        if commit is None:
-            print(f"commit    none under {report['results_uri']}: the step published no run")
-            return
-        print(
-            f"commit    {commit.get('number')}  run {commit.get('run_id')}  at {commit.get('committed_at')}"
-        )
-        if report.get("commit_predates_step"):
-            print("          (older than this step: the step did not publish a run of its own)")
-        print(f"counts    {_counts(commit.get('counts'))}")
-        print(f"results   {report['run_uri']}")
-        print(f"latest    {report['results_uri']}results.csv  (fetch with: fruits results)")
+        if not report.get("published"):
+            why = "no commit yet" if commit is None else "the latest commit is older than the step"
+            print(f"result    completed without publishing a run ({why}; see the driver log)")
+        if commit is not None:
+            label = "commit" if report.get("published") else "current"
+            print(
+                f"{label:<9} {commit.get('number')}  run {commit.get('run_id')}  at {commit.get('committed_at')}"
+            )
+            print(f"counts    {_counts(commit.get('counts'))}")
+            print(f"results   {report['run_uri']}")
+            print(f"latest    {report['results_uri']}results.csv  (fetch with: fruits results)")
     elif report["state"] in aws.FAILED_STEP_STATES:
         print(f"reason    {report.get('reason') or 'not given by EMR'}")
-        print(f"stderr    {report['stderr_uri']}")
-        if report.get("failure_log") and report["failure_log"] != report["stderr_uri"]:
-            print(f"log       {report['failure_log']}")
-        tail = report.get("stderr_tail")
-        if tail is None:
-            print("          (not readable yet: EMR copies step logs to S3 every few minutes)")
-        elif tail:
-            print(f"--- last {len(tail)} lines of stderr ---")
-            print("\n".join(tail))
+        if report.get("failure_log") and report["failure_log"] not in (
+            report.get("stderr_uri"),
+            report.get("driver_stderr_uri"),
+        ):
+            print(f"log       {report['failure_log']}  (EMR's pick of the log with the cause)")
+    _print_logs(report)
 
 
 def print_runs(commits: list[dict[str, Any]]) -> None:
@@ -171,18 +227,67 @@ def print_runs(commits: list[dict[str, Any]]) -> None:
         print("  ".join(cells).rstrip())
 
 
-def _split_job_args(argv: list[str]) -> tuple[list[str], list[str]]:
+def _split_job_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Split at the first `--`: before it the tool's options, after it the job's, passed on untouched.
 
-    Done before argparse, which would otherwise try to read job options such as `--k 50` as its own.
+    Done before argparse, which would otherwise try to read job options such as `--k 50` as its own. None
+    (no `--`) differs from [] (a bare `--`): the first means the stack's StepArguments, the second none.
     """
     if "--" in argv:
         at = argv.index("--")
         return argv[:at], argv[at + 1 :]
-    return argv, []
+    return argv, None
 
 
-def run(args: argparse.Namespace, job_args: list[str], clients: Clients) -> int:
+def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients) -> int:
+    """`fruits status`: the report, then (on a dead cluster) the command that deploys a new one."""
+    state = aws.cluster_state(clients.emr, outputs["ClusterId"])
+    ended = state in aws.ENDED_CLUSTER_STATES
+    try:
+        report = step_report(clients.emr, clients.s3, outputs, args.step_id, args.lines, cluster_state=state)
+    except aws.OpsError:
+        if not ended:
+            raise
+        report = None  # no step to show: the advice below is the answer
+    if report is not None:
+        if args.json:
+            print(json.dumps(report, indent=2, default=str))
+        else:
+            print_status(report)
+    if ended:
+        raise aws.OpsError(aws.redeploy_advice(outputs, state))
+    return EXIT_STEP_FAILED if report and report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+
+
+def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients) -> int:
+    """`fruits smoke`: progress on stderr, the checks and the verdict on stdout."""
+    result = smoke.run_smoke(
+        clients.emr,
+        clients.s3,
+        outputs,
+        name=args.name,
+        timeout=args.timeout * 60,
+        poll=args.poll,
+        keep=args.keep,
+        progress=sys.stderr,
+    )
+    marks = {True: "ok  ", False: "FAIL", None: "warn"}
+    for check in result.checks:
+        print(f"{marks[check.ok]}  {check.name:<12} {check.detail}")
+    if not result.passed and result.log_tail:
+        print(f"--- last {len(result.log_tail)} lines of {result.log_uri} ---")
+        print("\n".join(result.log_tail))
+    if result.cleanup_error:
+        kept = f"NOT deleted ({result.cleanup_error}); delete by hand"
+    else:
+        kept = "deleted (keep them with --keep)" if result.cleaned else "kept"
+    print(f"scratch {kept}: {', '.join(result.scratch.uris())}")
+    verdict = "PASS" if result.passed else "FAIL"
+    print(f"{verdict}  step {result.step_id}  logs {result.log_uri or 'not uploaded yet'}")
+    return EXIT_OK if result.passed else EXIT_STEP_FAILED
+
+
+def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) -> int:
     """Carry out one parsed command; return the exit code."""
     outputs = aws.stack_outputs(clients.cloudformation, args.stack)
     if args.command == "submit":
@@ -195,21 +300,18 @@ def run(args: argparse.Namespace, job_args: list[str], clients: Clients) -> int:
         if not args.wait:
             return EXIT_OK
         aws.wait_for_step(clients.emr, cluster_id, step_id, args.poll)
-        report = aws.step_report(clients.emr, clients.s3, outputs, step_id)
+        report = step_report(clients.emr, clients.s3, outputs, step_id)
         print_status(report)
         return EXIT_STEP_FAILED if report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
     if args.command == "status":
-        report = aws.step_report(clients.emr, clients.s3, outputs, args.step_id, args.lines)
-        if args.json:
-            print(json.dumps(report, indent=2, default=str))
-        else:
-            print_status(report)
-        return EXIT_STEP_FAILED if report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+        return _status(args, outputs, clients)
+    if args.command == "smoke":
+        return _smoke(args, outputs, clients)
+    store = runs.results_store(clients.s3, outputs["ResultsUri"])
     if args.command == "results":
-        results_uri = outputs["ResultsUri"]
-        commit = aws.find_commit(clients.s3, results_uri, args.run)
+        commit = runs.find_commit(store, args.run)
         dest = args.dest or Path("fruits-results") / str(commit["run_id"])
-        download = aws.download_run(clients.s3, results_uri, commit, dest)
+        download = runs.download_run(store, commit, dest)
         for path in download.files:
             print(path)
         print(
@@ -219,10 +321,7 @@ def run(args: argparse.Namespace, job_args: list[str], clients: Clients) -> int:
             print(f"run {commit['run_id']} has no {', '.join(download.missing)}", file=sys.stderr)
         return EXIT_OK
     if args.command == "runs":
-        results_uri = outputs["ResultsUri"]
-        commits = aws.list_commits(clients.s3, results_uri)
-        if not commits:
-            raise aws.OpsError(f"no commits yet under {results_uri}: no run of the job has completed")
+        commits = runs.list_commits(store)
         if args.json:
             print(json.dumps(commits, indent=2))
         else:
@@ -236,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tool_args, job_args = _split_job_args(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(tool_args)  # exits 2 with argparse's usage message on a usage error
-    if job_args and args.command != "submit":
+    if job_args is not None and args.command != "submit":
         parser.error("job options after `--` only apply to `fruits submit`")
     try:
         return run(args, job_args, Clients(args.region, args.profile))  # a bad --profile raises in here

@@ -1,0 +1,84 @@
+"""The output layout: every name the job writes under an output root, in one place.
+
+::
+
+    <output>/
+      _lease.json                   the single writer's lease (fruits.lease)
+      _commits/00000001.json        one commit object per published run; the highest number is current
+      runs/<run_id>/                everything one run writes; PUBLISHED_NAMES among it
+      results.csv, manifest.json... copies of the current run's PUBLISHED_NAMES (fruits.commits.publish_latest)
+      feature_store/                the default feature store (``--feature-store`` moves it)
+
+The job (fruits.job, fruits.commits, fruits.lease) writes this layout and the operator CLI (fruits.ops) reads
+it, both through these names, so the two cannot drift apart. Nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+import re
+
+LEASE_KEY = "_lease.json"
+COMMITS_PREFIX = "_commits/"
+RUNS_PREFIX = "runs/"
+FEATURE_STORE_DIR = "feature_store"
+
+RESULTS_CSV = "results.csv"
+MANIFEST_JSON = "manifest.json"
+REJECTED_CSV = "rejected.csv"
+EXPLAINED_VARIANCE_PNG = "explained_variance.png"
+PCA_SCATTER_PNG = "pca_scatter.png"
+#: The small files of a run that people open; publish_latest copies them to the output root.
+PUBLISHED_NAMES = (RESULTS_CSV, MANIFEST_JSON, REJECTED_CSV, EXPLAINED_VARIANCE_PNG, PCA_SCATTER_PNG)
+#: Without these a committed run is broken; the others may be missing from runs of an older job.
+REQUIRED_NAMES = frozenset({RESULTS_CSV, MANIFEST_JSON})
+
+#: The commit object's field holding the key (relative to the output root) of the run's manifest.
+COMMIT_MANIFEST_FIELD = "manifest"
+
+# Eight digits, zero-padded; more only once the number needs them (no leading zero then): one name per number.
+_COMMIT_NAME = re.compile(r"^(\d{8,})\.json$")
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
+
+
+def commit_key(number: int) -> str:
+    """``_commits/00000042.json``: the key of commit ``number``."""
+    if number < 1:
+        raise ValueError(f"commit numbers start at 1, got {number}")
+    return f"{COMMITS_PREFIX}{number:08d}.json"
+
+
+def commit_number(key: str) -> int | None:
+    """The number of a commit key (``_commits/00000042.json`` -> 42); None for any other key.
+
+    Only the exact name :func:`commit_key` gives counts: ``_commits/1.json`` or ``_commits/000000042.json``
+    are not commits, so every reader finds the same commits whatever else lies in the folder.
+    """
+    if not key.startswith(COMMITS_PREFIX):
+        return None
+    match = _COMMIT_NAME.match(key[len(COMMITS_PREFIX) :])
+    if not match:
+        return None
+    number = int(match.group(1))
+    return number if number >= 1 and commit_key(number) == key else None
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` has the shape of a run id (``20261125T134501Z-3f9a1c``, see commits.new_run_id)."""
+    return bool(_RUN_ID.match(text))
+
+
+def run_prefix(run_id: str) -> str:
+    """``runs/<run_id>/``: the only place a run writes before it is committed."""
+    if not is_run_id(run_id):
+        raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
+    return f"{RUNS_PREFIX}{run_id}/"
+
+
+def manifest_key(run_id: str) -> str:
+    """``runs/<run_id>/manifest.json``: where a run writes its manifest."""
+    return run_prefix(run_id) + MANIFEST_JSON
+
+
+def default_feature_store(output: str) -> str:
+    """``<output>/feature_store``: the feature store when ``--feature-store`` is not given."""
+    return f"{output.rstrip('/')}/{FEATURE_STORE_DIR}"
