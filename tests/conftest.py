@@ -91,6 +91,48 @@ def make_image_tree(root: Path) -> Path:
     return root
 
 
+def as_unprivileged(function, *args):  # type: ignore[no-untyped-def]
+    """``function(*args)`` run as user ``nobody`` in a forked child when we are root (root reads every file, so
+    a permission test needs another user); run directly otherwise. The result comes back through a pipe."""
+    if os.geteuid() != 0:
+        return function(*args)
+    import multiprocessing
+
+    def child(connection) -> None:  # type: ignore[no-untyped-def]
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            connection.send(("ok", function(*args)))
+        except BaseException as error:  # shipped back to the test as it is
+            connection.send(("error", error))
+
+    context = multiprocessing.get_context("fork")
+    parent, child_end = context.Pipe()
+    process = context.Process(target=child, args=(child_end,))
+    process.start()
+    status, value = parent.recv()
+    process.join()
+    if status == "error":
+        raise value
+    return value
+
+
+@pytest.fixture
+def shared_tmp() -> Path:
+    """A temporary folder every user can enter (pytest's own are private to the user running the tests)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="fruits-test-"))
+    folder.chmod(0o755)
+    yield folder
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def fruits_data() -> Path:
     """The real Fruits-360 sample named by FRUITS_DATA (skips when unset)."""
