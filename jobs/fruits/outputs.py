@@ -34,8 +34,15 @@ def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int) -> Non
         store.write_bytes(key, (",".join(frame.columns) + "\n").encode(), content_type="text/csv")
         return
     scratch = f"{key}.parts"
-    frame.coalesce(1).write.mode("overwrite").option("header", True).option("escape", '"').csv(
-        store.uri_for(scratch)
+    (
+        frame.coalesce(1)
+        .write.mode("overwrite")
+        .option("header", True)
+        .option("escape", '"')  # RFC 4180: a quote inside a quoted field is doubled
+        # Spark trims leading and trailing spaces when writing CSV unless told not to: "x.jpg " is another file.
+        .option("ignoreLeadingWhiteSpace", False)
+        .option("ignoreTrailingWhiteSpace", False)
+        .csv(store.uri_for(scratch))
     )
     parts = [name for name in store.list_keys(scratch) if name.rsplit("/", 1)[-1].startswith("part-")]
     if len(parts) != 1:

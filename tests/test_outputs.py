@@ -1,0 +1,30 @@
+"""results.csv and rejected.csv keep the exact bytes of every path and label (Spark trims spaces by default)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from fruits.outputs import write_single_csv
+from fruits.storage import open_store
+
+pytestmark = pytest.mark.spark
+
+HOSTILE = [
+    (" leading.jpg", " Red Apple "),
+    ("trailing.jpg ", "tab\tlabel"),
+    ('comma,quote"newline\nname.jpg', "ünïcødé 🍎"),
+    ("\u00a0nbsp\u3000wide.jpg", "'single' \"double\""),
+]
+
+
+def test_paths_and_labels_survive_the_csv_byte_for_byte(spark, tmp_path):
+    frame = spark.createDataFrame(HOSTILE, "path string, label string")
+    store = open_store(str(tmp_path))
+    write_single_csv(frame.orderBy("path"), store, "out.csv", len(HOSTILE))
+    with open(tmp_path / "out.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "label"]
+    assert sorted(map(tuple, rows[1:])) == sorted(HOSTILE)
+    assert not (tmp_path / "out.csv.parts").exists()
