@@ -77,8 +77,11 @@ def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark
     for name in ("explained_variance.png", "pca_scatter.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from pyspark.ml import PipelineModel
+    from pyspark.ml.feature import PCAModel, StandardScalerModel
 
-    assert len(PipelineModel.load(str(run_dir / "pca_model")).stages) == 3
+    stages = PipelineModel.load(str(run_dir / "pca_model")).stages
+    assert [type(stage) for stage in stages] == [StandardScalerModel, PCAModel]  # center, then the first k
+    assert stages[1].getK() == 3 and stages[0].getWithMean() and not stages[0].getWithStd()
 
 
 def test_the_commit_names_the_manifest_the_readers_follow(first_run):

@@ -1,25 +1,37 @@
-"""Dimension reduction with Spark MLlib: center, PCA, keep k components.
+"""Reduce: center and project the features on their first k principal components, as a Spark ML pipeline.
 
-Spark's ``PCA`` does not subtract the mean when it projects, so a ``StandardScaler(withMean=True,
-withStd=False)`` stage centers first. The PCA stage is fitted with every component (its cost is the covariance
-matrix either way), which gives the full explained-variance curve for choosing k and for the plot; a
-``VectorSlicer`` then keeps the first k. The saved ``PipelineModel`` projects new images without refitting.
+The fit computes the covariance matrix as one matrix product per partition (``X_p^T X_p``, level-3 BLAS in
+NumPy on the executors), sums the partitions' products on the driver (one ``d x d`` matrix each, never the
+rows), and takes its exact eigen-decomposition (LAPACK ``syevd``). That is the same principal components and
+explained-variance curve as MLlib's ``PCA`` (which builds the covariance row by row with level-2 BLAS and then
+runs a full SVD), in a fraction of the time: a width-1,280 covariance of 20,000 rows is ~33 billion
+multiply-adds, about a second as one matrix product on two cores.
+
+The result is still a plain Spark ML :class:`~pyspark.ml.PipelineModel` — ``StandardScalerModel`` (centering)
+then ``PCAModel`` with the first k components — which ``PipelineModel.load`` reloads and which projects new
+rows without refitting (``features_vec`` = ``array_to_vector(features)``). The full curve over all components
+is kept for choosing k and for the plot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.feature import PCA, StandardScaler, VectorSlicer
+import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.ml.common import _py2java
+from pyspark.ml.feature import PCAModel, StandardScalerModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 VECTOR_COL = "features_vec"
+CENTERED_COL = "centered"
 PCA_COL = "pca"
+_GRAM_SCHEMA = "n long, total binary, gram binary"
 
 
 def pc_columns(k: int) -> list[str]:
@@ -40,12 +52,121 @@ def choose_k(explained: Sequence[float], variance: float) -> int:
 
 
 @dataclass(frozen=True)
+class Moments:
+    """What the covariance needs from the rows: their count, their sum and their Gram matrix ``X^T X``."""
+
+    n: int
+    total: np.ndarray  # (d,)
+    gram: np.ndarray  # (d, d)
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
+
+
+def moments(batches: Iterable[np.ndarray], dim: int) -> Moments:
+    """Count, sum and ``X^T X`` of row batches (each ``(rows, dim)``), accumulated in float64."""
+    total, gram, n = np.zeros(dim), np.zeros((dim, dim)), 0
+    for batch in batches:
+        x = np.asarray(batch, dtype=np.float64)
+        if x.size == 0:
+            continue
+        n += x.shape[0]
+        total += x.sum(axis=0)
+        gram += x.T @ x  # one level-3 product per batch
+    return Moments(n, total, gram)
+
+
+def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, components as columns by decreasing variance, explained variance ratio of every component).
+
+    Each component's sign is chosen so that its largest coefficient is positive: a fixed convention, so the
+    same data gives the same signs on every run (an eigenvector's sign is otherwise arbitrary).
+    """
+    if m.n < 2:
+        raise ValueError(f"PCA needs at least 2 rows, got {m.n}")
+    mean = m.total / m.n
+    covariance = (m.gram - m.n * np.outer(mean, mean)) / (m.n - 1)
+    covariance = (covariance + covariance.T) / 2  # exact symmetry for the symmetric solver
+    values, vectors = np.linalg.eigh(covariance)
+    order = np.argsort(values)[::-1]
+    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
+    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    total = values.sum()
+    explained = values / total if total > 0 else np.zeros_like(values)
+    return mean, vectors, explained
+
+
+def _partition_moments(dim: int):  # type: ignore[no-untyped-def]
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        def batches() -> Iterator[np.ndarray]:
+            for frame in frames:
+                if len(frame):
+                    yield np.stack(frame["features"].to_numpy())
+
+        result = moments(batches(), dim)
+        yield pd.DataFrame(
+            {"n": [result.n], "total": [result.total.tobytes()], "gram": [result.gram.tobytes()]}
+        )
+
+    return run
+
+
+def _from_row(row: object) -> Moments:
+    return Moments(
+        int(row["n"]),  # type: ignore[index]
+        np.frombuffer(row["total"], dtype=np.float64),  # type: ignore[index]
+        np.frombuffer(row["gram"], dtype=np.float64).reshape(*(2 * [int(np.sqrt(len(row["gram"]) // 8))])),  # type: ignore[index]
+    )
+
+
+def distributed_moments(features: DataFrame, dim: int) -> Moments:
+    """:class:`Moments` of the ``features`` array column: one partial per partition, summed in a tree on the
+    executors (as MLlib's treeAggregate does), so the driver receives one d x d matrix, never the rows."""
+    partials = features.select("features").mapInPandas(_partition_moments(dim), _GRAM_SCHEMA)
+    return partials.rdd.map(_from_row).treeReduce(lambda a, b: a + b, depth=2)
+
+
+@dataclass(frozen=True)
 class Reduction:
     """The fitted pipeline and what it explains."""
 
     model: PipelineModel
     k: int
-    explained: list[float]  # per component, over all components that were fitted
+    explained: list[float]  # per component, over all components
+
+
+def pipeline_model(spark: SparkSession, mean: np.ndarray, components: np.ndarray) -> PipelineModel:
+    """centering (``StandardScalerModel``) + projection (``PCAModel``) as a Spark ML pipeline.
+
+    Spark has no public constructor for fitted models, so they are made in the JVM (their constructors are
+    ``private[ml]`` in Scala, public in bytecode) and wrapped; the pipeline saves and loads as any other.
+    """
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    dim, k = components.shape
+
+    def dense_vector(values: np.ndarray):  # type: ignore[no-untyped-def]
+        return _py2java(sc, DenseVector(values.astype(np.float64)))
+
+    scaler_java = jvm.org.apache.spark.ml.feature.StandardScalerModel(
+        "centering", dense_vector(np.ones(dim)), dense_vector(mean)
+    )
+    scaler = StandardScalerModel(scaler_java)
+    scaler._transfer_params_from_java()
+    scaler = scaler.setInputCol(VECTOR_COL).setOutputCol(CENTERED_COL)
+    scaler._set(withMean=True, withStd=False)
+    scaler._transfer_params_to_java()
+
+    # Column-major values, as Spark's DenseMatrix stores them.
+    matrix = _py2java(sc, DenseMatrix(dim, k, components.T.ravel().astype(np.float64)))
+    pca_java = jvm.org.apache.spark.ml.feature.PCAModel("pca", matrix, dense_vector(np.zeros(k)))
+    pca = PCAModel(pca_java)
+    pca._transfer_params_from_java()
+    pca = pca.setInputCol(CENTERED_COL).setOutputCol(PCA_COL)
+    pca._set(k=k)
+    pca._transfer_params_to_java()
+    return PipelineModel(stages=[scaler, pca])
 
 
 def with_vectors(frame: DataFrame) -> DataFrame:
@@ -55,17 +176,11 @@ def with_vectors(frame: DataFrame) -> DataFrame:
 
 def fit(features: DataFrame, *, feature_dim: int, k: int | None, variance: float | None) -> Reduction:
     """Fit center + PCA on ``features`` (a ``features`` array column); k given or chosen by ``variance``."""
-    full = Pipeline(
-        stages=[
-            StandardScaler(inputCol=VECTOR_COL, outputCol="centered", withMean=True, withStd=False),
-            PCA(k=feature_dim, inputCol="centered", outputCol="pca_all"),  # every component: the full curve
-        ]
-    ).fit(with_vectors(features))
-    explained = [float(v) for v in full.stages[1].explainedVariance.toArray()]
-    chosen = min(k, feature_dim) if k is not None else choose_k(explained, variance or 0.95)
-    slicer = VectorSlicer(inputCol="pca_all", outputCol=PCA_COL, indices=list(range(chosen)))
-    model = PipelineModel(stages=[*full.stages, slicer])
-    return Reduction(model=model, k=chosen, explained=explained)
+    mean, components, explained = principal_components(distributed_moments(features, feature_dim))
+    curve = [float(v) for v in explained]
+    chosen = min(k, feature_dim) if k is not None else choose_k(curve, variance or 0.95)
+    model = pipeline_model(features.sparkSession, mean, components[:, :chosen])
+    return Reduction(model=model, k=chosen, explained=curve)
 
 
 def project(model: PipelineModel, features: DataFrame, k: int) -> DataFrame:
@@ -77,5 +192,8 @@ def project(model: PipelineModel, features: DataFrame, k: int) -> DataFrame:
 
 
 def loaded_k(model: PipelineModel) -> int:
-    """k of a saved pipeline (the slicer's width)."""
-    return len(model.stages[-1].getIndices())
+    """k of a saved pipeline: its slicer's width (pipelines of earlier versions) or its PCA stage's k."""
+    last = model.stages[-1]
+    if hasattr(last, "getIndices"):
+        return len(last.getIndices())
+    return int(last.getK())

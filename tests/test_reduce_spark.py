@@ -1,0 +1,79 @@
+"""The PCA fit: exact against NumPy, the same as MLlib's PCA, and a pipeline that reloads and projects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import PCA, StandardScaler
+
+from fruits.reduce import fit, loaded_k, moments, principal_components, project, with_vectors
+
+pytestmark = pytest.mark.spark
+
+
+def low_rank(rows: int, dim: int, rank: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(3.0, 0.5, rank)
+    data = (rng.normal(size=(rows, rank)) * scale) @ rng.normal(size=(rank, dim))
+    return (data + 0.01 * rng.normal(size=(rows, dim)) + 5.0).astype(np.float32)
+
+
+def numpy_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    centered = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    _, s, vt = np.linalg.svd(centered, full_matrices=False)
+    return (s**2) / (s**2).sum(), vt.T
+
+
+def test_moments_of_batches_equal_those_of_the_whole():
+    x = low_rank(50, 6, 2)
+    whole = moments([x], 6)
+    parts = moments([x[:7], x[7:30], x[30:0], x[30:]], 6)
+    assert parts.n == 50 and np.allclose(parts.gram, whole.gram) and np.allclose(parts.total, whole.total)
+
+
+def test_principal_components_match_numpy_svd_up_to_sign():
+    x = low_rank(300, 12, 4)
+    mean, vectors, explained = principal_components(moments([x], 12))
+    reference, reference_vectors = numpy_pca(x)
+    assert np.allclose(explained, reference, rtol=1e-6, atol=1e-12)
+    for i in range(4):  # the well-separated components
+        assert abs(abs(vectors[:, i] @ reference_vectors[:, i]) - 1) < 1e-8
+    assert np.allclose(mean, x.mean(axis=0), rtol=1e-6)
+
+
+def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
+    x = low_rank(400, 16, 5)
+    frame = spark.createDataFrame(
+        [(i, row.tolist()) for i, row in enumerate(x)], "i long, features array<float>"
+    )
+    reduction = fit(frame.repartition(3), feature_dim=16, k=None, variance=0.99)
+    reference, reference_vectors = numpy_pca(x)
+    assert np.allclose(reduction.explained, reference, rtol=1e-6, atol=1e-12)
+    k = reduction.k
+    assert 1 <= k <= 5
+    projected = project(reduction.model, frame, k).orderBy("i").toPandas()
+    got = projected[[f"pc_{j + 1}" for j in range(k)]].to_numpy()
+    expected = (x.astype(np.float64) - x.mean(axis=0)) @ reference_vectors[:, :k]
+    for j in range(k):
+        sign = np.sign(got[:, j] @ expected[:, j])
+        assert np.allclose(
+            sign * got[:, j], expected[:, j], rtol=1e-4, atol=1e-4 * np.abs(expected[:, j]).max()
+        )
+
+    reduction.model.write().overwrite().save(str(tmp_path / "pca_model"))
+    reloaded = PipelineModel.load(str(tmp_path / "pca_model"))
+    assert loaded_k(reloaded) == k
+    again = project(reloaded, frame, k).orderBy("i").toPandas()
+    assert np.allclose(again[[f"pc_{j + 1}" for j in range(k)]].to_numpy(), got)
+
+
+def test_the_curve_equals_mllib_pca(spark):
+    x = low_rank(200, 10, 3)
+    frame = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
+    ours = fit(frame, feature_dim=10, k=3, variance=None).explained
+    scaled = StandardScaler(inputCol="features_vec", outputCol="c", withMean=True, withStd=False).fit(
+        with_vectors(frame)
+    )
+    mllib = PCA(k=10, inputCol="c", outputCol="p").fit(scaled.transform(with_vectors(frame)))
+    assert np.allclose(ours, mllib.explainedVariance.toArray(), rtol=1e-6, atol=1e-12)
