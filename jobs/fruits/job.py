@@ -30,7 +30,7 @@ from fruits.lease import Lease, LeaseHeld
 from fruits.options import JobOptions, UsageError, build_parser, parse_options
 from fruits.progress import StageTimer, report_progress
 from fruits.session import get_session, ship_package_to_local_workers
-from fruits.storage import Store, open_store
+from fruits.storage import Store, open_store, s3_region
 
 __all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
 
@@ -55,13 +55,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _weights_id(weights: models.Weights, spec: models.ModelSpec, alpha: float) -> tuple[str, str | None]:
+def _weights_id(weights: models.Weights) -> tuple[str, str | None]:
     """(identifier for the feature store, sha256 for the manifest)."""
     if weights.kind == "file":
         return weights.sha256[:16], weights.sha256  # type: ignore[index]
     if weights.kind == "random":
         return "random-seed0", None
-    sha = models.imagenet_weights_hash(spec, alpha)
+    # ImageNet: the hash of Keras' file when it was found on disk, else just "imagenet" (Keras downloads it).
+    sha = weights.sha256
     return (f"imagenet-{sha[:16]}" if sha else "imagenet"), sha
 
 
@@ -128,10 +129,14 @@ class Run:
         self.store = open_store(options.store_uri)
         self.spec = models.get_spec(options.model)
         self.threads = options.threads or int(self.spark.sparkContext.getConf().get("spark.task.cpus", "1"))
-        self.weights = models.resolve_weights(options.weights)
+        self.weights = models.resolve_weights(
+            options.weights, model=options.model, alpha=options.alpha, image_size=options.image_size
+        )
         if not self.weights.pretrained:
             log.warning(manifest.RANDOM_WEIGHTS_WARNING)
-        weights_id, self.weights_sha = _weights_id(self.weights, self.spec, options.alpha)
+        elif self.weights.kind == "imagenet":
+            log.info("ImageNet weights: %s", self.weights.path or "not cached here, Keras downloads them")
+        weights_id, self.weights_sha = _weights_id(self.weights)
         self.key = feature_store.model_key(
             options.model, options.alpha, options.image_size, options.decode_size, weights_id
         )
@@ -363,6 +368,9 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
     """Featurize, reduce and publish one run under the output's lease; returns its manifest."""
     started = _now()
     run_id = commits.new_run_id(started)
+    if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
+        region, source = s3_region()
+        log.info("AWS region for S3: %s (%s)", region, source)
     out = open_store(options.output)
     if spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000":
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
