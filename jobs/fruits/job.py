@@ -32,7 +32,15 @@ from fruits.progress import StageTimer, report_progress
 from fruits.session import get_session, ship_package_to_local_workers
 from fruits.storage import Store, open_store, s3_region
 
-__all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
+__all__ = [
+    "PUBLISHED",
+    "NothingFeaturized",
+    "OutputExists",
+    "main",
+    "reentrant_key",
+    "run",
+    "ship_package_to_local_workers",
+]
 
 log = logging.getLogger("fruits")
 PUBLISHED = ["results.csv", "manifest.json", "rejected.csv", "explained_variance.png", "pca_scatter.png"]
@@ -41,6 +49,25 @@ SCATTER_POINTS = 4000
 
 class OutputExists(UsageError):
     """The output already holds a committed result and --overwrite was not given."""
+
+
+class NothingFeaturized(UsageError):
+    """Files were found but none could be featurized: with --allow-empty a no-op, else exit 2."""
+
+
+def _nothing_to_featurize(options: JobOptions) -> None:
+    """The one line an --allow-empty run logs instead of failing (a first deploy with an empty bucket)."""
+    log.warning("nothing to featurize under %s: no run committed", options.input)
+
+
+def reentrant_key(sc: Any) -> str | None:
+    """The lease's re-entrancy key: the YARN application id, shared by every attempt of one application.
+
+    EMR_STEP_ID does not reach a cluster-mode driver's container; ``applicationId`` does, and in YARN it has no
+    attempt number (``application_<cluster-ts>_<n>``). Outside YARN there are no attempts, so no key.
+    """
+    master = str(sc.master or "")
+    return str(sc.applicationId) if master.startswith("yarn") else None
 
 
 def checkpoint(name: str) -> None:
@@ -206,7 +233,7 @@ class Run:
         self.counts["found"] = self.counts["images"] + len(self.scan.empty) + len(self.scan.unsupported)
         featurized, rejected_count, found = (self.counts[n] for n in ("featurized", "rejected", "found"))
         if featurized == 0:
-            raise UsageError(
+            raise NothingFeaturized(
                 f"no image under {self.options.input} could be featurized ({rejected_count} rejected)"
             )
         if featurized + rejected_count != found:
@@ -364,8 +391,11 @@ class Run:
         return document
 
 
-def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
-    """Featurize, reduce and publish one run under the output's lease; returns its manifest."""
+def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
+    """Featurize, reduce and publish one run under the output's lease; returns its manifest.
+
+    None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
+    """
     started = _now()
     run_id = commits.new_run_id(started)
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
@@ -377,7 +407,13 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(options.batch_size * 4, 256)))
     timer = StageTimer()
     with timer.stage("list input"):
-        scan = catalog.scan_input(spark, options.input)
+        try:
+            scan = catalog.scan_input(spark, options.input)
+        except catalog.EmptyInput:
+            if not options.allow_empty:
+                raise
+            _nothing_to_featurize(options)
+            return None
     log.info(
         "input %s: %d files (%d empty, %d unsupported)",
         options.input,
@@ -386,7 +422,11 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
         len(scan.unsupported),
     )
     lease = Lease(
-        out, owner=run_id, ttl_seconds=options.lease_ttl, reentrant_key=os.environ.get("EMR_STEP_ID")
+        out,
+        owner=run_id,
+        ttl_seconds=options.lease_ttl,
+        reentrant_key=reentrant_key(spark.sparkContext),
+        step_id=os.environ.get("EMR_STEP_ID"),  # only for the holder's description (client mode)
     )
     lease.acquire(wait=options.wait > 0, timeout=options.wait)
     try:
@@ -398,6 +438,11 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
                 "give --overwrite to publish a new run over it"
             )
         return Run(spark, options, run_id, out, scan, previous, lease, started=started, timer=timer).execute()
+    except NothingFeaturized:
+        if not options.allow_empty:
+            raise
+        _nothing_to_featurize(options)
+        return None
     finally:
         lease.release()
 
