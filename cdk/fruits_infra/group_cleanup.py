@@ -70,7 +70,8 @@ class ManagedGroupsCleanup(Construct):
             "Function",
             runtime=RUNTIME,
             handler="index.handler",
-            code=lambda_.Code.from_asset(str(HANDLER_DIR)),
+            # Only the source: a __pycache__ left by the tests would change the asset hash between synths.
+            code=lambda_.Code.from_asset(str(HANDLER_DIR), exclude=["__pycache__", "*.pyc"]),
             timeout=Duration.minutes(2),
             memory_size=128,
             role=role,
