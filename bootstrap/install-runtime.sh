@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # EMR bootstrap action: install Python 3.11 and the job's pinned runtime on every node, and place the model
-# weights where every executor finds them, so no task installs or downloads anything.
+# weights where the driver finds them, so no run installs or downloads anything.
 #
-#   install-runtime.sh --requirements s3://<artifacts>/bootstrap/requirements.txt
-#                      [--image-size 224] [--weights-uri s3://<bucket>/models/<file>.h5]
+#   install-runtime.sh --requirements s3://<artifacts>/bootstrap/<hash>/requirements.txt
+#                      [--weights-url https://.../<file>.h5 --weights-file <file>.h5]
+#                      [--weights-uri s3://<bucket>/models/<file>.h5]
 #
 # Installs exactly the pins of the requirements file (the repository's requirements.txt, uploaded unchanged)
-# and verifies them afterwards. Without --weights-uri it pre-downloads Keras' MobileNetV2 no-top ImageNet
-# weights into $KERAS_HOME/models; with it, copies that file to $FRUITS_MODELS_DIR. Safe to run twice: a node
-# whose state matches the requirements file skips the install. Every network call is retried; any failure
-# ends the script with a non-zero status, which fails the cluster (EMR bootstrap semantics).
+# and verifies them afterwards. --weights-url/--weights-file: downloads that file (the CDK app passes the exact
+# ImageNet file Keras would fetch for the configured model; this script knows no model names) into
+# $KERAS_HOME/models/<file>, owned by root and read-only for everyone else, where the job loads it without
+# writing any cache. --weights-uri: copies a custom weights file to $FRUITS_MODELS_DIR. Safe to run twice: a
+# node whose state matches the requirements file skips the install, and present weights are kept. Every
+# network call is retried; any failure ends the script with a non-zero status, which fails the cluster (EMR
+# bootstrap semantics).
 #
 # System paths are overridable through the environment (the tests point them into a temporary directory).
 set -Eeuo pipefail
@@ -43,23 +47,31 @@ retry() {
 
 requirements_uri=""
 weights_uri=""
-image_size="224"
+weights_url=""
+weights_file=""
 while (( $# > 0 )); do
   case "$1" in
     --requirements) requirements_uri="${2:?--requirements needs an s3:// URI}"; shift 2 ;;
     --weights-uri) weights_uri="${2:?--weights-uri needs an s3:// URI}"; shift 2 ;;
-    --image-size) image_size="${2:?--image-size needs a number}"; shift 2 ;;
+    --weights-url) weights_url="${2:?--weights-url needs an https:// URL}"; shift 2 ;;
+    --weights-file) weights_file="${2:?--weights-file needs a file name}"; shift 2 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
 [[ "${requirements_uri}" == s3://* ]] || die "--requirements s3://... is required"
 [[ -z "${weights_uri}" || "${weights_uri}" == s3://* ]] || die "--weights-uri must be an s3:// URI"
-[[ "${image_size}" =~ ^[0-9]+$ ]] || die "--image-size must be a number, got ${image_size}"
+[[ -z "${weights_url}" || "${weights_url}" == https://* ]] || die "--weights-url must be an https:// URL"
+if [[ -n "${weights_url}" && -z "${weights_file}" ]] || [[ -z "${weights_url}" && -n "${weights_file}" ]]; then
+  die "--weights-url and --weights-file go together"
+fi
+# A bare file name: it becomes a path under $KERAS_HOME/models and must not climb out of it.
+[[ -z "${weights_file}" || "${weights_file}" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] \
+  || die "--weights-file must be a plain file name, got ${weights_file}"
 
 workdir="$(mktemp -d)"
 trap 'rm -rf "${workdir}"' EXIT
 
-log "start: requirements=${requirements_uri} weights=${weights_uri:-imagenet} python=${FRUITS_PYTHON}"
+log "start: requirements=${requirements_uri} weights=${weights_uri:-${weights_url:-none}} python=${FRUITS_PYTHON}"
 
 # 1. Python 3.11 (Amazon Linux 2023's default python3 is 3.9; TensorFlow 2.21 needs >= 3.10).
 # shellcheck disable=SC2086 # the package list is meant to split into words
@@ -117,18 +129,18 @@ if [[ -n "${weights_uri}" ]]; then
     sudo install -m 0644 "${workdir}/weights.part" "${target}"
     log "weights copied to ${target}"
   fi
-else
-  # Keras ships ImageNet weights for these input sizes and falls back to the 224 file for any other.
-  case "${image_size}" in 96 | 128 | 160 | 192 | 224) rows="${image_size}" ;; *) rows=224 ;; esac
-  weights_file="${KERAS_HOME}/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_${rows}_no_top.h5"
-  if [[ -s "${weights_file}" ]]; then
-    log "ImageNet weights already at ${weights_file}"
+fi
+if [[ -n "${weights_url}" ]]; then
+  target="${KERAS_HOME}/models/${weights_file}"
+  if [[ -s "${target}" ]]; then
+    log "ImageNet weights already at ${target}"
   else
-    # Keras names and caches the file itself (KERAS_HOME/models), exactly where executors look for it.
-    retry sudo env KERAS_HOME="${KERAS_HOME}" TF_CPP_MIN_LOG_LEVEL=2 "${FRUITS_PYTHON}" -c \
-      "import keras; keras.applications.MobileNetV2(include_top=False, weights='imagenet', input_shape=(${image_size}, ${image_size}, 3))"
-    [[ -s "${weights_file}" ]] || die "Keras did not write ${weights_file}"
-    log "ImageNet weights cached at ${weights_file}"
+    retry curl --fail --silent --show-error --location --connect-timeout 30 --max-time 900 \
+      --output "${workdir}/weights.part" "${weights_url}"
+    [[ -s "${workdir}/weights.part" ]] || die "empty download from ${weights_url}"
+    # Root owns it and nobody else may write it: the job (as yarn) only reads it.
+    sudo install -m 0644 "${workdir}/weights.part" "${target}"
+    log "ImageNet weights downloaded to ${target}"
   fi
 fi
 # Executors run as other users: everything readable, nothing writable.

@@ -4,12 +4,15 @@ Locally (Spark in local mode, every core)::
 
     python jobs/featurize_pca.py --input ../shared/data/fruits360-sample --output out/demo --weights none
 
-On a cluster, the package travels with ``--py-files``::
+On any Spark, the package travels with ``--py-files``::
 
     spark-submit --deploy-mode cluster --py-files s3://<artifacts>/job/fruits.zip \
         s3://<artifacts>/job/featurize_pca.py [--k 50 ...]
 
-Every option can also come from the Spark conf (``spark.fruits.input`` ...); ``--help`` lists them.
+On the CDK app's EMR cluster, spark-defaults already carry the package (``spark.submit.pyFiles``), the deploy
+mode and the job's defaults file (``spark.fruits.defaults``), so ``spark-submit s3://<artifacts>/job/featurize_pca.py``
+is enough. Every option can also come from the Spark conf (``spark.fruits.input`` ...) or the defaults file
+(keys = option names); ``--help`` lists them.
 """
 
 import os

@@ -191,3 +191,80 @@ def test_bad_options_and_inputs_give_one_line_and_exit_2(spark, tmp_path, capsys
     assert status == 2
     assert len(err) == 1 and err[0].startswith("featurize_pca: error:") and message in err[0], err
     assert not (tmp_path / "out" / "_commits").exists()
+
+
+@pytest.mark.parametrize("input_kind", ["empty", "all-corrupt"])
+def test_allow_empty_logs_one_line_exits_0_and_commits_nothing(spark, tmp_path, caplog, input_kind):
+    root = tmp_path / "images"
+    root.mkdir()
+    if input_kind == "all-corrupt":
+        (root / "A").mkdir()
+        (root / "A" / "bad.jpg").write_bytes(b"not a jpeg")
+    output = tmp_path / "out"
+    argv = ["--input", str(root), "--output", str(output), *FAST, "--k", "2"]
+    assert main(argv, spark) == 2  # without the flag: unchanged
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fruits"):
+        assert main([*argv, "--allow-empty"], spark) == 0
+    lines = [r.getMessage() for r in caplog.records if "nothing to featurize" in r.getMessage()]
+    assert lines == [f"nothing to featurize under {root}: no run committed"]
+    assert not (output / "_commits").exists() and not (output / "results.csv").exists()
+    assert not (output / "_lease.json").exists()  # the lease was released
+
+
+def test_weights_that_do_not_fit_the_model_are_one_line_and_exit_2(spark, tmp_path, capsys):
+    import keras
+
+    from tests.conftest import write_image
+
+    backbone = keras.applications.MobileNet(
+        input_shape=(32, 32, 3), alpha=0.25, include_top=False, pooling="avg", weights=None
+    )
+    weights_file = tmp_path / "mobilenet_025.weights.h5"
+    backbone.save_weights(weights_file)
+    root = tmp_path / "images"
+    for i in range(2):
+        write_image(root / "A" / f"{i}.jpg", (200, 10, 10), seed=i)
+    argv = ["--input", str(root), "--output", str(tmp_path / "out"), "--model", "mobilenet_v2",
+            "--weights", str(weights_file), "--image-size", "32", "--decode-size", "32", "--k", "1"]  # fmt: skip
+    assert main(argv, spark) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("featurize_pca: error: weights ") and "mobilenet_v2" in err[0]
+
+
+class _Context:
+    def __init__(self, master: str, application_id: str) -> None:
+        self.master, self.applicationId = master, application_id
+
+
+def test_the_lease_is_reentrant_per_yarn_application_not_per_step():
+    from fruits.job import reentrant_key
+
+    # Every attempt of one YARN application has the same id (the attempt number is separate).
+    assert (
+        reentrant_key(_Context("yarn", "application_1732590000000_0007")) == "application_1732590000000_0007"
+    )
+    assert reentrant_key(_Context("local[2]", "local-1732590000000")) is None
+
+
+def test_a_lease_left_by_an_earlier_attempt_of_the_same_application_is_taken_over(
+    spark, tmp_path, monkeypatch
+):
+    from fruits import job
+    from fruits.lease import Lease
+    from fruits.storage import open_store
+    from tests.conftest import write_image
+
+    root = tmp_path / "images"
+    for i in range(2):
+        write_image(root / "A" / f"{i}.jpg", (200, 10, 10), seed=i)
+        write_image(root / "B" / f"{i}.jpg", (10, 10, 200), seed=i)
+    output = tmp_path / "out"
+    output.mkdir()
+    attempt_1 = Lease(open_store(str(output)), owner="attempt-1", ttl_seconds=600, background=False,
+                      reentrant_key="application_1_0001").acquire()  # fmt: skip
+    assert attempt_1.held
+    monkeypatch.delenv("EMR_STEP_ID", raising=False)  # as in a cluster-mode driver's container
+    monkeypatch.setattr(job, "reentrant_key", lambda sc: "application_1_0001")
+    assert job.main(["--input", str(root), "--output", str(output), *FAST, "--k", "1"], spark) == 0
+    assert len(list((output / "_commits").iterdir())) == 1

@@ -2,10 +2,18 @@
 
 :func:`build_bundle` lays out, at synth time, exactly the tree the artifacts bucket receives::
 
-    job/featurize_pca.py          the entry script (jobs/featurize_pca.py, unchanged)
-    job/fruits.zip                the ``fruits`` package at the zip root, for --py-files
-    bootstrap/install-runtime.sh  the cluster bootstrap action
-    bootstrap/requirements.txt    the repository's requirements.txt, unchanged
+    job/featurize_pca.py                    the entry script (jobs/featurize_pca.py, unchanged)
+    job/fruits.zip                          the ``fruits`` package at the zip root, for --py-files
+    bootstrap/<digest>/install-runtime.sh   the cluster bootstrap action
+    bootstrap/<digest>/requirements.txt     the repository's requirements.txt, unchanged
+
+and :class:`JobArtifacts` adds ``config/job-defaults.json`` (the job's defaults, with the bucket names resolved
+at deploy time).
+
+The bootstrap files are content-addressed (``<digest>`` hashes both files): a node that managed scaling adds
+later runs the same script and pins as the nodes already running, and a pin change gives the cluster a new
+bootstrap path, which replaces it on purpose. The job's own files keep stable keys: a job change updates the
+objects, never the cluster. Old bootstrap versions stay (``prune=False``) for the clusters still using them.
 
 The zip is deterministic (sorted entries, fixed timestamps and modes, no ``__pycache__``), so an unchanged
 job gives an unchanged asset hash and no redeployment. :class:`JobArtifacts` deploys the tree with
@@ -15,10 +23,16 @@ at an object that was never written.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
@@ -28,12 +42,15 @@ ENTRY_SCRIPT = "featurize_pca.py"
 PACKAGE = "fruits"
 BOOTSTRAP_SCRIPT = "install-runtime.sh"
 
+REQUIREMENTS = "requirements.txt"
+
 SCRIPT_KEY = f"job/{ENTRY_SCRIPT}"
 PYFILES_KEY = f"job/{PACKAGE}.zip"
-BOOTSTRAP_KEY = f"bootstrap/{BOOTSTRAP_SCRIPT}"
-REQUIREMENTS_KEY = "bootstrap/requirements.txt"
-#: Prefixes the instance role may read (operators put custom weights under models/).
-READ_PREFIXES = ("job/", "bootstrap/", "models/")
+#: The job's defaults file (JSON, keys = the job's option names), read through spark.fruits.defaults.
+JOB_DEFAULTS_KEY = "config/job-defaults.json"
+_BOOTSTRAP_KEY = re.compile(r"^bootstrap/[0-9a-f]{16}/" + re.escape(BOOTSTRAP_SCRIPT) + "$")
+#: How long the deployment handler's logs are kept (they only matter while a deployment is investigated).
+DEPLOYMENT_LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
@@ -64,6 +81,21 @@ def write_deterministic_zip(package_dir: Path, zip_path: Path) -> list[str]:
     return names
 
 
+def bootstrap_digest(bootstrap_script: Path, requirements: Path) -> str:
+    """16 hex digits of sha256 over both bootstrap inputs (names and contents): the bootstrap folder's name."""
+    digest = hashlib.sha256()
+    for name, path in ((BOOTSTRAP_SCRIPT, bootstrap_script), (REQUIREMENTS, requirements)):
+        data = path.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def bootstrap_keys(digest: str) -> tuple[str, str]:
+    """(script key, requirements key) of one bootstrap version."""
+    return f"bootstrap/{digest}/{BOOTSTRAP_SCRIPT}", f"bootstrap/{digest}/{REQUIREMENTS}"
+
+
 def build_bundle(
     out_dir: Path,
     *,
@@ -72,14 +104,12 @@ def build_bundle(
     bootstrap_dir: Path = REPO_ROOT / "bootstrap",
 ) -> list[str]:
     """Rebuild ``out_dir`` with the deployable tree; return its keys (sorted, POSIX)."""
-    sources = {
-        SCRIPT_KEY: jobs_dir / ENTRY_SCRIPT,
-        REQUIREMENTS_KEY: requirements,
-        BOOTSTRAP_KEY: bootstrap_dir / BOOTSTRAP_SCRIPT,
-    }
-    missing = [str(path) for path in sources.values() if not path.is_file()]
+    script = bootstrap_dir / BOOTSTRAP_SCRIPT
+    missing = [str(path) for path in (jobs_dir / ENTRY_SCRIPT, requirements, script) if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"cannot build the job bundle, missing: {', '.join(missing)}")
+    bootstrap_key, requirements_key = bootstrap_keys(bootstrap_digest(script, requirements))
+    sources = {SCRIPT_KEY: jobs_dir / ENTRY_SCRIPT, requirements_key: requirements, bootstrap_key: script}
     if out_dir.exists():
         shutil.rmtree(out_dir)
     for key, path in sources.items():
@@ -91,23 +121,44 @@ def build_bundle(
 
 
 class JobArtifacts(Construct):
-    """Deploys the bundle in ``bundle_dir`` to ``bucket`` and names the S3 URIs of what it deployed."""
+    """Deploys the bundle in ``bundle_dir`` (and the job defaults) to ``bucket``; names the S3 URIs it wrote.
 
-    def __init__(self, scope: Construct, construct_id: str, *, bucket: s3.IBucket, bundle_dir: Path) -> None:
+    ``job_defaults``: the job's defaults file content (keys = option names; bucket-name tokens are resolved by
+    the deployment at deploy time), written to :data:`JOB_DEFAULTS_KEY`.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        bucket: s3.IBucket,
+        bundle_dir: Path,
+        job_defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(scope, construct_id)
         self.bucket = bucket
-        self.deployed_keys = frozenset(
-            p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()
+        keys = {p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file()}
+        sources = [s3deploy.Source.asset(str(bundle_dir))]
+        if job_defaults is not None:
+            sources.append(s3deploy.Source.json_data(JOB_DEFAULTS_KEY, dict(job_defaults)))
+            keys.add(JOB_DEFAULTS_KEY)
+        self.deployed_keys = frozenset(keys)
+        self.log_group = logs.LogGroup(
+            self, "DeploymentLogs", retention=DEPLOYMENT_LOG_RETENTION, removal_policy=RemovalPolicy.DESTROY
         )
         self.deployment = s3deploy.BucketDeployment(
             self,
             "Deployment",
-            sources=[s3deploy.Source.asset(str(bundle_dir))],
+            sources=sources,
             destination_bucket=bucket,
-            # Keep objects this deployment did not write (operators' weights under models/).
+            # Keep objects this deployment did not write: operators' weights under models/, and the bootstrap
+            # versions of clusters still running.
             prune=False,
             retain_on_delete=False,
             memory_limit=512,
+            # Without a log group the handler logs to Lambda's default group, kept forever and left behind.
+            log_group=self.log_group,
         )
 
     def uri(self, key: str, *, via: s3.IBucket | None = None) -> str:
@@ -130,9 +181,12 @@ class JobArtifacts(Construct):
         return self.uri(PYFILES_KEY)
 
     @property
-    def bootstrap_uri(self) -> str:
-        return self.uri(BOOTSTRAP_KEY)
+    def bootstrap_key(self) -> str:
+        """The one content-addressed bootstrap script this deployment wrote."""
+        (key,) = [k for k in self.deployed_keys if _BOOTSTRAP_KEY.match(k)]
+        return key
 
     @property
-    def requirements_uri(self) -> str:
-        return self.uri(REQUIREMENTS_KEY)
+    def requirements_key(self) -> str:
+        """The requirements file beside :attr:`bootstrap_key`."""
+        return self.bootstrap_key.rsplit("/", 1)[0] + "/" + REQUIREMENTS

@@ -1,9 +1,11 @@
 """The EMR on EC2 cluster (L1 ``CfnCluster``: CDK has no L2 for it) and its security configuration.
 
 Release ``emr-7.13.0`` (default) brings Spark 3.5.6 on Amazon Linux 2023, whose system Python is 3.9; the
-bootstrap action installs Python 3.11 and the pinned runtime (TensorFlow 2.21 needs Python >= 3.10), and the
-``spark-env`` / ``spark-defaults`` classifications point PySpark at it and carry the job's defaults, so a
-console step needs only the script path.
+bootstrap action installs Python 3.11, the pinned runtime (TensorFlow 2.21 needs Python >= 3.10) and the ImageNet
+weights file the configured model needs. The ``spark-defaults`` classification makes a bare ``spark-submit
+<script>`` run the job as a cluster-mode YARN application with its package, its Python and its environment, and
+names the job's defaults file; the defaults themselves live in that file, so changing one never touches this
+replacement-only resource.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-from aws_cdk import Duration, RemovalPolicy, Tags
+from aws_cdk import Aws, Duration, RemovalPolicy, Tags
 from aws_cdk import aws_emr as emr
 from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from fruits_infra.config import FruitsConfig
+from fruits_infra.instances import spark_memory
+from fruits_infra.job_contract import DEFAULTS_CONF_KEY, imagenet_weights_file
 from fruits_infra.nag import acknowledge
 from fruits_infra.network import EMR_MANAGED_TAG, FruitsNetwork
 from fruits_infra.roles import EmrRoles
@@ -25,6 +29,8 @@ PYTHON = "/usr/bin/python3.11"
 FRUITS_HOME = "/opt/fruits"
 KERAS_HOME = f"{FRUITS_HOME}/keras"
 MODELS_DIR = f"{FRUITS_HOME}/models"
+#: GiB. EMR's default root volume is 15 GiB; Python 3.11, TensorFlow and the other pins take several of them.
+ROOT_VOLUME_GIB = 32
 
 
 def local_weights_path(weights_uri: str) -> str:
@@ -34,47 +40,84 @@ def local_weights_path(weights_uri: str) -> str:
 
 def job_defaults(
     config: FruitsConfig, *, input_uri: str, results_uri: str, feature_store_uri: str
-) -> dict[str, str]:
-    """``spark.fruits.*`` defaults the job reads when an option is not on its command line."""
-    defaults = {
-        "spark.fruits.input": input_uri,
-        "spark.fruits.output": results_uri,
-        "spark.fruits.featureStore": feature_store_uri,
-        "spark.fruits.overwrite": "true",
-        "spark.fruits.model": config.model,
-        "spark.fruits.weights": local_weights_path(config.weights_uri) if config.weights_uri else "imagenet",
-        "spark.fruits.imageSize": str(config.image_size),
-        "spark.fruits.engine": config.engine,
+) -> dict[str, Any]:
+    """The job's defaults file: keys are the job's option names (fruits.options.JobOptions fields)."""
+    defaults: dict[str, Any] = {
+        "input": input_uri,
+        "output": results_uri,
+        "feature_store": feature_store_uri,
+        "overwrite": True,
+        "model": config.model,
+        "weights": local_weights_path(config.weights_uri) if config.weights_uri else "imagenet",
+        "image_size": config.image_size,
+        "engine": config.engine,
     }
     optional = {
-        "spark.fruits.alpha": config.alpha,
-        "spark.fruits.k": config.pca_k,
-        "spark.fruits.variance": config.pca_variance,
-        "spark.fruits.batchSize": config.batch_size,
+        "alpha": config.alpha,
+        "k": config.pca_k,
+        "variance": config.pca_variance,
+        "batch_size": config.batch_size,
     }
-    defaults.update({key: str(value) for key, value in optional.items() if value is not None})
+    defaults.update({key: value for key, value in optional.items() if value is not None})
     return defaults
 
 
-def spark_configurations(config: FruitsConfig, **uris: str) -> list[emr.CfnCluster.ConfigurationProperty]:
-    """The cluster's ``Configurations``: spark-env (Python, KERAS_HOME) and spark-defaults."""
-    env = {"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON, "KERAS_HOME": KERAS_HOME}
+def bootstrap_args(config: FruitsConfig, requirements_uri: str) -> list[str]:
+    """The bootstrap's arguments: the pins, and the weights the job will load (custom, or Keras' ImageNet file)."""
+    args = ["--requirements", requirements_uri]
+    if config.weights_uri:
+        return [*args, "--weights-uri", config.weights_uri]
+    imagenet = imagenet_weights_file(config.model, config.job_alpha, config.image_size)
+    return [*args, "--weights-url", imagenet.url, "--weights-file", imagenet.file_name]
+
+
+def _environment() -> dict[str, str]:
+    """What the job's processes need in their environment: Python, the weights cache, the region.
+
+    Spark documents that spark-env.sh does not reach the YARN application master in cluster mode
+    (https://spark.apache.org/docs/3.5.6/configuration.html#environment-variables): the same variables are set
+    with spark.yarn.appMasterEnv.* (the driver) and spark.executorEnv.* (the executors) as well.
+    """
+    # botocore reads AWS_DEFAULT_REGION, not AWS_REGION; the job's client reads both. Set both.
+    return {
+        "PYSPARK_PYTHON": PYTHON,
+        "KERAS_HOME": KERAS_HOME,
+        "AWS_REGION": Aws.REGION,
+        "AWS_DEFAULT_REGION": Aws.REGION,
+    }
+
+
+def spark_configurations(
+    config: FruitsConfig, *, py_files_uri: str, job_defaults_uri: str
+) -> list[emr.CfnCluster.ConfigurationProperty]:
+    """The cluster's ``Configurations``: spark-env (client mode) and spark-defaults.
+
+    A console step then needs only the script: spark.submit.pyFiles ships the package, spark.submit.deployMode
+    runs the driver in YARN, and spark.fruits.defaults names the job's defaults file.
+    """
+    env = _environment()
     spark_defaults = {
+        "spark.submit.deployMode": "cluster",
+        "spark.submit.pyFiles": py_files_uri,
+        # A second YARN attempt would find the first attempt's lease on the output; retrying is the operator's call.
+        "spark.yarn.maxAppAttempts": "1",
         "spark.pyspark.python": PYTHON,
         "spark.pyspark.driver.python": PYTHON,
-        "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
-        "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
-        "spark.executorEnv.KERAS_HOME": KERAS_HOME,
-        "spark.yarn.appMasterEnv.KERAS_HOME": KERAS_HOME,
+        **{f"spark.yarn.appMasterEnv.{name}": value for name, value in env.items()},
+        **{f"spark.executorEnv.{name}": value for name, value in env.items()},
+        **spark_memory((*config.core_instance_types, *config.task_instance_types)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_max_records_per_batch),
         "spark.python.worker.reuse": "true",
-        **job_defaults(config, **uris),
+        DEFAULTS_CONF_KEY: job_defaults_uri,
     }
     return [
         emr.CfnCluster.ConfigurationProperty(
             classification="spark-env",
             configurations=[
-                emr.CfnCluster.ConfigurationProperty(classification="export", configuration_properties=env)
+                emr.CfnCluster.ConfigurationProperty(
+                    classification="export",
+                    configuration_properties={"PYSPARK_DRIVER_PYTHON": PYTHON, **env},
+                )
             ],
         ),
         emr.CfnCluster.ConfigurationProperty(
@@ -110,9 +153,8 @@ class FruitsCluster(Construct):
         log_uri: str,
         bootstrap_uri: str,
         requirements_uri: str,
-        input_uri: str,
-        results_uri: str,
-        feature_store_uri: str,
+        py_files_uri: str,
+        job_defaults_uri: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self.disk_key = kms.Key(
@@ -121,6 +163,7 @@ class FruitsCluster(Construct):
             description="EMR local disk and EBS encryption for the fruits cluster",
             enable_key_rotation=True,
             pending_window=Duration.days(7),
+            # ephemeral: scheduled for deletion (after the 7-day window) with the stack; else kept.
             removal_policy=RemovalPolicy.DESTROY if config.ephemeral else RemovalPolicy.RETAIN,
         )
         roles.authorize_local_disk_key(self.disk_key)
@@ -146,18 +189,26 @@ class FruitsCluster(Construct):
             }
             roles.authorize_read_object("TlsCertificates", config.in_transit_certificates_uri)
         self.security_configuration = emr.CfnSecurityConfiguration(
-            self, "SecurityConfiguration", security_configuration={"EncryptionConfiguration": encryption}
+            self,
+            "SecurityConfiguration",
+            security_configuration={
+                "EncryptionConfiguration": encryption,
+                # IMDSv2 only (EMR supports it since 5.32 / 6.2; its components use IMDSv2 for every call).
+                "InstanceMetadataServiceConfiguration": {
+                    "MinimumInstanceMetadataServiceVersion": 2,
+                    "HttpPutResponseHopLimit": 1,
+                },
+            },
         )
-
-        bootstrap_args = ["--requirements", requirements_uri, "--image-size", str(config.image_size)]
-        if config.weights_uri:
-            bootstrap_args += ["--weights-uri", config.weights_uri]
 
         self.cluster = emr.CfnCluster(
             self,
             "Cluster",
-            name=config.cluster_name,
+            # Name is replacement-only: a new clusterGeneration is a new cluster (after auto-termination).
+            name=config.full_cluster_name,
             release_label=config.release_label,
+            os_release_label=config.os_release_label,
+            ebs_root_volume_size=ROOT_VOLUME_GIB,
             applications=[emr.CfnCluster.ApplicationProperty(name=n) for n in ("Hadoop", "Spark")],
             service_role=roles.service_role.role_arn,
             job_flow_role=roles.instance_profile.attr_arn,
@@ -171,12 +222,12 @@ class FruitsCluster(Construct):
                 emr.CfnCluster.BootstrapActionConfigProperty(
                     name="install-python-runtime",
                     script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
-                        path=bootstrap_uri, args=bootstrap_args
+                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri)
                     ),
                 )
             ],
             configurations=spark_configurations(
-                config, input_uri=input_uri, results_uri=results_uri, feature_store_uri=feature_store_uri
+                config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri
             ),
             auto_termination_policy=emr.CfnCluster.AutoTerminationPolicyProperty(
                 idle_timeout=config.idle_timeout_seconds
@@ -228,7 +279,7 @@ class FruitsCluster(Construct):
         common: dict[str, Any] = {
             "emr_managed_master_security_group": network.primary_sg.security_group_id,
             "emr_managed_slave_security_group": network.core_sg.security_group_id,
-            "service_access_security_group": network.service_sg.security_group_id,
+            "service_access_security_group": network.service_sg_id,
             "keep_job_flow_alive_when_no_steps": True,
             "termination_protected": False,
         }

@@ -16,9 +16,12 @@ from constructs import Node
 
 #: Every context key with its default. ``None`` means "not set" (the job's own default applies).
 DEFAULTS: dict[str, Any] = {
+    "stage": "",
     "ephemeral": False,
     "releaseLabel": "emr-7.13.0",
+    "osReleaseLabel": None,
     "clusterName": "fruits-featurize",
+    "clusterGeneration": 1,
     "instanceMode": "groups",
     "primaryInstanceTypes": ["m5.xlarge"],
     "coreInstanceTypes": ["m5.xlarge"],
@@ -46,6 +49,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _RELEASE = re.compile(r"^emr-\d+\.\d+\.\d+$")
+# Amazon Linux 2023 release labels look like 2023.6.20250203 (optionally .N); EMR 7.x runs AL2023.
+_OS_RELEASE = re.compile(r"^2023\.\d+\.\d{8}(\.\d+)?$")
+# A stage goes into stack names, export names and the cluster name: lower case, short, starts with a letter.
+_STAGE = re.compile(r"^([a-z][a-z0-9-]{0,15})?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
 _IDLE_MIN, _IDLE_MAX = 60, 7 * 24 * 3600  # the bounds EMR accepts for AutoTerminationPolicy.IdleTimeout
 
@@ -104,9 +111,12 @@ def _optional_str(value: Any) -> str | None:
 class FruitsConfig:
     """The app's options. Build with :meth:`from_context` (or directly in tests)."""
 
+    stage: str = DEFAULTS["stage"]
     ephemeral: bool = DEFAULTS["ephemeral"]
     release_label: str = DEFAULTS["releaseLabel"]
+    os_release_label: str | None = DEFAULTS["osReleaseLabel"]
     cluster_name: str = DEFAULTS["clusterName"]
+    cluster_generation: int = DEFAULTS["clusterGeneration"]
     instance_mode: str = DEFAULTS["instanceMode"]
     primary_instance_types: tuple[str, ...] = tuple(DEFAULTS["primaryInstanceTypes"])
     core_instance_types: tuple[str, ...] = tuple(DEFAULTS["coreInstanceTypes"])
@@ -133,8 +143,20 @@ class FruitsConfig:
     arrow_max_records_per_batch: int = DEFAULTS["arrowMaxRecordsPerBatch"]
 
     def __post_init__(self) -> None:
+        if not _STAGE.match(self.stage):
+            raise ConfigError(
+                f"stage must be empty or 1-16 of a-z, 0-9, '-' starting with a letter, got {self.stage!r}"
+            )
         if not _RELEASE.match(self.release_label):
             raise ConfigError(f"releaseLabel must look like emr-7.13.0, got {self.release_label!r}")
+        if self.os_release_label is not None and not _OS_RELEASE.match(self.os_release_label):
+            raise ConfigError(
+                f"osReleaseLabel must be an Amazon Linux 2023 release such as 2023.6.20250203, got "
+                f"{self.os_release_label!r} (aws emr describe-release-label --release-label "
+                f"{self.release_label} lists them)"
+            )
+        if self.cluster_generation < 1:
+            raise ConfigError("clusterGeneration must be >= 1")
         if self.instance_mode not in {"groups", "fleets"}:
             raise ConfigError(f"instanceMode must be 'groups' or 'fleets', got {self.instance_mode!r}")
         for name in ("primary_instance_types", "core_instance_types", "task_instance_types"):
@@ -169,6 +191,45 @@ class FruitsConfig:
             raise ConfigError("pcaVariance must be within (0, 1]")
         if self.arrow_max_records_per_batch < 1:
             raise ConfigError("arrowMaxRecordsPerBatch must be >= 1")
+        self._check_instance_types()
+        self._check_model()
+
+    def _check_instance_types(self) -> None:
+        from fruits_infra.instances import instance_spec  # instances imports ConfigError from here
+
+        for name in (*self.primary_instance_types, *self.core_instance_types, *self.task_instance_types):
+            instance_spec(name)
+
+    def _check_model(self) -> None:
+        from fruits_infra.job_contract import imagenet_weights_file, infer_model_from_filename
+
+        try:
+            imagenet_weights_file(self.model, self.job_alpha, self.image_size)
+        except ValueError as error:
+            raise ConfigError(f"model/alpha: {error}") from None
+        if self.weights_uri:
+            named = infer_model_from_filename(self.weights_uri)
+            if named is not None and named != (self.model, self.job_alpha):
+                raise ConfigError(
+                    f"weightsUri {self.weights_uri} holds {named[0]} alpha {named[1]} weights (Keras' file name), "
+                    f"but the job is configured for model {self.model} alpha {self.job_alpha}: set -c model=... "
+                    "-c alpha=... to match, or use the file meant for this model"
+                )
+
+    @property
+    def job_alpha(self) -> float:
+        """The width the job uses: ``alpha`` when set, else the job's own default (1.0)."""
+        return 1.0 if self.alpha is None else self.alpha
+
+    @property
+    def full_cluster_name(self) -> str:
+        """The cluster's Name: replacement-only in CloudFormation, so a new generation is a new cluster."""
+        stage = f"-{self.stage}" if self.stage else ""
+        return f"{self.cluster_name}{stage}-g{self.cluster_generation}"
+
+    def stack_name(self, base: str) -> str:
+        """``FruitsEmrStack`` for the default stage, ``FruitsEmrStack-<stage>`` otherwise."""
+        return f"{base}-{self.stage}" if self.stage else base
 
     @property
     def task_capacity(self) -> bool:
@@ -188,9 +249,12 @@ class FruitsConfig:
             return DEFAULTS[key] if value is None else value
 
         return cls(
+            stage=str(get("stage") or ""),
             ephemeral=_parse_bool("ephemeral", get("ephemeral")),
             release_label=str(get("releaseLabel")),
+            os_release_label=_optional_str(get("osReleaseLabel")),
             cluster_name=str(get("clusterName")),
+            cluster_generation=_parse_int("clusterGeneration", get("clusterGeneration")),
             instance_mode=str(get("instanceMode")),
             primary_instance_types=tuple(_parse_list("primaryInstanceTypes", get("primaryInstanceTypes"))),
             core_instance_types=tuple(_parse_list("coreInstanceTypes", get("coreInstanceTypes"))),

@@ -3,8 +3,9 @@
 New VPC: private subnets (with egress through one NAT gateway, which the bootstrap's pip install and the
 ImageNet weights download need), public subnets for the NAT only, an S3 gateway endpoint (S3 traffic never
 crosses the NAT), and flow logs to the logs bucket. Either way the three EMR-managed security groups are
-created here, and the VPC, subnets and groups carry the tag that lets ``AmazonEMRServicePolicy_v2`` act
-on them.
+created here. The VPC, the private (cluster) subnets and the groups carry the tag that lets
+``AmazonEMRServicePolicy_v2`` act on them; the public subnets (the NAT's) do not, so EMR can never place a node
+there.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class FruitsNetwork(Construct):
         flow_logs_bucket: s3.IBucket,
         vpc_id: str | None = None,
         subnet_ids: Sequence[str] = (),
+        ephemeral: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         if vpc_id:
@@ -67,8 +69,15 @@ class FruitsNetwork(Construct):
                 "FlowLogs",
                 destination=ec2.FlowLogDestination.to_s3(flow_logs_bucket, FLOW_LOGS_PREFIX),
                 traffic_type=ec2.FlowLogTrafficType.ALL,
+                # An ephemeral logs bucket is emptied and deleted after this stack: deliver within a minute, so
+                # no flow-log file lands in it after it was emptied (the default window is 10 minutes).
+                max_aggregation_interval=ec2.FlowLogMaxAggregationInterval.ONE_MINUTE if ephemeral else None,
             )
-            Tags.of(vpc).add(*EMR_MANAGED_TAG)
+            # The tag goes on the VPC itself and the private subnets only (Tags.of(vpc) would tag every child,
+            # the public NAT subnets included).
+            Tags.of(vpc.node.default_child).add(*EMR_MANAGED_TAG)
+            for subnet in vpc.private_subnets:
+                Tags.of(subnet.node.default_child).add(*EMR_MANAGED_TAG)
             self.vpc = vpc
             self.subnet_ids = [s.subnet_id for s in vpc.private_subnets]
 
@@ -86,15 +95,43 @@ class FruitsNetwork(Construct):
         # EMR adds the node-to-node rules to the two managed groups itself; nothing is opened to the world.
         self.primary_sg = group("PrimarySg", "EMR managed: primary node", allow_all_outbound=True)
         self.core_sg = group("CoreSg", "EMR managed: core and task nodes", allow_all_outbound=True)
-        self.service_sg = group(
-            "ServiceAccessSg", "EMR managed: service access (private subnet)", allow_all_outbound=False
+        # The service-access group's rules are inline (L1): an L2 group with allowAllOutbound=false drops its
+        # "no traffic" placeholder as soon as a rule to another group is added as a separate resource, and EC2
+        # then creates the group with its default allow-all egress. Inline egress rules replace that default.
+        primary_id = self.primary_sg.security_group_id
+        core_id = self.core_sg.security_group_id
+        self.service_sg = ec2.CfnSecurityGroup(
+            self,
+            "ServiceAccessSg",
+            vpc_id=self.vpc.vpc_id,
+            group_description="EMR managed: service access (private subnet)",
+            security_group_ingress=[
+                ec2.CfnSecurityGroup.IngressProperty(
+                    ip_protocol="tcp",
+                    from_port=SERVICE_ACCESS_PORT,
+                    to_port=SERVICE_ACCESS_PORT,
+                    source_security_group_id=primary_id,
+                    description="primary node to EMR service",
+                )
+            ],
+            security_group_egress=[
+                ec2.CfnSecurityGroup.EgressProperty(
+                    ip_protocol="tcp",
+                    from_port=NODE_SERVICE_PORT,
+                    to_port=NODE_SERVICE_PORT,
+                    destination_security_group_id=peer,
+                    description=description,
+                )
+                for peer, description in (
+                    (primary_id, "EMR service to primary"),
+                    (core_id, "EMR service to core/task"),
+                )
+            ],
         )
-        self.service_sg.add_ingress_rule(
-            self.primary_sg, ec2.Port.tcp(SERVICE_ACCESS_PORT), "primary node to EMR service"
-        )
-        self.service_sg.add_egress_rule(
-            self.primary_sg, ec2.Port.tcp(NODE_SERVICE_PORT), "EMR service to primary"
-        )
-        self.service_sg.add_egress_rule(
-            self.core_sg, ec2.Port.tcp(NODE_SERVICE_PORT), "EMR service to core/task"
-        )
+        Tags.of(self.service_sg).add(*EMR_MANAGED_TAG)
+        self.service_sg_id = self.service_sg.attr_group_id
+
+    @property
+    def group_ids(self) -> list[str]:
+        """The three EMR-managed groups: primary, core/task, service access."""
+        return [self.primary_sg.security_group_id, self.core_sg.security_group_id, self.service_sg_id]

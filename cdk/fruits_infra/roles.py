@@ -1,7 +1,11 @@
 """IAM for the cluster: the EMR service role and the EC2 instance profile.
 
-The instance role gets S3 access only through the intent-named methods below, each scoped to a key prefix;
-there is no ``s3:*`` and no bucket-wide grant. Shell access is through SSM Session Manager (no EC2 key pair).
+The instance role gets S3 access only through the intent-named methods below. The app's buckets are
+single-purpose, so the job's buckets are granted whole (``bucket`` and ``bucket/*``, as AWS's minimal EMRFS
+policy does): Hadoop file systems touch more than ``prefix/*`` (the key ``prefix`` itself, ``prefix_$folder$``
+markers, listings of ``prefix``), and a grant stopping at ``prefix/*`` made the first read or feature-store
+write fail with 403. Nothing else is granted: no other bucket, no ``s3:*``, no bucket administration; the logs
+bucket stays prefix-scoped (nodes only push logs). Shell access is through SSM Session Manager (no key pair).
 """
 
 from __future__ import annotations
@@ -34,14 +38,19 @@ _KMS_USE = [
     "kms:GenerateDataKeyWithoutPlaintext",
     "kms:DescribeKey",
 ]
-#: Session Manager's agent calls; none of them supports resource-level permissions.
-_SSM_AGENT_ACTIONS = [
-    "ssm:UpdateInstanceInformation",
+#: Bucket-level reads Hadoop needs (listing; the bucket's region).
+_BUCKET_READ = ["s3:ListBucket", "s3:GetBucketLocation"]
+#: ... and for writing: S3A and EMRFS list (and abort) a bucket's multipart uploads.
+_BUCKET_WRITE = [*_BUCKET_READ, "s3:ListBucketMultipartUploads"]
+#: Session Manager's agent calls that support no resource-level permissions.
+_SSM_MESSAGES_ACTIONS = [
     "ssmmessages:CreateControlChannel",
     "ssmmessages:CreateDataChannel",
     "ssmmessages:OpenControlChannel",
     "ssmmessages:OpenDataChannel",
 ]
+#: ssm:UpdateInstanceInformation is scoped to instances (of this account and region).
+_INSTANCE_ARNS = f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"
 
 
 def _prefix_pattern(prefix: str) -> str:
@@ -59,18 +68,34 @@ class EmrRoles(Construct):
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="EMR nodes of the fruits cluster: prefix-scoped S3, SSM Session Manager",
         )
+        # Named as its role, so the EMR console and the instances show one name for both.
         self.instance_profile = iam.CfnInstanceProfile(
-            self, "InstanceProfile", roles=[self.instance_role.role_name]
+            self,
+            "InstanceProfile",
+            roles=[self.instance_role.role_name],
+            instance_profile_name=self.instance_role.role_name,
         )
         self.instance_role.add_to_policy(
-            iam.PolicyStatement(sid="SessionManager", actions=_SSM_AGENT_ACTIONS, resources=["*"])
+            iam.PolicyStatement(
+                sid="SessionManagerInstance",
+                actions=["ssm:UpdateInstanceInformation"],
+                resources=[_INSTANCE_ARNS],
+            )
+        )
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(sid="SessionManager", actions=_SSM_MESSAGES_ACTIONS, resources=["*"])
         )
         acknowledge(
             self.instance_role,
             "AwsSolutions-IAM5[Resource::*]",
-            "Session Manager's agent actions (ssm:UpdateInstanceInformation, ssmmessages:*Channel) do not "
-            "support resource-level permissions; this replaces SSH keys and the broader managed "
-            "AmazonSSMManagedInstanceCore policy.",
+            "Session Manager's ssmmessages:*Channel actions do not support resource-level permissions; this "
+            "replaces SSH keys and the broader managed AmazonSSMManagedInstanceCore policy.",
+        )
+        acknowledge(
+            self.instance_role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*]",
+            "ssm:UpdateInstanceInformation is scoped to EC2 instances of this account and region; the "
+            "instance ids are chosen by EMR at run time.",
         )
 
         self.service_role = iam.Role(
@@ -104,31 +129,6 @@ class EmrRoles(Construct):
 
     # -- intent-named grants (cf. aws-emr-launch's authorize_input_bucket / authorize_output_bucket) --
 
-    def _list(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
-        prefix = _prefix_pattern(prefix)
-        self.instance_role.add_to_policy(
-            iam.PolicyStatement(
-                sid=sid,
-                actions=["s3:ListBucket"],
-                resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [prefix.rstrip("/"), f"{prefix}*"]}},
-            )
-        )
-        self.instance_role.add_to_policy(
-            iam.PolicyStatement(actions=["s3:GetBucketLocation"], resources=[bucket.bucket_arn])
-        )
-
-    def _objects(self, sid: str, actions: list[str], bucket: s3.IBucket, prefix: str, why: str) -> None:
-        pattern = f"{_prefix_pattern(prefix)}*"
-        self.instance_role.add_to_policy(
-            iam.PolicyStatement(sid=sid, actions=actions, resources=[bucket.arn_for_objects(pattern)])
-        )
-        acknowledge(
-            self.instance_role,
-            f"AwsSolutions-IAM5[Resource::{self._nag_arn(bucket)}/{pattern}]",
-            f"Scoped to the {prefix} key prefix: {why}; object keys under it are created at run time.",
-        )
-
     def _nag_arn(self, bucket: s3.IBucket) -> str:
         """How cdk-nag prints ``bucket``'s ARN in a finding id (an import's export name or ``<Id.Arn>``)."""
         resolved = Stack.of(self).resolve(bucket.bucket_arn)
@@ -141,22 +141,53 @@ class EmrRoles(Construct):
             return resolved
         raise ValueError(f"cannot name {resolved!r} the way cdk-nag does; import the bucket by export name")
 
-    def authorize_read(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
-        """Read objects under ``prefix`` (and list that prefix)."""
-        self._objects(sid, _READ, bucket, prefix, "the nodes read these objects")
-        self._list(f"{sid}List", bucket, prefix)
+    def _whole_bucket(
+        self, sid: str, bucket: s3.IBucket, objects: list[str], buckets: list[str], why: str
+    ) -> None:
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(sid=sid, actions=objects, resources=[bucket.arn_for_objects("*")])
+        )
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(sid=f"{sid}Bucket", actions=buckets, resources=[bucket.bucket_arn])
+        )
+        acknowledge(
+            self.instance_role,
+            f"AwsSolutions-IAM5[Resource::{self._nag_arn(bucket)}/*]",
+            f"A single-purpose bucket of this app: {why}. Hadoop (EMRFS, S3A) touches the prefix key itself and "
+            "prefix_$folder$ markers, not only prefix/*, so the grant is the bucket's objects, as in AWS's "
+            "minimal EMRFS policy; no other bucket is granted.",
+        )
 
-    def authorize_write(self, sid: str, bucket: s3.IBucket, prefix: str) -> None:
-        """Read, write and delete objects under ``prefix`` (the job overwrites its own results)."""
-        self._objects(sid, _WRITE, bucket, prefix, "the job writes, re-reads and overwrites its own output")
-        self._list(f"{sid}List", bucket, prefix)
+    def authorize_bucket_read(self, sid: str, bucket: s3.IBucket, why: str) -> None:
+        """Read every object of ``bucket`` and list it."""
+        self._whole_bucket(sid, bucket, _READ, _BUCKET_READ, why)
+
+    def authorize_bucket_write(self, sid: str, bucket: s3.IBucket, why: str) -> None:
+        """Read, write and delete every object of ``bucket`` (the job overwrites its own results) and list it."""
+        self._whole_bucket(sid, bucket, _WRITE, _BUCKET_WRITE, why)
 
     def authorize_log_delivery(self, bucket: s3.IBucket, prefix: str) -> None:
-        """Nodes push their logs under ``prefix`` (write only)."""
-        self._objects(
-            "PushLogs", ["s3:PutObject"], bucket, prefix, "EMR pushes node, application and step logs"
+        """Nodes push their logs under ``prefix`` (write only; the logs bucket is shared with other logs)."""
+        pattern = f"{_prefix_pattern(prefix)}*"
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PushLogs", actions=["s3:PutObject"], resources=[bucket.arn_for_objects(pattern)]
+            )
         )
-        self._list("PushLogsList", bucket, prefix)
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PushLogsList",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [prefix.rstrip("/"), pattern]}},
+            )
+        )
+        acknowledge(
+            self.instance_role,
+            f"AwsSolutions-IAM5[Resource::{self._nag_arn(bucket)}/{pattern}]",
+            f"Scoped to the {prefix} key prefix: EMR pushes node, application and step logs; object keys under "
+            "it are created at run time.",
+        )
 
     def authorize_read_object(self, sid: str, s3_uri: str) -> None:
         """Read exactly one object given as ``s3://bucket/key`` (custom weights, TLS certificates)."""

@@ -1,6 +1,8 @@
 """The two stacks: ``FruitsDataStack`` (buckets + artifact deployment) and ``FruitsEmrStack`` (the rest).
 
-Data lives in its own stack so the cluster can be torn down and redeployed without touching the buckets.
+Data lives in its own stack so the cluster can be torn down and redeployed without touching the buckets. With
+context ``stage`` set, both stack names (and so every export name) end in ``-<stage>``, so two environments
+can live in one account; the default stage ("") keeps the historical names.
 """
 
 from __future__ import annotations
@@ -13,16 +15,11 @@ from aws_cdk import App, CfnOutput, Stack, Tags
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
-from fruits_infra.artifacts import (
-    BOOTSTRAP_KEY,
-    PYFILES_KEY,
-    READ_PREFIXES,
-    REQUIREMENTS_KEY,
-    SCRIPT_KEY,
-    JobArtifacts,
-)
-from fruits_infra.cluster import FruitsCluster
+from fruits_infra.artifacts import JOB_DEFAULTS_KEY, PYFILES_KEY, SCRIPT_KEY, JobArtifacts
+from fruits_infra.cluster import FruitsCluster, job_defaults
 from fruits_infra.config import FruitsConfig
+from fruits_infra.group_cleanup import ManagedGroupsCleanup
+from fruits_infra.job_contract import check_job_defaults
 from fruits_infra.nag import acknowledge, apply_nag
 from fruits_infra.network import FruitsNetwork
 from fruits_infra.roles import EmrRoles
@@ -36,15 +33,19 @@ from fruits_infra.storage import (
 )
 
 PROJECT_TAGS = {"project": "fruits-featurize", "managed-by": "cdk"}
+DATA_STACK = "FruitsDataStack"
+EMR_STACK = "FruitsEmrStack"
 
 #: The output keys the operator CLI reads (FruitsEmrStack).
 OUTPUT_KEYS = (
     "ClusterId",
+    "ClusterGeneration",
     "InputUri",
     "ResultsUri",
     "FeatureStoreUri",
     "JobScriptUri",
     "JobPyFilesUri",
+    "JobDefaultsUri",
     "LogUri",
     "InputBucketName",
     "ResultsBucketName",
@@ -61,8 +62,10 @@ OUTPUT_KEYS = (
 def wire(app: App, *, bundle_dir: Path) -> tuple[FruitsDataStack, FruitsEmrStack]:
     """Both stacks from ``app``'s context, cdk-nag on the whole app (used by cdk/app.py and the tests)."""
     config = FruitsConfig.from_context(app.node)
-    data = FruitsDataStack(app, "FruitsDataStack", config=config, bundle_dir=bundle_dir)
-    emr = FruitsEmrStack(app, "FruitsEmrStack", config=config, storage=data.storage, artifacts=data.artifacts)
+    data = FruitsDataStack(app, config.stack_name(DATA_STACK), config=config, bundle_dir=bundle_dir)
+    emr = FruitsEmrStack(
+        app, config.stack_name(EMR_STACK), config=config, storage=data.storage, artifacts=data.artifacts
+    )
     emr.add_stack_dependency(data, "the cluster's bootstrap action and step read the deployed artifacts")
     apply_nag(app)
     return data, emr
@@ -78,12 +81,24 @@ class FruitsDataStack(Stack):
             scope, construct_id, description="Fruits featurize: buckets and job artifacts", **kwargs
         )
         self.storage = FruitsStorage(self, "Storage", ephemeral=config.ephemeral)
+        self.job_defaults = job_defaults(
+            config,
+            input_uri=self.storage.input_uri,
+            results_uri=self.storage.results_uri,
+            feature_store_uri=self.storage.feature_store_uri,
+        )
+        check_job_defaults(
+            self.job_defaults
+        )  # the job's own parser: a bad default fails here, not on the cluster
         self.artifacts = JobArtifacts(
-            self, "JobArtifacts", bucket=self.storage.artifacts_bucket, bundle_dir=bundle_dir
+            self,
+            "JobArtifacts",
+            bucket=self.storage.artifacts_bucket,
+            bundle_dir=bundle_dir,
+            job_defaults=self.job_defaults,
         )
         _acknowledge_bucket_deployment(self, self.storage.artifacts_bucket)
-        for key, value in PROJECT_TAGS.items():
-            Tags.of(self).add(key, value)
+        _tag(self, config)
 
 
 class FruitsEmrStack(Stack):
@@ -109,22 +124,27 @@ class FruitsEmrStack(Stack):
             flow_logs_bucket=storage.logs_bucket,
             vpc_id=config.vpc_id,
             subnet_ids=config.subnet_ids,
+            ephemeral=config.ephemeral,
         )
         self.roles = EmrRoles(self, "Roles")
-        self.roles.authorize_read("ReadInput", storage.input_bucket, INPUT_PREFIX)
-        for prefix in READ_PREFIXES:
-            sid = "ReadArtifacts" + prefix.strip("/").capitalize()
-            self.roles.authorize_read(sid, storage.artifacts_bucket, prefix)
-        self.roles.authorize_write("WriteResults", storage.results_bucket, RESULTS_PREFIX)
-        self.roles.authorize_write("WriteFeatures", storage.results_bucket, FEATURES_PREFIX)
+        self.roles.authorize_bucket_read("ReadInput", storage.input_bucket, "the job reads the images")
+        self.roles.authorize_bucket_read(
+            "ReadArtifacts", storage.artifacts_bucket, "bootstrap, job code, job defaults and custom weights"
+        )
+        self.roles.authorize_bucket_write(
+            "WriteResults", storage.results_bucket, "the job writes results and its feature store"
+        )
         self.roles.authorize_log_delivery(storage.logs_bucket, EMR_LOGS_PREFIX)
-        if config.weights_uri and not config.weights_uri.startswith("s3://"):
-            raise ValueError("weightsUri must be an s3:// URI")
         if config.weights_uri:
             self.roles.authorize_read_object("ReadWeights", config.weights_uri)
 
         script_uri = artifacts.uri(SCRIPT_KEY, via=storage.artifacts_bucket)
         py_files_uri = artifacts.uri(PYFILES_KEY, via=storage.artifacts_bucket)
+        job_defaults_uri = artifacts.uri(JOB_DEFAULTS_KEY, via=storage.artifacts_bucket)
+        # Created before the cluster, deleted after it: revokes EMR's cross-group rules so the groups can go.
+        self.group_cleanup = ManagedGroupsCleanup(
+            self, "ManagedGroupsCleanup", group_ids=self.network.group_ids
+        )
         self.cluster = FruitsCluster(
             self,
             "Cluster",
@@ -132,12 +152,12 @@ class FruitsEmrStack(Stack):
             network=self.network,
             roles=self.roles,
             log_uri=storage.emr_log_uri,
-            bootstrap_uri=artifacts.uri(BOOTSTRAP_KEY, via=storage.artifacts_bucket),
-            requirements_uri=artifacts.uri(REQUIREMENTS_KEY, via=storage.artifacts_bucket),
-            input_uri=storage.input_uri,
-            results_uri=storage.results_uri,
-            feature_store_uri=storage.feature_store_uri,
+            bootstrap_uri=artifacts.uri(artifacts.bootstrap_key, via=storage.artifacts_bucket),
+            requirements_uri=artifacts.uri(artifacts.requirements_key, via=storage.artifacts_bucket),
+            py_files_uri=py_files_uri,
+            job_defaults_uri=job_defaults_uri,
         )
+        self.cluster.cluster.node.add_dependency(self.group_cleanup)
         self.step = None
         if config.deploy_step:
             self.step = FruitsJobStep(
@@ -145,17 +165,22 @@ class FruitsEmrStack(Stack):
                 "JobStep",
                 cluster_id=self.cluster.cluster_id,
                 script_uri=script_uri,
-                py_files_uri=py_files_uri,
                 arguments=config.step_arguments,
+                name=f"featurize-pca-g{config.cluster_generation}",
             )
 
         outputs = {
             "ClusterId": (self.cluster.cluster_id, "EMR cluster id (j-...)"),
+            "ClusterGeneration": (
+                str(config.cluster_generation),
+                "Context clusterGeneration of this cluster; after it terminated, deploy with this number + 1",
+            ),
             "InputUri": (storage.input_uri, "Upload images here (one folder per label)"),
             "ResultsUri": (storage.results_uri, "Where the job writes its PCA results"),
             "FeatureStoreUri": (storage.feature_store_uri, "Where the job caches features"),
             "JobScriptUri": (script_uri, "Job entry script"),
             "JobPyFilesUri": (py_files_uri, "Job package for --py-files"),
+            "JobDefaultsUri": (job_defaults_uri, "The job's defaults file (spark.fruits.defaults)"),
             "LogUri": (storage.emr_log_uri, "EMR cluster and step logs"),
             "InputBucketName": (storage.input_bucket.bucket_name, "Input bucket"),
             "ResultsBucketName": (storage.results_bucket.bucket_name, "Results bucket"),
@@ -163,9 +188,10 @@ class FruitsEmrStack(Stack):
             "LogsBucketName": (storage.logs_bucket.bucket_name, "Logs bucket"),
             "StepType": (STEP_TYPE, "Console Add step: Type"),
             "StepDeployMode": (DEPLOY_MODE, "Console Add step: Deploy mode"),
+            # CloudFormation rejects an empty output value: no options is published as a single space.
             "StepSparkSubmitOptions": (
-                " ".join(spark_submit_options(py_files_uri)),
-                "Console Add step: Spark-submit options",
+                " ".join(spark_submit_options()) or " ",
+                "Console Add step: Spark-submit options (empty: the cluster's spark-defaults carry them)",
             ),
             "StepApplicationLocation": (script_uri, "Console Add step: Application location"),
             # CloudFormation rejects an output whose value is empty: no arguments is published as a single
@@ -178,8 +204,14 @@ class FruitsEmrStack(Stack):
         assert tuple(outputs) == OUTPUT_KEYS
         for key, (value, description) in outputs.items():
             CfnOutput(self, key, value=value, description=description)
-        for key, value in PROJECT_TAGS.items():
-            Tags.of(self).add(key, value)
+        _tag(self, config)
+
+
+def _tag(stack: Stack, config: FruitsConfig) -> None:
+    for key, value in PROJECT_TAGS.items():
+        Tags.of(stack).add(key, value)
+    if config.stage:
+        Tags.of(stack).add("stage", config.stage)
 
 
 def _acknowledge_bucket_deployment(stack: Stack, artifacts_bucket: s3.IBucket) -> None:

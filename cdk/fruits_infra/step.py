@@ -1,8 +1,14 @@
-"""The job as an EMR step: ``spark-submit --deploy-mode cluster`` through ``command-runner.jar``.
+"""The job as an EMR step of the stack: ``spark-submit`` through ``command-runner.jar``.
 
-The step's script and ``--py-files`` come from :class:`~fruits_infra.artifacts.JobArtifacts`, which only hands
-out URIs of keys it deployed. Everything else (input, output, model, ...) comes from the cluster's
-``spark-defaults``, so the step's own arguments may be empty.
+The cluster's ``spark-defaults`` carry what every submission needs (the package, cluster deploy mode, one YARN
+attempt, the defaults file), so a console step or ``fruits submit`` needs only the script. The stack's own step
+adds two things, because CloudFormation waits for it:
+
+- ``--conf spark.yarn.submit.waitAppCompletion=false``: in cluster mode spark-submit then returns once YARN
+  accepted the application (https://spark.apache.org/docs/3.5.6/running-on-yarn.html), so the step (and the
+  deployment) completes in a minute whatever the job's size; the job's outcome is in YARN and in its commits.
+- ``--allow-empty``: on a fresh account the input bucket is empty; the job logs one line and exits 0 instead of
+  failing the step, which would roll the whole cluster back.
 """
 
 from __future__ import annotations
@@ -15,23 +21,25 @@ from constructs import Construct
 STEP_TYPE = "Spark application"
 DEPLOY_MODE = "cluster"
 ACTION_ON_FAILURE = "CONTINUE"
-#: A second YARN attempt would find the first attempt's lease on the output and fail anyway.
-SUBMIT_CONF = ("--conf", "spark.yarn.maxAppAttempts=1")
+#: The stack's step only hands the application to YARN; see the module docstring.
+NO_WAIT_CONF = ("--conf", "spark.yarn.submit.waitAppCompletion=false")
+ALLOW_EMPTY = "--allow-empty"
 
 
-def spark_submit_options(py_files_uri: str) -> list[str]:
-    """The options between ``spark-submit`` and the script (the console's "Spark-submit options")."""
-    return ["--py-files", py_files_uri, *SUBMIT_CONF]
+def spark_submit_options() -> list[str]:
+    """The console's "Spark-submit options": none, the cluster's spark-defaults carry them."""
+    return []
 
 
-def step_args(*, script_uri: str, py_files_uri: str, arguments: Sequence[str] = ()) -> list[str]:
-    """``command-runner.jar`` arguments for the job."""
+def step_args(*, script_uri: str, arguments: Sequence[str] = ()) -> list[str]:
+    """``command-runner.jar`` arguments of the stack's step."""
     return [
         "spark-submit",
         "--deploy-mode",
         DEPLOY_MODE,
-        *spark_submit_options(py_files_uri),
+        *NO_WAIT_CONF,
         script_uri,
+        ALLOW_EMPTY,
         *arguments,
     ]
 
@@ -46,12 +54,11 @@ class FruitsJobStep(Construct):
         *,
         cluster_id: str,
         script_uri: str,
-        py_files_uri: str,
         arguments: Sequence[str] = (),
         name: str = "featurize-pca",
     ) -> None:
         super().__init__(scope, construct_id)
-        self.args = step_args(script_uri=script_uri, py_files_uri=py_files_uri, arguments=arguments)
+        self.args = step_args(script_uri=script_uri, arguments=arguments)
         self.step = emr.CfnStep(
             self,
             "Step",

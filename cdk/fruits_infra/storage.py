@@ -1,9 +1,14 @@
 """The four buckets, all made by one factory so every bucket gets the same protections.
 
-Every bucket: public access blocked, SSE-S3 encryption, TLS-only bucket policy (``enforceSSL``), server access
-logs to the logs bucket, and a lifecycle rule that aborts incomplete multipart uploads. Input and results are
-versioned; logs expire. ``ephemeral`` (a throw-away environment) makes ``cdk destroy`` empty and delete the
-buckets; by default they are retained with their data.
+Every bucket: public access blocked, SSE-S3 encryption, TLS-only bucket policy (``enforceSSL``), and a
+lifecycle rule that aborts incomplete multipart uploads. Input and results are versioned (old versions and
+expired delete markers are cleaned up); logs expire. By default the buckets are retained with their data and the
+data buckets send server access logs to the logs bucket.
+
+``ephemeral`` (a throw-away environment) makes ``cdk destroy`` empty and delete the buckets, and then the data
+buckets send no server access logs: S3 delivers those logs late (best effort, often hours), so they land in the
+logs bucket after its auto-delete emptied it and DeleteBucket fails with BucketNotEmpty (aws/aws-cdk#16332,
+#21776).
 """
 
 from __future__ import annotations
@@ -47,7 +52,12 @@ def secure_bucket(
         rules.append(s3.LifecycleRule(id="expire", expiration=expire_after))
     if versioned:
         rules.append(
-            s3.LifecycleRule(id="expire-noncurrent", noncurrent_version_expiration=Duration.days(30))
+            s3.LifecycleRule(
+                id="expire-noncurrent",
+                noncurrent_version_expiration=Duration.days(30),
+                # Once the last old version is gone, a delete marker alone only slows listings down.
+                expired_object_delete_marker=True,
+            )
         )
     return s3.Bucket(
         scope,
@@ -105,14 +115,23 @@ class FruitsStorage(Construct):
         )
 
         def data_bucket(construct_id: str, prefix: str, *, versioned: bool) -> s3.Bucket:
-            return secure_bucket(
+            bucket = secure_bucket(
                 self,
                 construct_id,
                 ephemeral=ephemeral,
-                access_logs=self.logs_bucket,
-                access_logs_prefix=f"{ACCESS_LOGS_PREFIX}{prefix}/",
+                access_logs=None if ephemeral else self.logs_bucket,
+                access_logs_prefix=None if ephemeral else f"{ACCESS_LOGS_PREFIX}{prefix}/",
                 versioned=versioned,
             )
+            if ephemeral:
+                acknowledge(
+                    bucket,
+                    "AwsSolutions-S1",
+                    "ephemeral=true (a throw-away environment): S3 delivers access logs late, into a logs bucket "
+                    "that cdk destroy has already emptied, and its deletion then fails with BucketNotEmpty "
+                    "(aws/aws-cdk#16332). Deploy without ephemeral to keep access logs.",
+                )
+            return bucket
 
         self.input_bucket = data_bucket("InputBucket", "input", versioned=True)
         self.results_bucket = data_bucket("ResultsBucket", "results", versioned=True)

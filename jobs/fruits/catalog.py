@@ -29,6 +29,10 @@ class InputError(ValueError):
     """The input location is missing, unreadable or holds no files."""
 
 
+class EmptyInput(InputError):
+    """The input location holds no files (an S3 prefix with no objects, an empty folder)."""
+
+
 @dataclass
 class InputScan:
     """Counts from listing the input; the odd files are kept by name (they are few)."""
@@ -115,7 +119,7 @@ def scan_input(spark: SparkSession, uri: str) -> InputScan:
     for path, size in listing:
         scan.add(path, size)
     if scan.files == 0:
-        raise InputError(f"input is empty: no files under {uri}")
+        raise EmptyInput(f"input is empty: no files under {uri}")
     return scan
 
 

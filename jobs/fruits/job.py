@@ -31,9 +31,17 @@ from fruits.lease import Lease, LeaseHeld
 from fruits.options import JobOptions, UsageError, build_parser, parse_options
 from fruits.progress import StageTimer, report_progress
 from fruits.session import get_session, ship_package_to_local_workers
-from fruits.storage import Store, open_store
+from fruits.storage import Store, open_store, s3_region
 
-__all__ = ["PUBLISHED", "OutputExists", "main", "run", "ship_package_to_local_workers"]
+__all__ = [
+    "PUBLISHED",
+    "NothingFeaturized",
+    "OutputExists",
+    "main",
+    "reentrant_key",
+    "run",
+    "ship_package_to_local_workers",
+]
 
 log = logging.getLogger(__name__)
 PUBLISHED = list(PUBLISHED_NAMES)
@@ -42,6 +50,25 @@ SCATTER_POINTS = 4000
 
 class OutputExists(UsageError):
     """The output already holds a committed result and --overwrite was not given."""
+
+
+class NothingFeaturized(UsageError):
+    """Files were found but none could be featurized: with --allow-empty a no-op, else exit 2."""
+
+
+def _nothing_to_featurize(options: JobOptions) -> None:
+    """The one line an --allow-empty run logs instead of failing (a first deploy with an empty bucket)."""
+    log.warning("nothing to featurize under %s: no run committed", options.input)
+
+
+def reentrant_key(sc: Any) -> str | None:
+    """The lease's re-entrancy key: the YARN application id, shared by every attempt of one application.
+
+    EMR_STEP_ID does not reach a cluster-mode driver's container; ``applicationId`` does, and in YARN it has no
+    attempt number (``application_<cluster-ts>_<n>``). Outside YARN there are no attempts, so no key.
+    """
+    master = str(sc.master or "")
+    return str(sc.applicationId) if master.startswith("yarn") else None
 
 
 def checkpoint(name: str) -> None:
@@ -56,13 +83,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _weights_id(weights: models.Weights, spec: models.ModelSpec, alpha: float) -> tuple[str, str | None]:
+def _weights_id(weights: models.Weights) -> tuple[str, str | None]:
     """(identifier for the feature store, sha256 for the manifest)."""
     if weights.kind == "file":
         return weights.sha256[:16], weights.sha256  # type: ignore[index]
     if weights.kind == "random":
         return "random-seed0", None
-    sha = models.imagenet_weights_hash(spec, alpha)
+    # ImageNet: the hash of Keras' file when it was found on disk, else just "imagenet" (Keras downloads it).
+    sha = weights.sha256
     return (f"imagenet-{sha[:16]}" if sha else "imagenet"), sha
 
 
@@ -129,10 +157,14 @@ class Run:
         self.store = open_store(options.store_uri)
         self.spec = models.get_spec(options.model)
         self.threads = options.threads or int(self.spark.sparkContext.getConf().get("spark.task.cpus", "1"))
-        self.weights = models.resolve_weights(options.weights)
+        self.weights = models.resolve_weights(
+            options.weights, model=options.model, alpha=options.alpha, image_size=options.image_size
+        )
         if not self.weights.pretrained:
             log.warning(manifest.RANDOM_WEIGHTS_WARNING)
-        weights_id, self.weights_sha = _weights_id(self.weights, self.spec, options.alpha)
+        elif self.weights.kind == "imagenet":
+            log.info("ImageNet weights: %s", self.weights.path or "not cached here, Keras downloads them")
+        weights_id, self.weights_sha = _weights_id(self.weights)
         self.key = feature_store.model_key(
             options.model, options.alpha, options.image_size, options.decode_size, weights_id
         )
@@ -202,7 +234,7 @@ class Run:
         self.counts["found"] = self.counts["images"] + len(self.scan.empty) + len(self.scan.unsupported)
         featurized, rejected_count, found = (self.counts[n] for n in ("featurized", "rejected", "found"))
         if featurized == 0:
-            raise UsageError(
+            raise NothingFeaturized(
                 f"no image under {self.options.input} could be featurized ({rejected_count} rejected)"
             )
         if featurized + rejected_count != found:
@@ -360,17 +392,29 @@ class Run:
         return document
 
 
-def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
-    """Featurize, reduce and publish one run under the output's lease; returns its manifest."""
+def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
+    """Featurize, reduce and publish one run under the output's lease; returns its manifest.
+
+    None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
+    """
     started = _now()
     run_id = commits.new_run_id(started)
+    if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
+        region, source = s3_region()
+        log.info("AWS region for S3: %s (%s)", region, source)
     out = open_store(options.output)
     if spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000":
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(options.batch_size * 4, 256)))
     timer = StageTimer()
     with timer.stage("list input"):
-        scan = catalog.scan_input(spark, options.input)
+        try:
+            scan = catalog.scan_input(spark, options.input)
+        except catalog.EmptyInput:
+            if not options.allow_empty:
+                raise
+            _nothing_to_featurize(options)
+            return None
     log.info(
         "input %s: %d files (%d empty, %d unsupported)",
         options.input,
@@ -379,7 +423,11 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
         len(scan.unsupported),
     )
     lease = Lease(
-        out, owner=run_id, ttl_seconds=options.lease_ttl, reentrant_key=os.environ.get("EMR_STEP_ID")
+        out,
+        owner=run_id,
+        ttl_seconds=options.lease_ttl,
+        reentrant_key=reentrant_key(spark.sparkContext),
+        step_id=os.environ.get("EMR_STEP_ID"),  # only for the holder's description (client mode)
     )
     lease.acquire(wait=options.wait > 0, timeout=options.wait)
     try:
@@ -391,6 +439,11 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any]:
                 "give --overwrite to publish a new run over it"
             )
         return Run(spark, options, run_id, out, scan, previous, lease, started=started, timer=timer).execute()
+    except NothingFeaturized:
+        if not options.allow_empty:
+            raise
+        _nothing_to_featurize(options)
+        return None
     finally:
         lease.release()
 

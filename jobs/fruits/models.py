@@ -111,7 +111,7 @@ def sha256_file(path: str) -> str:
 
 def _download_s3(uri: str, cache_dir: str) -> str:
     """Fetch an s3:// object once into ``cache_dir`` (keyed by URI) and return the local path."""
-    import boto3
+    from fruits.storage import make_s3_client  # the job's one S3 client factory: region, endpoint, retries
 
     bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or not key:
@@ -122,16 +122,31 @@ def _download_s3(uri: str, cache_dir: str) -> str:
     if not os.path.exists(path):
         fd, tmp = tempfile.mkstemp(dir=folder)
         os.close(fd)
-        boto3.client("s3").download_file(bucket, key, tmp)
+        make_s3_client().download_file(bucket, key, tmp)
         os.replace(tmp, path)  # a killed download never leaves a file that looks complete
     return path
 
 
-def resolve_weights(source: str, cache_dir: str | None = None) -> Weights:
-    """Turn ``--weights`` into a :class:`Weights`: ``imagenet``, ``none``, a local .h5/.keras file or s3:// URI."""
+def resolve_weights(
+    source: str,
+    cache_dir: str | None = None,
+    *,
+    model: str | None = None,
+    alpha: float = 1.0,
+    image_size: int = 224,
+) -> Weights:
+    """Turn ``--weights`` into a :class:`Weights`: ``imagenet``, ``none``, a local .h5/.keras file or s3:// URI.
+
+    For ``imagenet`` with ``model`` given, Keras' own file for (model, alpha, image_size) is looked up in the
+    local caches (:func:`find_imagenet_file`); when it is there the backbone loads exactly that file, and
+    nothing is downloaded or written. Otherwise Keras downloads it when the model is built.
+    """
     lowered = source.strip().lower()
     if lowered == "imagenet":
-        return Weights(source="imagenet", kind="imagenet")
+        path = find_imagenet_file(model, alpha, image_size) if model else None
+        return Weights(
+            source="imagenet", kind="imagenet", path=path, sha256=sha256_file(path) if path else None
+        )
     if lowered in ("none", "random"):
         return Weights(source="none", kind="random")
     check_weights_source(source)
@@ -143,46 +158,103 @@ def resolve_weights(source: str, cache_dir: str | None = None) -> Weights:
     return Weights(source=source, kind="file", path=path, sha256=sha256_file(path))
 
 
-def _imagenet_cache_file(spec: ModelSpec, alpha: float) -> str | None:
-    """Path of the file Keras caches for these ImageNet weights, when it is there (for the manifest's hash)."""
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    folder = os.path.join(keras_home, "models")
-    if not os.path.isdir(folder):
-        return None
-    # File names as keras.applications writes them.
-    mobilenet_alpha = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(alpha, "")
-    prefix = {
-        "mobilenet_v2": f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_",
-        "mobilenet": f"mobilenet_{mobilenet_alpha}_",
-        "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop",
-        "efficientnet_b0": "efficientnetb0_notop",
-    }[spec.name]
-    for name in sorted(os.listdir(folder)):
-        if name.startswith(prefix) and ("no_top" in name or "notop" in name):
-            return os.path.join(folder, name)
+@dataclass(frozen=True)
+class ImagenetFile:
+    """The ImageNet no-top weights file Keras fetches for one backbone: its cache file name and origin URL."""
+
+    file_name: str
+    url: str
+
+
+_KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# Input sizes Keras publishes MobileNet (v1, v2) ImageNet weights for; for any other size it loads the 224 file.
+_MOBILENET_ROWS = (128, 160, 192, 224)
+_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)
+_MOBILENET_ALPHA_TEXT = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
+
+
+def imagenet_weights_file(model: str, alpha: float = 1.0, image_size: int = 224) -> ImagenetFile:
+    """Exactly the file ``keras.applications.<Model>(include_top=False, weights="imagenet")`` would fetch.
+
+    The one owner of Keras' names: the job looks for this file in its caches, and the CDK app has the cluster's
+    bootstrap download it (tests/test_imagenet_files.py pins every name against Keras itself).
+    """
+    spec = get_spec(model)
+    check_alpha(spec, alpha)
+    if spec.name == "mobilenet":
+        rows = image_size if image_size in _MOBILENET_ROWS else 224
+        name = f"mobilenet_{_MOBILENET_ALPHA_TEXT[float(alpha)]}_{rows}_tf_no_top.h5"
+        return ImagenetFile(name, f"{_KERAS_WEIGHTS}mobilenet/{name}")
+    if spec.name == "mobilenet_v2":
+        rows = image_size if image_size in _MOBILENET_V2_ROWS else 224
+        name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+        return ImagenetFile(name, f"{_KERAS_WEIGHTS}mobilenet_v2/{name}")
+    if spec.name == "resnet50":
+        name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        return ImagenetFile(name, f"{_KERAS_WEIGHTS}resnet/{name}")
+    name = "efficientnetb0_notop.h5"  # efficientnet_b0: Keras keeps EfficientNet files in another bucket
+    return ImagenetFile(name, f"https://storage.googleapis.com/keras-applications/{name}")
+
+
+def imagenet_cache_dirs() -> list[str]:
+    """Where a pre-fetched ImageNet file may be: ``$KERAS_HOME/models`` (the cluster's), then ``~/.keras/models``."""
+    folders = []
+    if os.environ.get("KERAS_HOME"):
+        folders.append(os.path.join(os.environ["KERAS_HOME"], "models"))
+    folders.append(os.path.join(os.path.expanduser("~"), ".keras", "models"))
+    return folders
+
+
+def find_imagenet_file(model: str, alpha: float = 1.0, image_size: int = 224) -> str | None:
+    """Path of Keras' ImageNet file for these settings in a local cache, or None (Keras will download it)."""
+    name = imagenet_weights_file(model, alpha, image_size).file_name
+    for folder in imagenet_cache_dirs():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.path.getsize(path) > 0:
+            return path
     return None
 
 
 def build_backbone(spec: ModelSpec, image_size: int, alpha: float, weights: Weights) -> Any:
-    """The Keras application without its classifier, with global average pooling, weights loaded."""
+    """The Keras application without its classifier, with global average pooling, weights loaded.
+
+    A weights file that does not fit the architecture raises :class:`WeightsError` (one line, exit 2).
+    """
     import keras
 
     if weights.kind == "file" and weights.path and weights.path.endswith(".keras"):
-        return keras.models.load_model(weights.path, compile=False)
+        try:
+            return keras.models.load_model(weights.path, compile=False)
+        except Exception as error:
+            raise WeightsError(f"weights {weights.path} do not load: {_first_line(error)}") from None
     if weights.kind == "random":
         keras.utils.set_random_seed(0)  # random weights, but the same ones on every run and worker
+    # ImageNet weights already on disk load like any file: Keras neither downloads nor writes its cache.
+    download = weights.kind == "imagenet" and not weights.path
     kwargs: dict[str, Any] = {
         "input_shape": (image_size, image_size, 3),
         "include_top": False,
         "pooling": "avg",
-        "weights": "imagenet" if weights.kind == "imagenet" else None,
+        "weights": "imagenet" if download else None,
     }
     if spec.has_alpha:
         kwargs["alpha"] = alpha
     backbone = getattr(keras.applications, spec.constructor)(**kwargs)
-    if weights.kind == "file":
-        backbone.load_weights(weights.path)
+    if weights.path and not download:
+        try:
+            backbone.load_weights(weights.path)
+        except Exception as error:
+            what = spec.name + (f" alpha {alpha}" if spec.has_alpha else "")
+            raise WeightsError(
+                f"weights {weights.path} do not load into {what}: {_first_line(error)}"
+            ) from None
     return backbone
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message, shortened: Keras' messages run to many lines."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def preprocess_function(spec: ModelSpec) -> Callable[[Any], Any]:
@@ -206,12 +278,6 @@ def build_feature_model(
     x = preprocess_function(spec)(x)
     features = backbone(x, training=False)
     return keras.Model(inputs, features, name=f"{spec.name}_features")
-
-
-def imagenet_weights_hash(spec: ModelSpec, alpha: float) -> str | None:
-    """sha256 of Keras' cached ImageNet file for this model, when it can be found."""
-    path = _imagenet_cache_file(spec, alpha)
-    return sha256_file(path) if path else None
 
 
 def infer_model_from_filename(path: str) -> tuple[str, float] | None:

@@ -1,14 +1,19 @@
-"""Job options: command line first, then Spark conf keys ``spark.fruits.<name>``, then defaults.
+"""Job options, from four layers: command line > Spark conf ``spark.fruits.<name>`` > defaults file > built-in.
 
-A cluster carries its defaults in ``spark-defaults`` (``spark.fruits.input`` ...), so a console step needs
-only the script path; any option given on the command line wins.
+The defaults file is JSON whose keys are :class:`JobOptions` field names (``{"input": "s3://...", "k": 50}``),
+named by the Spark conf key ``spark.fruits.defaults`` (a local path or ``s3://`` URI). A cluster points at one
+file it never has to change: new defaults are a new file, not a new cluster, and a console step needs only the
+script path. Every layer's values go through the same checks as the command line; an unknown key or a bad value
+is one :class:`UsageError` naming the key and where it came from.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from fruits.engines import ENGINES
 from fruits.images import DEFAULT_MAX_PIXELS
@@ -16,6 +21,10 @@ from fruits.layout import default_feature_store
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
 CONF_PREFIX = "spark.fruits."
+#: Spark conf key naming the JSON defaults file (the CDK app sets it in the cluster's spark-defaults).
+DEFAULTS_CONF_KEY = CONF_PREFIX + "defaults"
+# --k and --variance choose the number of components together: whichever layer sets one of them decides both.
+_COMPONENTS = ("k", "variance")
 
 
 class UsageError(ValueError):
@@ -48,11 +57,22 @@ class JobOptions:
     wait: int = 0
     lease_ttl: int = 300
     max_pixels: int = DEFAULT_MAX_PIXELS
+    allow_empty: bool = False
 
     @property
     def store_uri(self) -> str:
         """Where featurized vectors are kept: ``--feature-store`` or ``<output>/feature_store``."""
         return self.feature_store or default_feature_store(self.output)
+
+
+def option_names() -> list[str]:
+    """The option names: :class:`JobOptions` fields, the keys of a defaults file."""
+    return [spec.name for spec in fields(JobOptions)]
+
+
+def conf_key(dest: str) -> str:
+    """The Spark conf key of an option: ``image_size`` -> ``spark.fruits.imageSize``."""
+    return _conf_key(dest)
 
 
 def _conf_key(dest: str) -> str:
@@ -197,42 +217,128 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         help=f"refuse images with more pixels (default 50000000) {key('max_pixels')}",
     )
+    add(
+        "--allow-empty",
+        action="store_true",
+        default=None,
+        help="when the input holds no files or none can be featurized, log one line and exit 0 without "
+        f"committing (default: exit 2) {key('allow_empty')}",
+    )
     return parser
 
 
-def _from_conf(dest: str, conf: Mapping[str, str], kind: type) -> object | None:
-    text = conf.get(_conf_key(dest))
-    if text is None or text == "":
-        return None
-    if kind is bool:
-        if text.lower() not in ("true", "false"):
-            raise UsageError(f"{_conf_key(dest)} must be true or false, got {text!r}")
-        return text.lower() == "true"
+def _convert(action: argparse.Action, value: Any, where: str) -> object:
+    """One option value from the Spark conf or a defaults file, checked exactly as on the command line."""
+    if action.nargs == 0:  # a flag: JSON true/false, or the strings "true"/"false" from the Spark conf
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise UsageError(f"{where} must be true or false, got {value!r}")
+    if isinstance(value, bool | list | dict):
+        raise UsageError(f"{where}: invalid value {value!r}")
+    text = str(value)
     try:
-        return kind(text)
-    except ValueError:
-        raise UsageError(f"{_conf_key(dest)}: invalid value {text!r}") from None
+        converted = action.type(text) if callable(action.type) else text
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"{where}: {error}") from None
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: invalid value {value!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise UsageError(f"{where}: invalid choice {value!r} (choose from {choices})")
+    return converted
 
 
-def parse_options(argv: Sequence[str], conf: Mapping[str, str] | None = None) -> JobOptions:
-    """Parse and validate; raises UsageError with a one-line message on any problem."""
+def load_defaults(uri: str) -> dict[str, Any]:
+    """Read a defaults file (local path, file:// or s3:// URI) into a dict; any problem is one UsageError."""
+    from fruits.storage import NotFound, open_store  # storage imports boto3 only for s3:// URIs
+
+    folder, _, name = uri.rpartition("/")
+    try:
+        data = open_store(folder or ".").read_bytes(name)
+    except NotFound:
+        raise UsageError(f"job defaults file not found: {uri} (named by {DEFAULTS_CONF_KEY})") from None
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UsageError(f"cannot read job defaults {uri}: {first}") from None
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except ValueError as error:
+        raise UsageError(f"job defaults {uri} is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise UsageError(
+            f"job defaults {uri} must hold a JSON object of option names, got {type(document).__name__}"
+        )
+    return document
+
+
+def _layer(
+    values: Mapping[str, Any], actions: Mapping[str, argparse.Action], where: Any, *, strict: bool
+) -> dict[str, object]:
+    """Checked values of one layer; ``where(name)`` says where a value came from, for error messages."""
+    layer: dict[str, object] = {}
+    for name, value in values.items():
+        if name not in actions:
+            if strict:
+                known = ", ".join(option_names())
+                raise UsageError(f"{where(name)}: unknown option (known: {known})")
+            continue
+        if value is None or value == "":
+            continue  # not set in this layer
+        layer[name] = _convert(actions[name], value, where(name))
+    return layer
+
+
+def parse_options(
+    argv: Sequence[str],
+    conf: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    defaults_source: str = "(given)",
+) -> JobOptions:
+    """Parse and validate; raises UsageError with a one-line message on any problem.
+
+    Precedence: ``argv`` > ``conf`` (``spark.fruits.<name>``) > ``defaults`` (keys = :class:`JobOptions`
+    fields) > built-in defaults. Without ``defaults``, the file named by ``conf[spark.fruits.defaults]`` is read.
+    """
     conf = conf or {}
-    namespace = build_parser().parse_args(list(argv))
+    parser = build_parser()
+    namespace = parser.parse_args(list(argv))
+    names = option_names()
+    actions = {action.dest: action for action in parser._actions if action.dest in names}
+    if defaults is None and conf.get(DEFAULTS_CONF_KEY):
+        defaults_source = conf[DEFAULTS_CONF_KEY]
+        defaults = load_defaults(defaults_source)
+    command_line = {
+        name: getattr(namespace, name) for name in names if getattr(namespace, name, None) is not None
+    }
+    from_conf = _layer({name: conf.get(_conf_key(name)) for name in names}, actions, _conf_key, strict=False)
+    from_file = _layer(
+        defaults or {},
+        actions,
+        lambda name: f"job defaults file {defaults_source}, key {name!r}",
+        strict=True,
+    )
+
     values: dict[str, object] = {}
-    for spec in fields(JobOptions):
-        value = getattr(namespace, spec.name, None)
-        if value is None:
-            kind = {"int | None": int, "float | None": float}.get(str(spec.type))
-            kind = kind or {"str": str, "int": int, "float": float, "bool": bool}.get(str(spec.type), str)
-            value = _from_conf(spec.name, conf, kind)
-        if value is not None:
-            values[spec.name] = value
-    if namespace.k is not None or ("k" in values and namespace.variance is None):
-        values["variance"] = None
+    for layer in (from_file, from_conf, command_line):  # lowest precedence first
+        values.update({name: value for name, value in layer.items() if name not in _COMPONENTS})
+    for layer, where in (
+        (command_line, "the command line"),
+        (from_conf, "the Spark conf"),
+        (from_file, f"job defaults file {defaults_source}"),
+    ):
+        chosen = {name: layer[name] for name in _COMPONENTS if name in layer}
+        if len(chosen) == 2:
+            raise UsageError(f"give --k or --variance, not both (both set in {where})")
+        if chosen:
+            values.update({"k": None, "variance": None, **chosen})
+            break
     if not values.get("input"):
-        raise UsageError("no input: give --input or spark.fruits.input")
+        raise UsageError("no input: give --input, spark.fruits.input or 'input' in the job defaults file")
     if not values.get("output"):
-        raise UsageError("no output: give --output or spark.fruits.output")
+        raise UsageError("no output: give --output, spark.fruits.output or 'output' in the job defaults file")
     options = JobOptions(**values)  # type: ignore[arg-type]
     try:
         spec = get_spec(options.model)
@@ -244,6 +350,4 @@ def parse_options(argv: Sequence[str], conf: Mapping[str, str] | None = None) ->
         raise UsageError(f"unknown engine {options.engine!r}; supported: {', '.join(ENGINES)}")
     if options.image_size < 32:
         raise UsageError(f"--image-size must be at least 32, got {options.image_size}")
-    if options.k is not None and options.variance is not None:
-        raise UsageError("give --k or --variance, not both")
     return options

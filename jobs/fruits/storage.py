@@ -567,13 +567,34 @@ def _is_not_found(exc: Exception) -> bool:
     return _error_code(exc) in ("NoSuchKey", "404", "NotFound")
 
 
+def s3_region() -> tuple[str, str]:
+    """(region, where it came from) for the job's S3 clients.
+
+    botocore reads ``AWS_DEFAULT_REGION`` and the config file but not ``AWS_REGION``, and never asks the instance
+    metadata for it, so inside a YARN container (no config file, only what the cluster's Spark conf exports)
+    the region is read here explicitly; without any, boto3 would talk to us-east-1.
+    """
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(name):
+            return os.environ[name], name
+    import boto3
+
+    try:
+        configured = boto3.session.Session().region_name
+    except Exception:  # e.g. AWS_PROFILE names a profile that does not exist here
+        configured = None
+    if configured:
+        return configured, "AWS config file"
+    return "us-east-1", "fallback: no AWS_REGION, AWS_DEFAULT_REGION or config"
+
+
 def make_s3_client() -> Any:
-    """A boto3 S3 client honouring AWS_ENDPOINT_URL(_S3) (moto, MinIO) and the region (else us-east-1)."""
+    """A boto3 S3 client honouring AWS_ENDPOINT_URL(_S3) (moto, MinIO) and the region of :func:`s3_region`."""
     import boto3  # imported here so local-only use of this module does not need boto3
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region, _ = s3_region()
     config = Config(retries={"max_attempts": 8, "mode": "standard"})
     return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=config)
 
@@ -601,4 +622,5 @@ __all__ = [
     "StoreError",
     "make_s3_client",
     "open_store",
+    "s3_region",
 ]

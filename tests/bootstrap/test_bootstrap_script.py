@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bootstrap" / "install-runtime.sh"
 REQUIREMENTS = REPO / "requirements.txt"
 REQ_URI = "s3://artifacts-bucket/bootstrap/requirements.txt"
-WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"
+WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/{WEIGHTS_FILE}"
+WEIGHTS_ARGS = ("--weights-url", WEIGHTS_URL, "--weights-file", WEIGHTS_FILE)
 
 FAKES = {
     "sudo": '#!/usr/bin/env bash\necho "sudo $*" >> "$FAKE_LOG"\nexec "$@"\n',
@@ -51,12 +53,30 @@ if [[ "$*" == "-m pip install "* ]]; then
   exit 0
 fi
 if [[ "$*" == "-m pip freeze"* ]]; then cat "${FAKE_SITE}/freeze.txt" 2>/dev/null || true; exit 0; fi
-if [[ "$1" == -c ]]; then
-  mkdir -p "$KERAS_HOME/models"
-  echo weights > "$KERAS_HOME/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-  exit 0
-fi
 echo "fake python: unsupported $*" >&2; exit 2
+""",
+    # The "web": FAKE_WEB/<host>/<path> answers https://<host>/<path>; FAKE_FAILS_DIR makes it fail N times.
+    "curl": r"""#!/usr/bin/env bash
+set -euo pipefail
+echo "curl $*" >> "$FAKE_LOG"
+out="" url=""
+while (( $# > 0 )); do
+  case "$1" in
+    --output) out="$2"; shift 2 ;;
+    --connect-timeout|--max-time) shift 2 ;;
+    -*) shift ;;
+    *) url="$1"; shift ;;
+  esac
+done
+fails="${FAKE_FAILS_DIR}/$(echo "$url" | tr '/:' '__')"
+if [[ -f "$fails" ]] && (( $(cat "$fails") > 0 )); then
+  echo $(( $(cat "$fails") - 1 )) > "$fails"
+  echo "curl: (6) Could not resolve host" >&2
+  exit 6
+fi
+src="${FAKE_WEB}/${url#https://}"
+[[ -f "$src" ]] || { echo "curl: (22) The requested URL returned error: 404" >&2; exit 22; }
+cp "$src" "$out"
 """,
 }
 
@@ -68,6 +88,7 @@ class Node:
         self.root = tmp_path
         self.bin = tmp_path / "bin"
         self.s3 = tmp_path / "s3"
+        self.web = tmp_path / "web"
         self.site = tmp_path / "site"
         self.fails = tmp_path / "fails"
         self.log = tmp_path / "calls.log"
@@ -79,7 +100,13 @@ class Node:
             path.write_text(body)
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
         self.put(REQ_URI, REQUIREMENTS.read_bytes())
+        self.serve(WEIGHTS_URL, b"keras weights")
         self.log.touch()
+
+    def serve(self, url: str, data: bytes) -> None:
+        path = self.web / url.removeprefix("https://")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def put(self, uri: str, data: bytes) -> None:
         path = self.s3 / uri.removeprefix("s3://")
@@ -95,6 +122,7 @@ class Node:
             "HOME": str(self.root),
             "FAKE_LOG": str(self.log),
             "FAKE_S3": str(self.s3),
+            "FAKE_WEB": str(self.web),
             "FAKE_SITE": str(self.site),
             "FAKE_FAILS_DIR": str(self.fails),
             "FRUITS_HOME": str(self.home),
@@ -145,11 +173,50 @@ def test_no_version_is_hard_coded_in_the_script():
         assert pin not in text and f"{name}=={version}" not in text
 
 
-def test_caches_imagenet_weights_once_per_node(node):
+def test_downloads_the_named_weights_file_into_keras_home_read_only(node):
+    result = node.run(*WEIGHTS_ARGS)
+    assert result.returncode == 0, result.stderr
+    target = node.home / "keras" / "models" / WEIGHTS_FILE
+    assert target.read_bytes() == b"keras weights"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    for folder in (node.home / "keras", node.home / "keras" / "models"):
+        assert stat.S_IMODE(folder.stat().st_mode) & 0o022 == 0, folder  # nobody but root writes there
+    (download,) = node.calls("curl")
+    assert download.endswith(WEIGHTS_URL) and "--fail" in download
+    assert not node.calls("python -c")  # no Keras, no model code: the file is fetched as named
+
+
+def test_without_weights_arguments_nothing_is_downloaded(node):
     assert node.run().returncode == 0
-    assert (node.home / "keras" / "models" / WEIGHTS_FILE).is_file()
-    (download,) = node.calls("python -c")
-    assert "MobileNetV2(include_top=False, weights='imagenet'" in download
+    assert not node.calls("curl") and not list((node.home / "keras" / "models").iterdir())
+
+
+def test_the_script_knows_no_model_names():
+    text = SCRIPT.read_text().lower()
+    for word in ("mobilenet", "resnet", "efficientnet", "keras.applications", "imagenet_weights"):
+        assert word not in text, word
+
+
+def test_retries_a_failed_weights_download(node):
+    node.fail(WEIGHTS_URL, 2)
+    result = node.run(*WEIGHTS_ARGS)
+    assert result.returncode == 0, result.stderr
+    assert len(node.calls("curl")) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--weights-url", WEIGHTS_URL), "go together"),
+        (("--weights-file", WEIGHTS_FILE), "go together"),
+        (("--weights-url", WEIGHTS_URL, "--weights-file", "../../etc/x.h5"), "plain file name"),
+        (("--weights-url", "http://example.com/x.h5", "--weights-file", "x.h5"), "https://"),
+    ],
+)
+def test_refuses_bad_weights_arguments(node, args, message):
+    result = node.run(*args)
+    assert result.returncode != 0 and message in result.stderr
+    assert not node.calls("curl") and not node.calls("dnf")
 
 
 def test_retries_a_failed_download(node):
@@ -170,10 +237,10 @@ def test_gives_up_loudly_after_the_last_retry(node):
 
 
 def test_safe_to_run_twice(node):
-    first, second = node.run(), node.run()
+    first, second = node.run(*WEIGHTS_ARGS), node.run(*WEIGHTS_ARGS)
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert len(node.calls("python -m pip install")) == 1
-    assert len(node.calls("python -c")) == 1
+    assert len(node.calls("curl")) == 1
     assert "skipping pip" in second.stderr and "already at" in second.stderr
 
 
@@ -190,7 +257,7 @@ def test_copies_custom_weights_instead_of_downloading(node):
     result = node.run("--weights-uri", uri)
     assert result.returncode == 0, result.stderr
     assert (node.home / "models" / "custom.h5").read_bytes() == b"h5"
-    assert not node.calls("python -c")
+    assert not node.calls("curl")
     assert node.run("--weights-uri", uri).returncode == 0
     assert len(node.calls(f"aws s3 cp --only-show-errors {uri}")) == 1
 

@@ -27,10 +27,16 @@ def cdk_context(**overrides: Any) -> dict[str, Any]:
 
 
 class SynthesizedApp:
-    """The full app synthesized into ``outdir`` (cdk-nag included)."""
+    """The full app synthesized into ``outdir`` (cdk-nag included).
 
-    def __init__(self, outdir: Path, bundle_dir: Path, **overrides: Any) -> None:
-        build_bundle(bundle_dir)
+    ``sources``: keyword arguments for :func:`build_bundle` (``jobs_dir``, ``requirements``, ``bootstrap_dir``),
+    to synthesize the app with a changed job, pin list or bootstrap script.
+    """
+
+    def __init__(
+        self, outdir: Path, bundle_dir: Path, *, sources: dict[str, Path] | None = None, **overrides: Any
+    ) -> None:
+        build_bundle(bundle_dir, **(sources or {}))
         self.bundle_dir = bundle_dir
         self.app = App(context=cdk_context(**overrides), outdir=str(outdir))
         self.data_stack, self.emr_stack = wire(self.app, bundle_dir=bundle_dir)
@@ -58,5 +64,6 @@ class SynthesizedApp:
         return Template.from_json(data)
 
 
-def synthesize(tmp: Path, **overrides: Any) -> SynthesizedApp:
-    return SynthesizedApp(tmp / "cdk.out", tmp / "bundle", **overrides)
+def synthesize(tmp: Path, *, sources: dict[str, Path] | None = None, **overrides: Any) -> SynthesizedApp:
+    """The full app with cdk.json's context plus ``overrides``, synthesized under ``tmp``."""
+    return SynthesizedApp(tmp / "cdk.out", tmp / "bundle", sources=sources, **overrides)

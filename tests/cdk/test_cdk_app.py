@@ -71,14 +71,17 @@ def test_every_acknowledgment_has_a_written_reason(full_app):
 
 
 def _deployed_files(full_app):
+    """Every key the data stack's deployment writes: the files of each source asset it unpacks."""
     keys = Capture()
     full_app.template(full_app.data_stack).has_resource_properties(
         "Custom::CDKBucketDeployment", {"SourceObjectKeys": keys}
     )
-    (zip_key,) = keys.as_array()
-    asset_dir = full_app.outdir / f"asset.{zip_key.removesuffix('.zip')}"
-    assert asset_dir.is_dir(), asset_dir
-    return {p.relative_to(asset_dir).as_posix() for p in asset_dir.rglob("*") if p.is_file()}
+    deployed = set()
+    for zip_key in keys.as_array():
+        asset_dir = full_app.outdir / f"asset.{zip_key.removesuffix('.zip')}"
+        assert asset_dir.is_dir(), asset_dir
+        deployed |= {p.relative_to(asset_dir).as_posix() for p in asset_dir.rglob("*") if p.is_file()}
+    return deployed
 
 
 def _artifact_key(joined, export="FruitsDataStack-ArtifactsBucketName"):
@@ -88,27 +91,42 @@ def _artifact_key(joined, export="FruitsDataStack-ArtifactsBucketName"):
     return parts[2].removeprefix("/")
 
 
-def test_step_and_bootstrap_point_only_at_deployed_keys(full_app):
+def _spark_defaults(template):
+    (cluster,) = template.find_resources("AWS::EMR::Cluster").values()
+    (config,) = [
+        c for c in cluster["Properties"]["Configurations"] if c["Classification"] == "spark-defaults"
+    ]
+    return config["ConfigurationProperties"]
+
+
+def test_step_cluster_and_bootstrap_point_only_at_deployed_keys(full_app):
     deployed = _deployed_files(full_app)
     emr = full_app.template(full_app.emr_stack)
     args = Capture()
     emr.has_resource_properties("AWS::EMR::Step", {"HadoopJarStep": {"Args": args}})
-    step_args = args.as_array()
-    pyfiles_key = _artifact_key(step_args[step_args.index("--py-files") + 1])
-    script_key = _artifact_key(step_args[7])
+    (script,) = [a for a in args.as_array() if isinstance(a, dict)]
+    script_key = _artifact_key(script)
+    defaults = _spark_defaults(emr)
+    pyfiles_key = _artifact_key(defaults["spark.submit.pyFiles"])
+    job_defaults_key = _artifact_key(defaults["spark.fruits.defaults"])
     bootstrap = Capture()
     emr.has_resource_properties(
         "AWS::EMR::Cluster", {"BootstrapActions": [{"ScriptBootstrapAction": bootstrap}]}
     )
     bootstrap_key = _artifact_key(bootstrap.as_object()["Path"])
     requirements_key = _artifact_key(bootstrap.as_object()["Args"][1])
-    assert {pyfiles_key, script_key, bootstrap_key, requirements_key} <= deployed
-    assert deployed == {
+    used = {pyfiles_key, script_key, bootstrap_key, requirements_key, job_defaults_key}
+    assert used == deployed
+    assert {script_key, pyfiles_key, job_defaults_key} == {
         "job/featurize_pca.py",
         "job/fruits.zip",
-        "bootstrap/install-runtime.sh",
-        "bootstrap/requirements.txt",
+        "config/job-defaults.json",
     }
+    digest = bootstrap_key.split("/")[1]
+    assert (bootstrap_key, requirements_key) == (
+        f"bootstrap/{digest}/install-runtime.sh",
+        f"bootstrap/{digest}/requirements.txt",
+    )
 
 
 def test_deployment_targets_the_artifacts_bucket(full_app):
@@ -125,7 +143,7 @@ def test_deployment_targets_the_artifacts_bucket(full_app):
 # -- step -------------------------------------------------------------------------------------------------
 
 
-def test_step_runs_spark_submit_in_cluster_mode_and_continues_on_failure(full_app):
+def test_step_hands_the_job_to_yarn_allows_an_empty_input_and_continues_on_failure(full_app):
     emr = full_app.template(full_app.emr_stack)
     args = Capture()
     emr.has_resource_properties(
@@ -137,15 +155,30 @@ def test_step_runs_spark_submit_in_cluster_mode_and_continues_on_failure(full_ap
         },
     )
     a = args.as_array()
-    assert a[:3] == ["spark-submit", "--deploy-mode", "cluster"]
-    assert a[3] == "--py-files" and a[5:7] == ["--conf", "spark.yarn.maxAppAttempts=1"]
-    assert len(a) == 8, "no job arguments by default: the cluster's spark-defaults carry them"
+    assert a[:5] == [
+        "spark-submit",
+        "--deploy-mode",
+        "cluster",
+        "--conf",
+        "spark.yarn.submit.waitAppCompletion=false",  # the step ends once YARN accepted the application
+    ]
+    assert _artifact_key(a[5]) == "job/featurize_pca.py"
+    assert a[6:] == ["--allow-empty"], (
+        "an empty input bucket must not fail the step and roll the cluster back"
+    )
+    assert "--py-files" not in a, "the package comes from spark.submit.pyFiles, as for a console step"
 
 
 def test_step_switch_and_arguments(tmp_path):
     off = synthesize(tmp_path / "off", deployStep=False)
     off.template(off.emr_stack).resource_count_is("AWS::EMR::Step", 0)
     off.template(off.emr_stack).resource_count_is("AWS::EMR::Cluster", 1)
+    extra = synthesize(tmp_path / "extra", stepArguments=["--k", "50"])
+    args = Capture()
+    extra.template(extra.emr_stack).has_resource_properties(
+        "AWS::EMR::Step", {"HadoopJarStep": {"Args": args}}
+    )
+    assert args.as_array()[-3:] == ["--allow-empty", "--k", "50"]
 
 
 # -- outputs ----------------------------------------------------------------------------------------------
@@ -162,11 +195,10 @@ def test_console_step_outputs(full_app):
     assert outputs["StepType"]["Value"] == "Spark application"
     assert outputs["StepDeployMode"]["Value"] == "cluster"
     assert shlex.split(outputs["StepArguments"]["Value"]) == []
-    options = outputs["StepSparkSubmitOptions"]["Value"]["Fn::Join"][1]
-    assert (
-        options[0] == "--py-files s3://"
-        and options[-1] == "/job/fruits.zip --conf spark.yarn.maxAppAttempts=1"
-    )
+    # Nothing to type: the cluster's spark-defaults carry the package, deploy mode and attempts.
+    assert shlex.split(outputs["StepSparkSubmitOptions"]["Value"]) == []
+    assert outputs["ClusterGeneration"]["Value"] == "1"
+    assert outputs["JobDefaultsUri"]["Value"]["Fn::Join"][1][-1] == "/config/job-defaults.json"
     assert outputs["StepApplicationLocation"]["Value"] == outputs["JobScriptUri"]["Value"]
     (cluster_id,) = full_app.template(full_app.emr_stack).find_resources("AWS::EMR::Cluster")
     assert outputs["ClusterId"]["Value"] == {"Ref": cluster_id}
@@ -192,15 +224,13 @@ def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
-def test_instance_role_s3_access_is_prefix_scoped(full_app):
+def test_instance_role_s3_access_is_the_app_buckets_and_nothing_else(full_app):
     statements = _statements(full_app.template(full_app.emr_stack), "InstanceRole")
     object_grants = {}
     for st in statements:
         actions = _as_list(st["Action"])
         assert "s3:*" not in actions and "*" not in actions
-        s3_object_actions = [
-            a for a in actions if a.startswith("s3:") and a not in {"s3:ListBucket", "s3:GetBucketLocation"}
-        ]
+        s3_object_actions = [a for a in actions if a.startswith("s3:") and "Bucket" not in a]
         if not s3_object_actions:
             continue
         for resource in _as_list(st["Resource"]):
@@ -208,37 +238,45 @@ def test_instance_role_s3_access_is_prefix_scoped(full_app):
             export = parts[0]["Fn::ImportValue"]
             object_grants.setdefault((export, parts[1]), set()).update(s3_object_actions)
     writes = {"s3:PutObject", "s3:DeleteObject"}
-    assert {k for k, v in object_grants.items()} == {
-        ("FruitsDataStack-InputBucketArn", "/images/*"),
-        ("FruitsDataStack-ArtifactsBucketArn", "/job/*"),
-        ("FruitsDataStack-ArtifactsBucketArn", "/bootstrap/*"),
-        ("FruitsDataStack-ArtifactsBucketArn", "/models/*"),
-        ("FruitsDataStack-ResultsBucketArn", "/results/*"),
-        ("FruitsDataStack-ResultsBucketArn", "/features/*"),
+    assert set(object_grants) == {
+        ("FruitsDataStack-InputBucketArn", "/*"),
+        ("FruitsDataStack-ArtifactsBucketArn", "/*"),
+        ("FruitsDataStack-ResultsBucketArn", "/*"),
         ("FruitsDataStack-LogsBucketArn", "/emr/*"),
     }
     for key, actions in object_grants.items():
-        may_write = key[1] in {"/results/*", "/features/*", "/emr/*"}
+        may_write = key[0] in {"FruitsDataStack-ResultsBucketArn", "FruitsDataStack-LogsBucketArn"}
         assert bool(actions & writes) == may_write, key
     assert object_grants[("FruitsDataStack-LogsBucketArn", "/emr/*")] == {"s3:PutObject"}
 
 
-def test_instance_role_lists_only_its_prefixes(full_app):
+def test_instance_role_has_no_bucket_administration(full_app):
     for st in _statements(full_app.template(full_app.emr_stack), "InstanceRole"):
-        if "s3:ListBucket" in _as_list(st["Action"]):
-            prefixes = st["Condition"]["StringLike"]["s3:prefix"]
-            assert all(
-                p.rstrip("*").rstrip("/")
-                in {"images", "job", "bootstrap", "models", "results", "features", "emr"}
-                for p in prefixes
-            ), prefixes
+        for action in _as_list(st["Action"]):
+            if action.startswith("s3:"):
+                assert action in {
+                    "s3:GetObject",
+                    "s3:PutObject",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                    "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads",
+                    "s3:GetBucketLocation",
+                }, action
 
 
 def test_instance_role_uses_session_manager_not_ssh(full_app):
     emr = full_app.template(full_app.emr_stack)
-    star = [st for st in _statements(emr, "InstanceRole") if st["Resource"] == "*"]
+    statements = _statements(emr, "InstanceRole")
+    star = [st for st in statements if st["Resource"] == "*"]
     assert len(star) == 1 and star[0]["Sid"] == "SessionManager"
-    assert all(a.startswith(("ssm:", "ssmmessages:")) for a in star[0]["Action"])
+    assert all(a.startswith("ssmmessages:") for a in star[0]["Action"])  # no resource-level permissions exist
+    (instance,) = [st for st in statements if st.get("Sid") == "SessionManagerInstance"]
+    assert instance["Action"] == "ssm:UpdateInstanceInformation"
+    assert instance["Resource"]["Fn::Join"][1][-1] == ":instance/*"
+    profile = next(iter(emr.find_resources("AWS::IAM::InstanceProfile").values()))["Properties"]
+    assert profile["InstanceProfileName"] == profile["Roles"][0]  # named as its role
     cluster = next(iter(emr.find_resources("AWS::EMR::Cluster").values()))
     assert "Ec2KeyName" not in cluster["Properties"]["Instances"]
 

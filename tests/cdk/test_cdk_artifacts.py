@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import zipfile
@@ -13,13 +14,18 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk.assertions import Match, Template
 from cdkapp import REPO
 from fruits_infra.artifacts import (
-    BOOTSTRAP_KEY,
+    JOB_DEFAULTS_KEY,
     PYFILES_KEY,
-    REQUIREMENTS_KEY,
     SCRIPT_KEY,
     JobArtifacts,
+    bootstrap_digest,
+    bootstrap_keys,
     build_bundle,
     write_deterministic_zip,
+)
+
+BOOTSTRAP_KEY, REQUIREMENTS_KEY = bootstrap_keys(
+    bootstrap_digest(REPO / "bootstrap" / "install-runtime.sh", REPO / "requirements.txt")
 )
 
 
@@ -46,6 +52,21 @@ def test_bundle_has_exactly_the_four_deployed_keys(tmp_path, fake_jobs):
     _, keys = _bundle(tmp_path, fake_jobs)
     assert keys == sorted([SCRIPT_KEY, PYFILES_KEY, BOOTSTRAP_KEY, REQUIREMENTS_KEY])
     assert SCRIPT_KEY == "job/featurize_pca.py" and PYFILES_KEY == "job/fruits.zip"
+    assert re.fullmatch(r"bootstrap/[0-9a-f]{16}/install-runtime\.sh", BOOTSTRAP_KEY)
+    assert BOOTSTRAP_KEY.replace("install-runtime.sh", "requirements.txt") == REQUIREMENTS_KEY
+
+
+def test_bootstrap_keys_hash_both_bootstrap_files_and_nothing_else(tmp_path, fake_jobs):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_bytes((REPO / "requirements.txt").read_bytes())
+    _, before = _bundle(tmp_path, fake_jobs, "before")
+    (fake_jobs / "fruits" / "sub" / "mod.py").write_text("X = 2\n")  # a job change
+    _, job_changed = _bundle(tmp_path, fake_jobs, "job")
+    requirements.write_bytes(requirements.read_bytes() + b"six==1.17.0\n")  # a pin change
+    pins_changed = build_bundle(tmp_path / "pins", jobs_dir=fake_jobs, requirements=requirements)
+    assert job_changed == before
+    assert {k for k in pins_changed if k.startswith("job/")} == {k for k in before if k.startswith("job/")}
+    assert {k for k in pins_changed if k.startswith("bootstrap/")}.isdisjoint(before)
 
 
 def test_requirements_and_bootstrap_are_copied_unchanged(tmp_path, fake_jobs):
@@ -117,3 +138,31 @@ def test_deployment_writes_to_the_artifacts_bucket_and_only_names_deployed_keys(
     }
     with pytest.raises(KeyError, match="not deployed"):
         artifacts.uri("job/other.py")
+    with pytest.raises(KeyError, match="not deployed"):
+        artifacts.uri(JOB_DEFAULTS_KEY)  # no job defaults given: none written
+
+
+def test_job_defaults_are_deployed_as_json_and_the_handler_logs_expire(bare_stack, tmp_path, fake_jobs):
+    out, _ = _bundle(tmp_path, fake_jobs)
+    stack = bare_stack()
+    bucket = s3.Bucket(stack, "Artifacts")
+    artifacts = JobArtifacts(
+        stack, "Artifacts2", bucket=bucket, bundle_dir=out, job_defaults={"input": "s3://b/images/", "k": 5}
+    )
+    assert stack.resolve(artifacts.uri(JOB_DEFAULTS_KEY))["Fn::Join"][1][-1] == "/config/job-defaults.json"
+    template = Template.from_stack(stack)
+    keys = template.find_resources("Custom::CDKBucketDeployment")
+    (deployment,) = keys.values()
+    assert len(deployment["Properties"]["SourceObjectKeys"]) == 2  # the bundle and the JSON file
+    # The deployment handler's logs: a month, deleted with the stack (not Lambda's default: kept forever).
+    template.has_resource(
+        "AWS::Logs::LogGroup",
+        {"Properties": {"RetentionInDays": 30}, "DeletionPolicy": "Delete", "UpdateReplacePolicy": "Delete"},
+    )
+    (function,) = template.find_resources(
+        "AWS::Lambda::Function",
+        {"Properties": {"Handler": "index.handler", "LoggingConfig": Match.any_value()}},
+    ).values()
+    (log_group_id,) = template.find_resources("AWS::Logs::LogGroup")
+    assert function["Properties"]["LoggingConfig"] == {"LogGroup": {"Ref": log_group_id}}
+    assert JOB_DEFAULTS_KEY in artifacts.deployed_keys

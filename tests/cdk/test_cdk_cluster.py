@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from aws_cdk.assertions import Capture
 from cdkapp import synthesize
@@ -32,9 +34,11 @@ def test_release_applications_and_visibility(emr):
             "ReleaseLabel": "emr-7.13.0",
             "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
             "VisibleToAllUsers": True,
-            "Name": "fruits-featurize",
+            "Name": "fruits-featurize-g1",
+            "EbsRootVolumeSize": 32,
         },
     )
+    assert "OSReleaseLabel" not in _cluster(emr)  # default: EMR's current AL2023 release (see the README)
 
 
 def test_default_instance_groups(emr):
@@ -100,68 +104,93 @@ def test_cluster_and_network_are_tagged_for_the_emr_v2_policy(emr):
     tag = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
     assert tag in _cluster(emr)["Tags"]
     assert {"Key": "project", "Value": "fruits-featurize"} in _cluster(emr)["Tags"]
-    for kind in ("AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::SecurityGroup"):
+    for kind in ("AWS::EC2::VPC", "AWS::EC2::SecurityGroup"):
         for resource in emr.find_resources(kind).values():
             assert tag in resource["Properties"]["Tags"]
+    for resource in emr.find_resources("AWS::EC2::Subnet").values():
+        private = resource["Properties"]["MapPublicIpOnLaunch"] is False
+        assert (tag in resource["Properties"]["Tags"]) == private  # the NAT's public subnets are not EMR's
 
 
-def test_bootstrap_action_installs_from_the_uploaded_requirements(emr):
+def test_bootstrap_action_installs_from_the_uploaded_requirements_and_fetches_the_model_weights(emr):
     (action,) = _cluster(emr)["BootstrapActions"]
     script = action["ScriptBootstrapAction"]
-    assert script["Path"]["Fn::Join"][1][-1] == "/bootstrap/install-runtime.sh"
+    assert re.fullmatch(r"/bootstrap/[0-9a-f]{16}/install-runtime\.sh", script["Path"]["Fn::Join"][1][-1])
     assert script["Args"][0] == "--requirements"
-    assert script["Args"][1]["Fn::Join"][1][-1] == "/bootstrap/requirements.txt"
-    assert script["Args"][2:] == ["--image-size", "224"]
-
-
-def test_spark_env_points_pyspark_at_python_311(emr):
-    env = _classification(_cluster(emr), "spark-env")
-    assert env["Configurations"] == [
-        {
-            "Classification": "export",
-            "ConfigurationProperties": {
-                "PYSPARK_PYTHON": PYTHON,
-                "PYSPARK_DRIVER_PYTHON": PYTHON,
-                "KERAS_HOME": KERAS_HOME,
-            },
-        }
+    assert script["Args"][1]["Fn::Join"][1][-1] == script["Path"]["Fn::Join"][1][-1].replace(
+        "install-runtime.sh", "requirements.txt"
+    )
+    # Exactly the file Keras fetches for the default model (the job's models.imagenet_weights_file says which).
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    assert script["Args"][2:] == [
+        "--weights-url",
+        f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{name}",
+        "--weights-file",
+        name,
     ]
 
 
-def test_spark_defaults_carry_the_job_defaults(emr):
+def test_the_bootstrap_fetches_what_the_configured_model_needs(tmp_path):
+    synthesized = synthesize(tmp_path, model="mobilenet", alpha=0.25, imageSize=160)
+    args = _cluster(synthesized.template(synthesized.emr_stack))["BootstrapActions"][0][
+        "ScriptBootstrapAction"
+    ]
+    assert args["Args"][2:] == [
+        "--weights-url",
+        "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/mobilenet_2_5_160_tf_no_top.h5",
+        "--weights-file",
+        "mobilenet_2_5_160_tf_no_top.h5",
+    ]
+
+
+ENV = {"PYSPARK_PYTHON": PYTHON, "KERAS_HOME": KERAS_HOME, "AWS_REGION": {"Ref": "AWS::Region"}}
+
+
+def test_spark_env_points_pyspark_at_python_311_and_exports_the_region(emr):
+    env = _classification(_cluster(emr), "spark-env")
+    (export,) = env["Configurations"]
+    assert export["Classification"] == "export"
+    assert export["ConfigurationProperties"]["PYSPARK_DRIVER_PYTHON"] == PYTHON
+    assert ENV.items() <= export["ConfigurationProperties"].items()
+
+
+def test_spark_defaults_make_a_bare_spark_submit_run_the_job(emr):
     props = _classification(_cluster(emr), "spark-defaults")["ConfigurationProperties"]
-
-    def tail(key):
-        return props[key]["Fn::Join"][1][-1]
-
-    assert tail("spark.fruits.input") == "/images/"
-    assert tail("spark.fruits.output") == "/results/"
-    assert tail("spark.fruits.featureStore") == "/features/"
-    assert props["spark.fruits.input"]["Fn::Join"][1][1] == {
-        "Fn::ImportValue": "FruitsDataStack-InputBucketName"
-    }
-    assert props["spark.fruits.output"]["Fn::Join"][1][1] == {
-        "Fn::ImportValue": "FruitsDataStack-ResultsBucketName"
-    }
+    assert props["spark.submit.deployMode"] == "cluster"
+    assert props["spark.yarn.maxAppAttempts"] == "1"
+    assert props["spark.submit.pyFiles"]["Fn::Join"][1][-1] == "/job/fruits.zip"
+    assert props["spark.fruits.defaults"]["Fn::Join"][1][-1] == "/config/job-defaults.json"
+    for prefix in ("spark.yarn.appMasterEnv.", "spark.executorEnv."):  # what reaches cluster-mode containers
+        assert {f"{prefix}{name}": value for name, value in ENV.items()}.items() <= props.items()
     expected = {
-        "spark.fruits.overwrite": "true",
-        "spark.fruits.model": "mobilenet_v2",
-        "spark.fruits.weights": "imagenet",
-        "spark.fruits.imageSize": "224",
-        "spark.fruits.engine": "litert",
+        "spark.pyspark.python": PYTHON,
+        "spark.pyspark.driver.python": PYTHON,
         "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
         "spark.python.worker.reuse": "true",
-        "spark.executorEnv.KERAS_HOME": KERAS_HOME,
-        "spark.yarn.appMasterEnv.KERAS_HOME": KERAS_HOME,
-        "spark.pyspark.python": PYTHON,
     }
     assert {k: props[k] for k in expected} == expected
-    assert not {"spark.fruits.k", "spark.fruits.variance", "spark.fruits.alpha"} & set(props)
+    # The job's defaults are in the file, not in this replacement-only property.
+    assert [k for k in props if k.startswith("spark.fruits.")] == ["spark.fruits.defaults"]
+
+
+def test_memory_headroom_for_python_workers_from_the_instance_type(emr):
+    props = _classification(_cluster(emr), "spark-defaults")["ConfigurationProperties"]
+    # m5.xlarge: 12288 MiB of YARN memory for 4 vCPUs; executors of 2 cores; 40% of each core's share for Python.
+    assert props["spark.executor.cores"] == "2"
+    assert (
+        props["spark.executor.memoryOverhead"] == "2816m"
+    )  # 2 x 1228 -> 2432 (64 MiB steps) + 384 for the JVM
+    assert props["spark.executor.memory"] == "3328m"  # 6144 - 2816
+    assert props["spark.driver.memoryOverhead"] == "2048m" and props["spark.driver.memory"] == "2048m"
+    heap, overhead = (
+        int(props[k].removesuffix("m")) for k in ("spark.executor.memory", "spark.executor.memoryOverhead")
+    )
+    assert 2 * (heap + overhead) <= 12288  # two executors fit on one node
 
 
 @pytest.fixture(scope="module")
-def variant(tmp_path_factory):
-    synthesized = synthesize(
+def variant_app(tmp_path_factory):
+    return synthesize(
         tmp_path_factory.mktemp("variant"),
         instanceMode="fleets",
         taskSpotCount=2,
@@ -171,8 +200,13 @@ def variant(tmp_path_factory):
         pcaK=50,
         idleTimeoutSeconds=1800,
         releaseLabel="emr-7.12.0",
+        osReleaseLabel="2023.6.20250203",
     )
-    return synthesized.template(synthesized.emr_stack)
+
+
+@pytest.fixture(scope="module")
+def variant(variant_app):
+    return variant_app.template(variant_app.emr_stack)
 
 
 def test_fleets_with_spot_task_capacity(variant):
@@ -193,6 +227,7 @@ def test_fleets_with_spot_task_capacity(variant):
     assert limits["MinimumCapacityUnits"] == 4
     assert limits["MaximumOnDemandCapacityUnits"] == 2 and limits["MaximumCoreCapacityUnits"] == 2
     assert props["ReleaseLabel"] == "emr-7.12.0"
+    assert props["OSReleaseLabel"] == "2023.6.20250203"
     assert props["AutoTerminationPolicy"] == {"IdleTimeout": 1800}
 
 
@@ -209,13 +244,16 @@ def test_in_transit_encryption_option_uses_the_pem_zip(variant):
     }
 
 
-def test_custom_weights_are_copied_by_the_bootstrap_and_used_by_default(variant):
-    props = _cluster(variant)
+def test_custom_weights_are_copied_by_the_bootstrap_and_used_by_default(variant_app):
+    props = _cluster(variant_app.template(variant_app.emr_stack))
     args = props["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
-    assert args[-2:] == ["--weights-uri", "s3://my-models-bucket/models/mobilenet_v2.h5"]
-    defaults = _classification(props, "spark-defaults")["ConfigurationProperties"]
-    assert defaults["spark.fruits.weights"] == "/opt/fruits/models/mobilenet_v2.h5"
-    assert defaults["spark.fruits.k"] == "50"
+    assert args[2:] == [
+        "--weights-uri",
+        "s3://my-models-bucket/models/mobilenet_v2.h5",
+    ]  # no ImageNet download
+    defaults = variant_app.data_stack.job_defaults
+    assert defaults["weights"] == "/opt/fruits/models/mobilenet_v2.h5"
+    assert defaults["k"] == 50
 
 
 def test_instance_role_reads_exactly_the_weights_and_certificate_objects(variant):

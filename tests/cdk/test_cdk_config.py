@@ -60,8 +60,49 @@ def test_command_line_strings_are_parsed_to_the_default_types():
         ({"weightsUri": "s3://bucket/models/w.bin"}, "weightsUri"),
         ({"ephemeral": "yes"}, "true or false"),
         ({"taskSpotCount": 9}, "scalingMaxUnits"),
+        ({"coreInstanceTypes": ["m6g.xlarge"]}, r"Graviton \(aarch64\).*no aarch64 wheel.*pypi\.org"),
+        ({"taskInstanceTypes": ["c7gn.2xlarge"]}, "Graviton"),
+        ({"primaryInstanceTypes": ["r6gd.xlarge"]}, "Graviton"),
+        ({"coreInstanceTypes": ["m5.large"]}, "not in the sizing table"),
+        (
+            {"weightsUri": "s3://my-models/models/mobilenet_2_5_224_tf_no_top.h5"},
+            "holds mobilenet alpha 0.25 weights",
+        ),
+        (
+            {
+                "weightsUri": "s3://my-models/models/mobilenet_2_5_224_tf_no_top.h5",
+                "model": "mobilenet",
+                "alpha": 0.5,
+            },
+            "configured for model mobilenet alpha 0.5",
+        ),
+        ({"model": "mobilenet", "alpha": 0.3}, "alpha 0.3 is not available"),
+        ({"model": "vgg16"}, "unknown model"),
+        ({"stage": "Prod_1"}, "stage"),
+        ({"osReleaseLabel": "2.0.20220218.1"}, "osReleaseLabel"),
+        ({"clusterGeneration": 0}, "clusterGeneration"),
     ],
 )
 def test_bad_context_is_refused_with_the_key_named(context, message):
     with pytest.raises(ConfigError, match=message):
         FruitsConfig.from_context(App(context=context).node)
+
+
+def test_weights_named_for_the_configured_model_are_accepted():
+    app = App(
+        context={
+            "weightsUri": "s3://my-models/models/mobilenet_2_5_224_tf_no_top.h5",
+            "model": "mobilenet",
+            "alpha": "0.25",
+        }
+    )
+    assert FruitsConfig.from_context(app.node).job_alpha == 0.25
+
+
+def test_stage_and_generation_name_the_stacks_and_the_cluster():
+    default = FruitsConfig()
+    assert default.stack_name("FruitsEmrStack") == "FruitsEmrStack"
+    assert default.full_cluster_name == "fruits-featurize-g1"
+    dev = FruitsConfig.from_context(App(context={"stage": "dev", "clusterGeneration": "3"}).node)
+    assert dev.stack_name("FruitsEmrStack") == "FruitsEmrStack-dev"
+    assert dev.full_cluster_name == "fruits-featurize-dev-g3"

@@ -151,3 +151,21 @@ def test_ephemeral_buckets_are_emptied_and_deleted(bare_stack):
     buckets = template.find_resources("AWS::S3::Bucket")
     assert {b["DeletionPolicy"] for b in buckets.values()} == {"Delete"}
     template.resource_count_is("Custom::S3AutoDeleteObjects", 4)
+
+
+def test_versioned_buckets_clean_up_old_versions_and_expired_delete_markers(built):
+    stack, storage, template = built
+    for bucket in (storage.input_bucket, storage.results_bucket):
+        _, resource = _bucket(stack, template, bucket)
+        rules = resource["Properties"]["LifecycleConfiguration"]["Rules"]
+        (rule,) = [r for r in rules if r["Id"] == "expire-noncurrent"]
+        assert rule["ExpiredObjectDeleteMarker"] is True
+        assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+
+
+def test_ephemeral_data_buckets_send_no_access_logs_to_the_auto_deleted_logs_bucket(bare_stack):
+    """S3 delivers access logs late: they would land after the logs bucket was emptied (BucketNotEmpty)."""
+    stack, storage, template = _storage(bare_stack, ephemeral=True)
+    for name, bucket in _all(storage).items():
+        _, resource = _bucket(stack, template, bucket)
+        assert "LoggingConfiguration" not in resource["Properties"], name

@@ -1,0 +1,117 @@
+"""Job options without Spark: the four layers (command line > Spark conf > defaults file > built-in) and checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fruits.options import DEFAULTS_CONF_KEY, JobOptions, UsageError, option_names, parse_options
+
+BASE = {"input": "s3://in/images/", "output": "s3://out/results/"}
+
+
+def _file(tmp_path: Path, document: object) -> str:
+    path = tmp_path / "config" / "job-defaults.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_defaults_file_named_by_the_spark_conf_is_read(tmp_path):
+    uri = _file(tmp_path, {**BASE, "model": "mobilenet", "alpha": 0.25, "k": 7, "overwrite": True})
+    options = parse_options([], {DEFAULTS_CONF_KEY: uri})
+    assert (options.input, options.output) == (BASE["input"], BASE["output"])
+    assert (options.model, options.alpha, options.k, options.variance, options.overwrite) == (
+        "mobilenet",
+        0.25,
+        7,
+        None,
+        True,
+    )
+
+
+def test_precedence_command_line_then_conf_then_file_then_built_in(tmp_path):
+    uri = _file(tmp_path, {**BASE, "engine": "keras", "batch_size": 16, "image_size": 160})
+    conf = {DEFAULTS_CONF_KEY: uri, "spark.fruits.batchSize": "32", "spark.fruits.imageSize": "192"}
+    options = parse_options(["--image-size", "96"], conf)
+    assert options.image_size == 96  # command line
+    assert options.batch_size == 32  # Spark conf over the file
+    assert options.engine == "keras"  # file over the built-in default
+    assert options.decode_size == JobOptions(input="i", output="o").decode_size  # built-in
+
+
+@pytest.mark.parametrize(
+    ("argv", "conf", "file", "expected"),
+    [
+        ([], {}, {}, (None, 0.95)),
+        ([], {}, {"k": 50}, (50, None)),
+        ([], {"spark.fruits.variance": "0.8"}, {"k": 50}, (None, 0.8)),
+        (["--variance", "0.9"], {"spark.fruits.k": "50"}, {}, (None, 0.9)),
+        (["--k", "3"], {"spark.fruits.variance": "0.8"}, {"variance": 0.7}, (3, None)),
+    ],
+)
+def test_k_and_variance_come_from_the_highest_layer_that_sets_either(argv, conf, file, expected):
+    options = parse_options(argv, conf, {**BASE, **file})
+    assert (options.k, options.variance) == expected
+
+
+def test_both_k_and_variance_in_one_layer_are_refused():
+    with pytest.raises(UsageError, match="not both"):
+        parse_options([], {}, {**BASE, "k": 5, "variance": 0.9})
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({**BASE, "pca_k": 5}, "key 'pca_k': unknown option"),
+        ({**BASE, "k": 0}, "key 'k': must be positive"),
+        ({**BASE, "engine": "onnx"}, "key 'engine': invalid choice"),
+        ({**BASE, "overwrite": "yes"}, "key 'overwrite' must be true or false"),
+        ({**BASE, "image_size": "big"}, "key 'image_size': invalid value"),
+        ({**BASE, "model": ["mobilenet"]}, "key 'model': invalid value"),
+    ],
+)
+def test_a_bad_file_is_one_usage_error_naming_the_key_and_the_file(tmp_path, document, message):
+    uri = _file(tmp_path, document)
+    with pytest.raises(UsageError) as caught:
+        parse_options([], {DEFAULTS_CONF_KEY: uri})
+    text = str(caught.value)
+    assert message in text and uri in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [(None, "not found"), ("{not json", "not valid JSON"), ("[1]", "JSON object")]
+)
+def test_a_missing_or_malformed_file_is_one_usage_error(tmp_path, content, message):
+    path = tmp_path / "job-defaults.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        parse_options([], {DEFAULTS_CONF_KEY: str(path)})
+
+
+def test_a_defaults_file_on_s3_is_read_through_the_job_s3_client(moto_s3):
+    moto_s3.client.put_object(
+        Bucket=moto_s3.bucket, Key="config/job-defaults.json", Body=json.dumps({**BASE, "k": 9}).encode()
+    )
+    options = parse_options([], {DEFAULTS_CONF_KEY: f"s3://{moto_s3.bucket}/config/job-defaults.json"})
+    assert options.k == 9 and options.input == BASE["input"]
+
+
+def test_allow_empty_from_the_command_line_the_conf_and_the_file():
+    assert parse_options(["--allow-empty"], {}, BASE).allow_empty is True
+    assert parse_options([], {"spark.fruits.allowEmpty": "true"}, BASE).allow_empty is True
+    assert parse_options([], {}, {**BASE, "allow_empty": True}).allow_empty is True
+    assert parse_options([], {}, BASE).allow_empty is False
+
+
+def test_conf_values_get_the_command_line_checks():
+    with pytest.raises(UsageError, match=r"spark\.fruits\.k: must be positive"):
+        parse_options([], {"spark.fruits.k": "0"}, BASE)
+
+
+def test_every_option_name_is_a_field_and_a_flag():
+    assert option_names() == [name for name in JobOptions.__dataclass_fields__]
+    assert "allow_empty" in option_names()
