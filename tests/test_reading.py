@@ -16,6 +16,7 @@ def frame(paths: list[str]) -> pd.DataFrame:
 
 def read_all(paths: list[str], max_bytes: int = 1000, **kwargs) -> dict[str, tuple]:
     (out,) = list(read_frames([frame(paths)], max_bytes, **kwargs))
+
     def value(x):  # type: ignore[no-untyped-def]
         return None if x is None or (isinstance(x, float) and pd.isna(x)) else x
 
