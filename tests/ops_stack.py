@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import secrets
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -160,6 +161,22 @@ class Deployment:
             "Jar": jar_step["Jar"],
             "Args": self.resolve(jar_step["Args"]),
         }
+
+    def console_step_args(self) -> list[str]:
+        """The step the outputs describe for a console step or `fruits submit` (without job options).
+
+        It runs the stack's own script in the stack's own deploy mode, and waits for the application: unlike
+        the stack's step, which only starts the run (``waitAppCompletion=false``) so that a deploy never waits
+        for data, and which passes ``--allow-empty`` for a fresh account's empty bucket.
+        """
+        outputs = self.outputs()
+        return [
+            "spark-submit",
+            "--deploy-mode",
+            outputs["StepDeployMode"],
+            *shlex.split(outputs["StepSparkSubmitOptions"]),
+            outputs["StepApplicationLocation"],
+        ]
 
     @property
     def results_uri(self) -> str:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from fruits import engines, models
-from fruits.images import decode_image
+from fruits.decoding import decode_image
 from fruits.job import run
 from fruits.options import parse_options
 from tests.conftest import weights_settings

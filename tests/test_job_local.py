@@ -72,7 +72,7 @@ def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark
     assert on_disk["weights"]["pretrained"] is False and "RANDOM WEIGHTS" in on_disk["weights"]["warning"]
     assert on_disk["pca"]["k"] == 3 and len(on_disk["pca"]["explained_variance"]) == 256
     assert on_disk["model"]["feature_dim"] == 256
-    assert set(on_disk["timings_seconds"]) >= {"catalog", "featurize", "PCA", "write results"}
+    assert set(on_disk["timings_seconds"]) >= {"list", "read", "featurize", "PCA", "write results"}
     assert on_disk["versions"]["spark"] == spark.version
     for name in ("explained_variance.png", "pca_scatter.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -174,7 +174,7 @@ def test_weights_file_is_loaded_and_hashed(spark, tmp_path):
     [
         (["--input", "{missing}", "--output", "{out}"], "input not found"),
         (["--input", "{empty}", "--output", "{out}"], "input is empty"),
-        (["--input", "{empty}", "--output", "{out}", "--k", "0"], "must be positive"),
+        (["--input", "{empty}", "--output", "{out}", "--k", "0"], "must be >= 1"),
         (["--input", "{empty}", "--output", "{out}", "--k", "2", "--variance", "0.9"], "not allowed with"),
         (["--input", "{empty}", "--output", "{out}", "--model", "vgg99"], "invalid choice"),
         (["--input", "{empty}", "--output", "{out}", "--model", "mobilenet", "--alpha", "0.3"], "alpha 0.3"),

@@ -85,16 +85,22 @@ def test_the_test_stack_has_every_output_of_the_real_stack(dep: Deployment) -> N
 # --- submit ----------------------------------------------------------------------------------------------
 
 
-def test_submit_adds_exactly_the_step_the_stack_deploys(emr: Any, dep: Deployment, capsys) -> None:
+def test_submit_adds_the_step_the_stack_describes(emr: Any, dep: Deployment, capsys) -> None:
     step_id = submitted(capsys, ["--", "--k", "50", "--limit", "1000"])
 
     (step,) = job_steps(emr, dep.cluster_id)
-    expected = dep.stack_step()  # the AWS::EMR::Step of the synthesized template (no StepArguments)
+    stack_step = dep.stack_step()  # the AWS::EMR::Step of the synthesized template
     assert step["Id"] == step_id  # stdout is only the step id, for STEP=$(fruits submit)
     assert step["Name"] == aws.DEFAULT_STEP_NAME
-    assert step["ActionOnFailure"] == expected["ActionOnFailure"]
-    assert step["Config"]["Jar"] == expected["Jar"]
-    assert step["Config"]["Args"] == [*expected["Args"], "--k", "50", "--limit", "1000"]
+    assert step["ActionOnFailure"] == stack_step["ActionOnFailure"]
+    assert step["Config"]["Jar"] == stack_step["Jar"]
+    assert step["Config"]["Args"] == [*dep.console_step_args(), "--k", "50", "--limit", "1000"]
+    # The same script in the same deploy mode as the stack's own step, which only differs by starting the run
+    # without waiting for it (a deploy never waits for data) and by tolerating an empty input.
+    script = dep.outputs()["StepApplicationLocation"]
+    assert script in stack_step["Args"] and stack_step["Args"][:3] == step["Config"]["Args"][:3]
+    assert "spark.yarn.submit.waitAppCompletion=false" in stack_step["Args"]
+    assert "spark.yarn.submit.waitAppCompletion=false" not in step["Config"]["Args"]
 
 
 def test_job_options_replace_the_stacks_step_arguments(emr: Any, dep: Deployment, capsys) -> None:

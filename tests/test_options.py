@@ -7,7 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from fruits.options import DEFAULTS_CONF_KEY, JobOptions, UsageError, option_names, parse_options
+from fruits.options import (
+    DEFAULTS_CONF_KEY,
+    OPTIONS,
+    JobOptions,
+    UsageError,
+    build_parser,
+    check_output,
+    conf_key,
+    default,
+    flag,
+    option_names,
+    parse_options,
+)
+from tests.conftest import as_unprivileged
 
 BASE = {"input": "s3://in/images/", "output": "s3://out/results/"}
 
@@ -66,10 +79,11 @@ def test_both_k_and_variance_in_one_layer_are_refused():
     ("document", "message"),
     [
         ({**BASE, "pca_k": 5}, "key 'pca_k': unknown option"),
-        ({**BASE, "k": 0}, "key 'k': must be positive"),
+        ({**BASE, "k": 0}, "key 'k': must be >= 1"),
         ({**BASE, "engine": "onnx"}, "key 'engine': invalid choice"),
-        ({**BASE, "overwrite": "yes"}, "key 'overwrite' must be true or false"),
-        ({**BASE, "image_size": "big"}, "key 'image_size': invalid value"),
+        ({**BASE, "overwrite": "yes"}, "key 'overwrite': must be true or false"),
+        ({**BASE, "image_size": "big"}, "key 'image_size': must be a whole number"),
+        ({**BASE, "alpha": "nan"}, "key 'alpha': must be a finite number"),
         ({**BASE, "model": ["mobilenet"]}, "key 'model': invalid value"),
     ],
 )
@@ -108,10 +122,77 @@ def test_allow_empty_from_the_command_line_the_conf_and_the_file():
 
 
 def test_conf_values_get_the_command_line_checks():
-    with pytest.raises(UsageError, match=r"spark\.fruits\.k: must be positive"):
+    with pytest.raises(UsageError, match=r"spark\.fruits\.k: must be >= 1"):
         parse_options([], {"spark.fruits.k": "0"}, BASE)
 
 
 def test_every_option_name_is_a_field_and_a_flag():
     assert option_names() == [name for name in JobOptions.__dataclass_fields__]
     assert "allow_empty" in option_names()
+
+
+NUMBERS = [option for option in OPTIONS if option.kind in ("int", "float")]
+
+
+def test_every_option_is_declared_once_with_its_field():
+    assert [option.name for option in OPTIONS] == option_names()
+
+
+@pytest.mark.parametrize("option", NUMBERS, ids=lambda option: option.name)
+def test_every_number_is_bounded_on_every_layer(option):
+    """Below the low bound, above the high bound, not finite: one UsageError, from argv, conf and file alike."""
+    bad = ["nan", "inf"]
+    if option.low is not None:
+        bad.append(str(option.low if option.low_open else option.low - 1))
+    if option.high is not None:
+        bad.append(str(option.high * 10 + 1))
+    for value in bad:
+        for argv, conf, file in (
+            ([flag(option.name), value], {}, BASE),
+            ([], {conf_key(option.name): value}, BASE),
+            ([], {}, {**BASE, option.name: value}),
+        ):
+            with pytest.raises(UsageError, match="must be") as caught:
+                parse_options(argv, conf, file)
+            assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("option", NUMBERS, ids=lambda option: option.name)
+def test_every_number_accepts_its_default_or_a_value_in_range(option):
+    value = default(option.name)
+    if value is None:
+        value = option.low + 1 if option.low is not None else 1
+    argv = [flag(option.name), str(value)]
+    if option.name == "alpha":
+        argv = ["--model", "mobilenet", "--alpha", "0.25"]
+    assert parse_options(argv, {}, BASE) is not None
+
+
+def test_help_lists_every_option_with_its_conf_key(capsys):
+    build_parser().print_help()
+    text = capsys.readouterr().out
+    for option in OPTIONS:
+        assert flag(option.name) in text and conf_key(option.name) in text
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "file.txt", "is a file"),
+        (lambda tmp: tmp / "file.txt" / "below", "is a file, so the folder cannot be created"),
+    ],
+)
+def test_an_output_that_cannot_be_a_folder_is_refused_before_spark(tmp_path, make, message):
+    (tmp_path / "file.txt").write_text("x")
+    options = parse_options(["--input", str(tmp_path), "--output", str(make(tmp_path))])
+    with pytest.raises(UsageError, match=message):
+        check_output(options)
+
+
+def test_an_output_in_a_read_only_folder_is_refused(shared_tmp):
+    locked = shared_tmp / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    options = parse_options(["--input", str(shared_tmp), "--output", str(locked / "out")])
+    with pytest.raises(UsageError, match="is not writable"):
+        as_unprivileged(check_output, options)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fruits.outputs import result_columns
 from fruits.reduce import choose_k
+from fruits.writing import result_columns
 
 
 @pytest.mark.parametrize(

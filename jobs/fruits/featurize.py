@@ -1,4 +1,4 @@
-"""Decode and featurize images in Spark with one model per Python worker.
+"""Featurize: decode images and run the feature model on them in Spark, with one model per Python worker.
 
 :func:`featurize_frames` is the pure part (pandas in, pandas out, any numpy predictor), tested without
 Spark. :func:`featurize` composes it with ``mapInPandas``: the exported model file reaches every node once
@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 
+from fruits.decoding import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from fruits.engines import ModelArtifact, Predictor, load_predictor
-from fruits.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
+from fruits.faults import fail_first_attempt
 
 FEATURES_SCHEMA = "id string, features array<float>, reason string"
 
@@ -56,17 +57,6 @@ def featurize_frames(
                 for position, vector in zip(good, output, strict=True):
                     features[position] = vector.astype(np.float32, copy=False)
             yield pd.DataFrame({"id": chunk["id"].to_numpy(), "features": features, "reason": reasons})
-
-
-def fail_first_attempt() -> None:
-    """Fault injection for the retry test: with FRUITS_FAULT=fail-first-attempt, a task's first try fails."""
-    import os
-
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    if os.environ.get("FRUITS_FAULT") == "fail-first-attempt" and context and context.attemptNumber() == 0:
-        raise RuntimeError(f"injected fault: first attempt of task {context.partitionId()}")
 
 
 def featurize(

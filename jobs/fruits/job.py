@@ -1,37 +1,52 @@
-"""The featurize-and-PCA run: extract (list, catalog), transform (featurize, reduce), load (publish).
+"""The featurize-and-PCA run, stage by stage: extract, transform, load.
 
-``main(argv, spark)`` is what ``jobs/featurize_pca.py`` calls; tests call it with a local session. Every
-output of a run goes under ``<output>/runs/<run_id>/``; the run becomes current only when its commit object is
-created (see :mod:`fruits.commits`), so a run that dies at any point leaves the previous result as it was.
+==========  ==============================================================  =====================
+extract     list the input, each file an image to read or a reason           :mod:`fruits.listing`
+            read each listed image once: bytes and content id                :mod:`fruits.reading`
+transform   featurize what the feature store lacks (decode + CNN)            :mod:`fruits.featurize`
+            reduce: center + PCA, k components                               :mod:`fruits.reduce`
+load        write results.parquet, results.csv, rejected.csv                 :mod:`fruits.writing`
+            quality report and plots                                         :mod:`fruits.quality`, plots
+            commit the run, then publish its files at the output's root      :mod:`fruits.commits`
+==========  ==============================================================  =====================
+
+Each stage is a function that takes what it needs and returns what it made; :func:`run` calls them in order
+under the output's lease (:mod:`fruits.lease`). Every output of a run goes under ``<output>/runs/<run_id>/``;
+the run becomes current only when its commit object is created, so a run that dies at any point leaves the
+previous result as it was. ``main(argv, spark)`` is what ``jobs/featurize_pca.py`` calls.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
-import signal
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits import catalog, commits, engines, feature_store, manifest, models, outputs, plots, quality, reduce
+from fruits import commits, feature_store, layout, manifest, models, plots, quality, reduce, writing
+from fruits.faults import checkpoint
 from fruits.featurize import featurize
-from fruits.layout import PUBLISHED_NAMES
 from fruits.lease import Lease, LeaseHeld
-from fruits.options import JobOptions, UsageError, build_parser, parse_options
+from fruits.listing import InputError, Listing, list_input
+from fruits.liveness import Probe, local_process_probe, yarn_application_probe
+from fruits.model_export import prepare_model
+from fruits.options import JobOptions, UsageError, build_parser, check_output, parse_options
 from fruits.progress import StageTimer, report_progress
+from fruits.reading import read_images
 from fruits.session import get_session, ship_package_to_local_workers
-from fruits.storage import Store, open_store, s3_region
+from fruits.storage import Store, StoreError, open_store, s3_region
 
 __all__ = [
     "PUBLISHED",
@@ -44,8 +59,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-PUBLISHED = list(PUBLISHED_NAMES)
+PUBLISHED = list(layout.PUBLISHED_NAMES)
 SCATTER_POINTS = 4000
+LISTING_SCHEMA = "path string, label string, split string, size long, version string"
+LEASE_HINT = (
+    "wait for that run to end, or give --wait SECONDS to wait for it (a run that died holds the output until "
+    "its lease expires: --lease-ttl)"
+)
 
 
 class OutputExists(UsageError):
@@ -54,11 +74,6 @@ class OutputExists(UsageError):
 
 class NothingFeaturized(UsageError):
     """Files were found but none could be featurized: with --allow-empty a no-op, else exit 2."""
-
-
-def _nothing_to_featurize(options: JobOptions) -> None:
-    """The one line an --allow-empty run logs instead of failing (a first deploy with an empty bucket)."""
-    log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
 def reentrant_key(sc: Any) -> str | None:
@@ -71,62 +86,297 @@ def reentrant_key(sc: Any) -> str | None:
     return str(sc.applicationId) if master.startswith("yarn") else None
 
 
-def checkpoint(name: str) -> None:
-    """Mark a point of the run; with FRUITS_KILL_AT=<name> the process kills itself there (kill tests)."""
-    log.debug("checkpoint %s", name)
-    if os.environ.get("FRUITS_KILL_AT") == name:
-        log.warning("FRUITS_KILL_AT=%s: killing this run now", name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _weights_id(weights: models.Weights) -> tuple[str, str | None]:
-    """(identifier for the feature store, sha256 for the manifest)."""
-    if weights.kind == "file":
-        return weights.sha256[:16], weights.sha256  # type: ignore[index]
+# --- what every stage may read -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run's fixed facts: session, options, identity, where it writes, the model it uses."""
+
+    spark: SparkSession
+    options: JobOptions
+    run_id: str
+    started: dt.datetime
+    out: Store
+    store: Store
+    timer: StageTimer
+    weights: models.Weights
+    model_key: str
+    threads: int
+
+    def key_for(self, name: str) -> str:
+        """Key of ``name`` inside this run's prefix."""
+        return layout.run_prefix(self.run_id) + name
+
+    @classmethod
+    def start(cls, spark: SparkSession, options: JobOptions) -> RunContext:
+        """Resolve the weights and the feature store's model key; nothing is read or written yet."""
+        started = _now()
+        weights = models.resolve_weights(
+            options.weights, model=options.model, alpha=options.alpha, image_size=options.image_size
+        )
+        if not weights.pretrained:
+            log.warning(manifest.RANDOM_WEIGHTS_WARNING)
+        elif weights.kind == "imagenet":
+            log.info("ImageNet weights: %s", weights.path or "not cached here, Keras downloads them")
+        threads = options.threads or int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+        return cls(
+            spark=spark,
+            options=options,
+            run_id=commits.new_run_id(started),
+            started=started,
+            out=open_store(options.output),
+            store=open_store(options.store_uri),
+            timer=StageTimer(),
+            weights=weights,
+            model_key=feature_store.model_key(
+                options.model, options.alpha, options.image_size, options.decode_size, _weights_id(weights)
+            ),
+            threads=threads,
+        )
+
+
+def _weights_id(weights: models.Weights) -> str:
+    """How the feature store tells weights apart (their file's hash when known)."""
     if weights.kind == "random":
-        return "random-seed0", None
-    # ImageNet: the hash of Keras' file when it was found on disk, else just "imagenet" (Keras downloads it).
-    sha = weights.sha256
-    return (f"imagenet-{sha[:16]}" if sha else "imagenet"), sha
+        return "random-seed0"
+    if weights.kind == "file":
+        return str(weights.sha256)[:16]
+    return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
 
 
-def _export_model(
-    spark: SparkSession, options: JobOptions, weights: models.Weights, folder: str
-) -> engines.ModelArtifact:
-    """Build the feature model once on the driver, export it for the engine and ship it to every node."""
-    model = models.build_feature_model(
-        models.get_spec(options.model),
-        image_size=options.image_size,
-        decode_size=options.decode_size,
-        alpha=options.alpha,
-        weights=weights,
+# --- extract -------------------------------------------------------------------------------------------
+
+
+def list_stage(ctx: RunContext) -> Listing:
+    """Every file under the input, judged from its name and size (``--limit``: the first N, in path order)."""
+    with ctx.timer.stage("list"):
+        listing = list_input(ctx.options.input, max_file_mb=ctx.options.max_file_mb)
+        if ctx.options.limit:
+            listing.entries = listing.entries[: ctx.options.limit]
+    log.info(
+        "input %s: %d files found, %d to read, %d rejected from the listing; %d hidden names skipped",
+        ctx.options.input,
+        len(listing.entries),
+        len(listing.to_read),
+        len(listing.rejected),
+        listing.hidden,
     )
-    exported = engines.export(model, options.engine, folder, options.model)
-    # Name the shipped file by its content: workers cache models by file name, and Spark refuses to ship a
-    # different file under a name it has already shipped in this session.
-    stem, extension = os.path.splitext(exported)
-    path = f"{stem}-{models.sha256_file(exported)[:16]}{extension}"
-    os.replace(exported, path)
-    spark.sparkContext.addFile(path)
-    return engines.ModelArtifact(
-        options.engine, os.path.basename(path), options.decode_size, int(model.output_shape[-1])
-    )
+    return listing
 
 
-def _rejected_frame(spark: SparkSession, rows: DataFrame, scan: catalog.InputScan) -> DataFrame:
-    """path, reason for every file that was found but not featurized."""
-    listed = [(p, "empty file (0 bytes)") for p in scan.empty]
-    listed += [(p, "unsupported file type (not .jpg, .jpeg or .png)") for p in scan.unsupported]
-    decoded = rows.where(F.col("features").isNull()).select(
-        "path", F.coalesce("reason", F.lit("not featurized")).alias("reason")
+@dataclass(frozen=True)
+class Catalog:
+    """The images read: ``path, label, split, length, id, content, reason``, kept on the executors' disks."""
+
+    images: DataFrame
+    count: int
+
+
+def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
+    """Read every image to read once: its bytes and content id, or why it could not be read."""
+    spark, options = ctx.spark, ctx.options
+    entries = listing.to_read
+    frame = pd.DataFrame(
+        {
+            "path": [e.path for e in entries],
+            "label": [e.label for e in entries],
+            "split": [e.split for e in entries],
+            "size": [e.size for e in entries],
+            "version": [e.version for e in entries],
+        }
     )
-    if not listed:
-        return decoded
-    return decoded.unionByName(spark.createDataFrame(listed, "path string, reason string"))
+    partitions = max(spark.sparkContext.defaultParallelism, math.ceil(len(entries) / options.images_per_task))
+    listed = spark.createDataFrame(frame, LISTING_SCHEMA).repartition(partitions)
+    with ctx.timer.stage("read", f"({len(entries)} images, bytes and content ids)"):
+        images = read_images(listed, options.max_file_mb * 1024 * 1024).persist(StorageLevel.DISK_ONLY)
+        count = images.count()
+    return Catalog(images, count)
+
+
+# --- transform -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Featurized:
+    """The feature store's batches this run reads, and how many distinct images it featurized itself."""
+
+    batches: list[str]
+    newly: int
+    new_ids: DataFrame  # ``id`` of each image featurized by this run
+    feature_dim: int | None  # known when this run prepared the model
+
+
+def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featurized:
+    """Featurize the images whose content id the feature store lacks (identical bytes once) into a new batch."""
+    spark, options, store, key = ctx.spark, ctx.options, ctx.store, ctx.model_key
+    batches = feature_store.committed_batches(store, key)
+    readable = catalog.images.where(F.col("id").isNotNull())
+    stored = feature_store.read_features(spark, store, key, batches).select("id")
+    todo = readable.join(stored, "id", "left_anti").select("id").distinct()
+    todo_count = todo.count()
+    log.info("%d images read: %d distinct new images to featurize", catalog.count, todo_count)
+    lease.check()
+    if not todo_count:
+        return Featurized(batches, 0, todo, None)
+    sc = spark.sparkContext
+    folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
+    with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
+        artifact, _ = prepare_model(spark, options, ctx.weights, store, key, folder)
+    partitions = max(sc.defaultParallelism, math.ceil(todo_count / options.images_per_task))
+    with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
+        checkpoint("featurize")
+        if not batches and todo_count == readable.count():
+            contents = readable.select("id", "content")  # a first run without duplicate bytes: no join needed
+        else:
+            first_path = readable.groupBy("id").agg(F.min("path").alias("path"))  # identical bytes: once
+            wanted = first_path.join(todo, "id")
+            contents = readable.join(wanted, ["id", "path"]).select("id", "content")
+        features = featurize(
+            contents.repartition(partitions),
+            artifact,
+            batch_size=options.batch_size,
+            threads=ctx.threads,
+            max_pixels=options.max_pixels,
+        )
+        batches = [*batches, feature_store.write_batch(features, store, key, ctx.run_id)]
+    lease.check()
+    return Featurized(batches, todo_count, todo, artifact.feature_dim)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """Every image with its features or a reason, what was rejected and why, and the counts."""
+
+    rows: DataFrame  # path, label, split, length, id, features, reason (cached)
+    rejected: DataFrame  # path, reason
+    counts: dict[str, int]
+
+
+def reconcile_stage(
+    ctx: RunContext, listing: Listing, catalog: Catalog, featurized: Featurized
+) -> Reconciled:
+    """Join each image with its features; count featurized and rejected files and check they make ``found``."""
+    stored = feature_store.read_features(ctx.spark, ctx.store, ctx.model_key, featurized.batches)
+    rows = (
+        catalog.images.drop("content")
+        .withColumnRenamed("reason", "read_reason")
+        .join(stored, "id", "left")
+        .select(
+            "path",
+            "label",
+            "split",
+            "length",
+            "id",
+            "features",
+            F.coalesce("read_reason", "reason", F.lit("not featurized")).alias("reason"),
+        )
+        .cache()
+    )
+    listed_rejects = [(entry.path, entry.reason) for entry in listing.rejected]
+    rejected = rows.where(F.col("features").isNull()).select("path", "reason")
+    if listed_rejects:
+        rejected = rejected.unionByName(
+            ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
+        )
+    good = rows.where(F.col("features").isNotNull())
+    featurized_count = good.count()
+    counts = {
+        "found": len(listing.entries),
+        "featurized": featurized_count,
+        "rejected": len(listed_rejects) + catalog.count - featurized_count,
+        # Images whose features the store already held (identical bytes under a new path count as reused).
+        "reused": good.join(featurized.new_ids, "id", "left_anti").count()
+        if featurized.newly
+        else featurized_count,
+        "newly_featurized": featurized.newly,
+    }
+    if featurized_count == 0:
+        rows.unpersist()
+        raise NothingFeaturized(
+            f"no image under {ctx.options.input} could be featurized ({counts['rejected']} rejected)"
+        )
+    if counts["featurized"] + counts["rejected"] != counts["found"]:
+        raise RuntimeError(f"counts do not reconcile: {counts}")
+    return Reconciled(rows, rejected, counts)
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """The projection and how it was made."""
+
+    pipeline: PipelineModel
+    k: int
+    explained: list[float]
+    fitted_here: bool
+    feature_dim: int
+
+
+def reduce_stage(
+    ctx: RunContext, good: DataFrame, feature_dim: int, previous: dict[str, Any] | None
+) -> Reduced:
+    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); saved in the run's prefix."""
+    options = ctx.options
+    with ctx.timer.stage("PCA"):
+        checkpoint("pca")
+        if options.reuse_pca and previous:
+            pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
+            explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
+            reduced = Reduced(pipeline, reduce.loaded_k(pipeline), explained, False, feature_dim)
+        else:
+            if options.reuse_pca:
+                log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
+            fit = reduce.fit(good, feature_dim=feature_dim, k=options.k, variance=options.variance)
+            reduced = Reduced(fit.model, fit.k, fit.explained, True, feature_dim)
+        reduced.pipeline.write().overwrite().save(ctx.out.uri_for(ctx.key_for("pca_model")))
+    log.info(
+        "PCA: k = %d components explain %.1f%% of the variance",
+        reduced.k,
+        100 * manifest.cumulative(reduced.explained)[reduced.k - 1],
+    )
+    return reduced
+
+
+# --- load ----------------------------------------------------------------------------------------------
+
+
+def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k: int) -> DataFrame:
+    """results.parquet, results.csv and rejected.csv in the run's prefix; returns the parquet rows."""
+    with ctx.timer.stage("write results"):
+        checkpoint("write")
+        keep = ["path", "label", "split", "id"] + (["features"] if ctx.options.keep_features else [])
+        parquet = ctx.out.uri_for(ctx.key_for("results.parquet"))
+        projected.select(*keep, *reduce.pc_columns(k)).orderBy("path").write.parquet(parquet)
+        results = ctx.spark.read.parquet(parquet)
+        counts = reconciled.counts
+        writing.write_single_csv(
+            writing.csv_frame(results, k), ctx.out, ctx.key_for(layout.RESULTS_CSV), counts["featurized"]
+        )
+        writing.write_single_csv(
+            reconciled.rejected.orderBy("path"), ctx.out, ctx.key_for(layout.REJECTED_CSV), counts["rejected"]
+        )
+    return results
+
+
+def quality_stage(ctx: RunContext, projected: DataFrame, reduced: Reduced) -> dict[str, Any] | None:
+    """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
+    with ctx.timer.stage("quality report"):
+        report = quality.report(
+            projected.select("label", "split", "features", *reduce.pc_columns(reduced.k)), reduced.k
+        )
+    if report:
+        log.info(
+            "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
+            100 * report["test_accuracy_pca"],
+            reduced.k,
+            100 * report["test_accuracy_full_features"],
+            reduced.feature_dim,
+        )
+    return report
 
 
 def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS) -> pd.DataFrame:
@@ -136,260 +386,76 @@ def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS)
     return results.select(*columns).sample(fraction=fraction, seed=7).limit(limit).toPandas()
 
 
-@dataclass
-class Run:
-    """One run holding the output's lease; each method is a stage, called in order by :meth:`execute`."""
+def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized: int) -> None:
+    """explained_variance.png and pca_scatter.png in the run's prefix."""
+    note = "" if ctx.weights.pretrained else "  [RANDOM WEIGHTS]"
+    with ctx.timer.stage("plots"):
+        variance_png = plots.explained_variance_png(reduced.explained, reduced.k, ctx.options.variance, note)
+        ctx.out.write_bytes(ctx.key_for(layout.EXPLAINED_VARIANCE_PNG), variance_png, "image/png")
+        scatter_png = plots.scatter_png(_scatter_sample(results, featurized), note)
+        ctx.out.write_bytes(ctx.key_for(layout.PCA_SCATTER_PNG), scatter_png, "image/png")
 
-    spark: SparkSession
-    options: JobOptions
-    run_id: str
-    out: Store
-    scan: catalog.InputScan
-    previous: dict[str, Any] | None
-    lease: Lease
-    started: dt.datetime = field(default_factory=_now)
-    timer: StageTimer = field(default_factory=StageTimer)
-    counts: dict[str, int] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        options = self.options
-        self.prefix = f"runs/{self.run_id}"
-        self.store = open_store(options.store_uri)
-        self.spec = models.get_spec(options.model)
-        self.threads = options.threads or int(self.spark.sparkContext.getConf().get("spark.task.cpus", "1"))
-        self.weights = models.resolve_weights(
-            options.weights, model=options.model, alpha=options.alpha, image_size=options.image_size
-        )
-        if not self.weights.pretrained:
-            log.warning(manifest.RANDOM_WEIGHTS_WARNING)
-        elif self.weights.kind == "imagenet":
-            log.info("ImageNet weights: %s", self.weights.path or "not cached here, Keras downloads them")
-        weights_id, self.weights_sha = _weights_id(self.weights)
-        self.key = feature_store.model_key(
-            options.model, options.alpha, options.image_size, options.decode_size, weights_id
-        )
-        self.feature_dim = self.spec.feature_dim(options.alpha)
+def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
+    """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
+    ctx.out.write_json(ctx.key_for(layout.MANIFEST_JSON), document)
+    checkpoint("commit")
+    lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
+    commit = commits.commit_run(
+        ctx.out,
+        ctx.run_id,
+        {
+            "counts": document["counts"],
+            layout.COMMIT_MANIFEST_FIELD: layout.manifest_key(ctx.run_id),
+            "feature_store": document["feature_store"],
+            "k": document["pca"]["k"],
+            "model": ctx.options.model,
+            "pretrained": ctx.weights.pretrained,
+        },
+    )
+    commits.publish_latest(ctx.out, ctx.run_id, PUBLISHED)
+    if ctx.options.keep_runs:
+        removed = commits.prune_runs(ctx.out, ctx.options.keep_runs)
+        log.info("retention: removed %d old runs", len(removed))
+    return commit
 
-    def key_for(self, name: str) -> str:
-        """Key of ``name`` inside this run's prefix."""
-        return f"{self.prefix}/{name}"
 
-    def catalog(self) -> DataFrame:
-        """Read and hash every image once; the catalog (with the bytes) stays on the executors' disks."""
-        with self.timer.stage("catalog", "(read and hash every image)"):
-            images = catalog.catalog(self.spark, self.options.input, self.options.limit)
-            self.counts["images"] = images.count()
-        return images
+# --- the run -------------------------------------------------------------------------------------------
 
-    def featurize_new(self, images: DataFrame) -> list[str]:
-        """Featurize the images whose content id the store lacks; returns the store batches to read."""
-        batches = feature_store.committed_batches(self.store, self.key)
-        stored = feature_store.read_features(self.spark, self.store, self.key, batches)
-        todo = (
-            images.join(stored.select("id"), "id", "left_anti")
-            .groupBy("id")
-            .agg(F.min("path").alias("path"))  # identical bytes under two paths: featurized once
-        )
-        todo_count = todo.count()
-        self.counts["newly_featurized"] = todo_count
-        self.counts["reused"] = self.counts["images"] - images.join(todo, "id", "left_semi").count()
-        log.info(
-            "%d images: %d reused from the feature store, %d distinct images to featurize",
-            self.counts["images"],
-            self.counts["reused"],
-            todo_count,
-        )
-        self.lease.check()
-        if not todo_count:
-            return batches
-        sc = self.spark.sparkContext
-        with tempfile.TemporaryDirectory(prefix="fruits-model-") as folder:
-            with self.timer.stage("prepare model", f"({self.options.model}, {self.options.engine})"):
-                artifact = _export_model(self.spark, self.options, self.weights, folder)
-                self.feature_dim = artifact.feature_dim
-            partitions = max(sc.defaultParallelism, math.ceil(todo_count / self.options.images_per_task))
-            with (
-                self.timer.stage("featurize", f"{todo_count} images"),
-                report_progress(sc, "featurize", todo_count),
-            ):
-                checkpoint("featurize")
-                everything = todo_count == self.counts["images"]  # first run, no duplicate bytes
-                contents = catalog.contents(images, todo, everything).repartition(partitions)
-                features = featurize(
-                    contents,
-                    artifact,
-                    batch_size=self.options.batch_size,
-                    threads=self.threads,
-                    max_pixels=self.options.max_pixels,
-                )
-                batches = [*batches, feature_store.write_batch(features, self.store, self.key, self.run_id)]
-        self.lease.check()
-        return batches
 
-    def reconcile(self, rows: DataFrame) -> DataFrame:
-        """Count featurized and rejected files, check they add up to what was found; returns rejected rows."""
-        rejected = _rejected_frame(self.spark, rows, self.scan)
-        self.counts["featurized"] = rows.where(F.col("features").isNotNull()).count()
-        self.counts["rejected"] = rejected.count()
-        self.counts["found"] = self.counts["images"] + len(self.scan.empty) + len(self.scan.unsupported)
-        featurized, rejected_count, found = (self.counts[n] for n in ("featurized", "rejected", "found"))
-        if featurized == 0:
-            raise NothingFeaturized(
-                f"no image under {self.options.input} could be featurized ({rejected_count} rejected)"
-            )
-        if featurized + rejected_count != found:
-            raise RuntimeError(f"counts do not reconcile: {featurized} + {rejected_count} != {found}")
-        return rejected
+def _lease_probes(spark: SparkSession) -> list[Probe]:
+    """How a run recognises a dead holder: its process on this host, or (on YARN) its ended application."""
+    probes: list[Probe] = [local_process_probe]
+    if str(spark.sparkContext.master or "").startswith("yarn"):
+        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+        address = hadoop.get("yarn.resourcemanager.webapp.address")
+        if address:
+            probes.append(yarn_application_probe(address))
+    return probes
 
-    def reduce(self, good: DataFrame) -> tuple[PipelineModel, int, list[float], bool]:
-        """Fit center + PCA (or load the previous run's pipeline with --reuse-pca) and save it in the run."""
-        with self.timer.stage("PCA"):
-            checkpoint("pca")
-            if self.options.reuse_pca and self.previous:
-                previous_prefix = self.previous["run_prefix"].rstrip("/")
-                pipeline = PipelineModel.load(self.out.uri_for(f"{previous_prefix}/pca_model"))
-                explained = json.loads(self.out.read_bytes(self.previous["manifest"]))["pca"][
-                    "explained_variance"
-                ]
-                k, fitted_here = reduce.loaded_k(pipeline), False
-            else:
-                if self.options.reuse_pca:
-                    log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
-                fit = reduce.fit(
-                    good, feature_dim=self.feature_dim, k=self.options.k, variance=self.options.variance
-                )
-                pipeline, k, explained, fitted_here = fit.model, fit.k, fit.explained, True
-            pipeline.write().overwrite().save(self.out.uri_for(self.key_for("pca_model")))
-        log.info(
-            "PCA: k = %d components explain %.1f%% of the variance",
-            k,
-            100 * manifest.cumulative(explained)[k - 1],
-        )
-        self.lease.check()
-        return pipeline, k, explained, fitted_here
 
-    def write_tables(self, projected: DataFrame, rejected: DataFrame, k: int) -> DataFrame:
-        """results.parquet, results.csv and rejected.csv in the run's prefix; returns the parquet rows."""
-        with self.timer.stage("write results"):
-            checkpoint("write")
-            keep = ["path", "label", "split", "id"] + (["features"] if self.options.keep_features else [])
-            parquet = self.out.uri_for(self.key_for("results.parquet"))
-            projected.select(*keep, *reduce.pc_columns(k)).orderBy("path").write.parquet(parquet)
-            results = self.spark.read.parquet(parquet)
-            outputs.write_single_csv(
-                outputs.csv_frame(results, k),
-                self.out,
-                self.key_for("results.csv"),
-                self.counts["featurized"],
-            )
-            outputs.write_single_csv(
-                rejected.orderBy("path"), self.out, self.key_for("rejected.csv"), self.counts["rejected"]
-            )
-        return results
+@contextmanager
+def held_lease(ctx: RunContext) -> Iterator[Lease]:
+    """The output's lease, held for the block (waiting up to --wait for another run)."""
+    lease = Lease(
+        ctx.out,
+        owner=ctx.run_id,
+        ttl_seconds=ctx.options.lease_ttl,
+        reentrant_key=reentrant_key(ctx.spark.sparkContext),
+        step_id=os.environ.get("EMR_STEP_ID"),  # only for the holder's description (client mode)
+        probes=_lease_probes(ctx.spark),
+        hint=LEASE_HINT,
+    )
+    lease.acquire(wait=ctx.options.wait > 0, timeout=ctx.options.wait)
+    try:
+        yield lease
+    finally:
+        lease.release()
 
-    def quality_report(self, projected: DataFrame, k: int) -> dict[str, Any] | None:
-        """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
-        with self.timer.stage("quality report"):
-            report = quality.report(projected.select("label", "split", "features", *reduce.pc_columns(k)), k)
-        if report:
-            log.info(
-                "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
-                100 * report["test_accuracy_pca"],
-                k,
-                100 * report["test_accuracy_full_features"],
-                self.feature_dim,
-            )
-        return report
 
-    def draw(self, results: DataFrame, explained: list[float], k: int) -> None:
-        """explained_variance.png and pca_scatter.png in the run's prefix."""
-        note = "" if self.weights.pretrained else "  [RANDOM WEIGHTS]"
-        with self.timer.stage("plots"):
-            variance_png = plots.explained_variance_png(explained, k, self.options.variance, note)
-            self.out.write_bytes(self.key_for("explained_variance.png"), variance_png, "image/png")
-            sample = _scatter_sample(results, self.counts["featurized"])
-            self.out.write_bytes(
-                self.key_for("pca_scatter.png"), plots.scatter_png(sample, note), "image/png"
-            )
-
-    def publish(self, document: dict[str, Any]) -> dict[str, Any]:
-        """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
-        self.out.write_json(self.key_for("manifest.json"), document)
-        checkpoint("commit")
-        self.lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
-        commit = commits.commit_run(
-            self.out,
-            self.run_id,
-            {
-                "counts": document["counts"],
-                "manifest": self.key_for("manifest.json"),
-                "feature_store": document["feature_store"],
-                "k": document["pca"]["k"],
-                "model": self.options.model,
-                "pretrained": self.weights.pretrained,
-            },
-        )
-        commits.publish_latest(self.out, self.run_id, PUBLISHED)
-        if self.options.keep_runs:
-            removed = commits.prune_runs(self.out, self.options.keep_runs)
-            log.info("retention: removed %d old runs", len(removed))
-        return commit
-
-    def execute(self) -> dict[str, Any]:
-        """All stages in order; returns the manifest."""
-        images = self.catalog()
-        batches = self.featurize_new(images)
-        rows = images.join(
-            feature_store.read_features(self.spark, self.store, self.key, batches), "id", "left"
-        )
-        rows = rows.cache()
-        try:
-            rejected = self.reconcile(rows)
-            good = rows.where(F.col("features").isNotNull())
-            pipeline, k, explained, fitted_here = self.reduce(good)
-            projected = reduce.project(pipeline, good, k)
-            results = self.write_tables(projected, rejected, k)
-            report = self.quality_report(projected, k)
-            self.draw(results, explained, k)
-        finally:
-            rows.unpersist()
-            images.unpersist()
-        counts = {
-            name: self.counts[name]
-            for name in ("found", "featurized", "rejected", "reused", "newly_featurized")
-        }
-        document = manifest.build(
-            run_id=self.run_id,
-            options=self.options,
-            counts=counts,
-            feature_dim=self.feature_dim,
-            threads=self.threads,
-            weights=self.weights,
-            weights_sha=self.weights_sha,
-            k=k,
-            explained=explained,
-            fitted_here=fitted_here,
-            quality=report,
-            feature_store={"uri": self.options.store_uri, "model_key": self.key, "batches": batches},
-            outputs={
-                name: self.out.uri_for(self.key_for(name))
-                for name in [*PUBLISHED, "results.parquet", "pca_model"]
-            },
-            timings=self.timer.seconds,
-            versions=manifest.versions(self.spark.version),
-            spark_master=self.spark.sparkContext.master,
-            started_at=self.started.isoformat(),
-            finished_at=_now().isoformat(),
-        )
-        commit = self.publish(document)
-        log.info(
-            "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
-            self.run_id,
-            commit["number"],
-            *(counts[n] for n in ("found", "featurized", "rejected", "reused", "newly_featurized")),
-        )
-        log.info("results: %s", self.out.uri_for("results.csv"))
-        return document
+def _nothing_to_featurize(options: JobOptions) -> None:
+    """The one line an --allow-empty run logs instead of failing (a first deploy with an empty bucket)."""
+    log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
 def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
@@ -397,59 +463,111 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
 
     None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
     """
-    started = _now()
-    run_id = commits.new_run_id(started)
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
         region, source = s3_region()
         log.info("AWS region for S3: %s (%s)", region, source)
-    out = open_store(options.output)
     if spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000":
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(options.batch_size * 4, 256)))
-    timer = StageTimer()
-    with timer.stage("list input"):
-        try:
-            scan = catalog.scan_input(spark, options.input)
-        except catalog.EmptyInput:
-            if not options.allow_empty:
-                raise
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")  # listings and samples via Arrow
+    ctx = RunContext.start(spark, options)
+
+    listing = list_stage(ctx)  # extract (1): nothing is read yet
+    if not listing.entries:
+        if options.allow_empty:
             _nothing_to_featurize(options)
             return None
-    log.info(
-        "input %s: %d files (%d empty, %d unsupported)",
-        options.input,
-        scan.files,
-        len(scan.empty),
-        len(scan.unsupported),
-    )
-    lease = Lease(
-        out,
-        owner=run_id,
-        ttl_seconds=options.lease_ttl,
-        reentrant_key=reentrant_key(spark.sparkContext),
-        step_id=os.environ.get("EMR_STEP_ID"),  # only for the holder's description (client mode)
-    )
-    lease.acquire(wait=options.wait > 0, timeout=options.wait)
+        raise InputError(f"input is empty: no files under {options.input}")
     try:
-        # Read under the lease: a run that waited for another must see what that run committed.
-        previous = commits.latest_commit(out)
-        if previous and not options.overwrite:
-            raise OutputExists(
-                f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
-                "give --overwrite to publish a new run over it"
-            )
-        return Run(spark, options, run_id, out, scan, previous, lease, started=started, timer=timer).execute()
+        with held_lease(ctx) as lease:
+            # Read under the lease: a run that waited for another must see what that run committed.
+            previous = commits.latest_commit(ctx.out)
+            if previous and not options.overwrite:
+                raise OutputExists(
+                    f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
+                    "give --overwrite to publish a new run over it"
+                )
+            return _extract_transform_load(ctx, listing, previous, lease)
     except NothingFeaturized:
         if not options.allow_empty:
             raise
         _nothing_to_featurize(options)
         return None
+
+
+def _extract_transform_load(
+    ctx: RunContext, listing: Listing, previous: dict[str, Any] | None, lease: Lease
+) -> dict[str, Any]:
+    catalog = read_stage(ctx, listing)  # extract (2)
+    try:
+        featurized = featurize_stage(ctx, catalog, lease)  # transform
+        reconciled = reconcile_stage(ctx, listing, catalog, featurized)
+        try:
+            good = reconciled.rows.where(F.col("features").isNotNull())
+            feature_dim = featurized.feature_dim or models.get_spec(ctx.options.model).feature_dim(
+                ctx.options.alpha
+            )
+            reduced = reduce_stage(ctx, good, feature_dim, previous)
+            lease.check()
+            projected = reduce.project(reduced.pipeline, good, reduced.k)
+            results = write_stage(ctx, projected, reconciled, reduced.k)  # load
+            report = quality_stage(ctx, projected, reduced)
+            plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
+        finally:
+            reconciled.rows.unpersist()
     finally:
-        lease.release()
+        catalog.images.unpersist()
+    document = manifest.build(
+        run_id=ctx.run_id,
+        options=ctx.options,
+        counts=reconciled.counts,
+        skipped={"hidden": listing.hidden, "examples": listing.hidden_examples},
+        feature_dim=reduced.feature_dim,
+        threads=ctx.threads,
+        weights=ctx.weights,
+        weights_sha=ctx.weights.sha256,
+        k=reduced.k,
+        explained=reduced.explained,
+        fitted_here=reduced.fitted_here,
+        quality=report,
+        feature_store={
+            "uri": ctx.options.store_uri,
+            "model_key": ctx.model_key,
+            "batches": featurized.batches,
+        },
+        outputs={
+            name: ctx.out.uri_for(ctx.key_for(name)) for name in [*PUBLISHED, "results.parquet", "pca_model"]
+        },
+        timings=ctx.timer.seconds,
+        versions=manifest.versions(ctx.spark.version),
+        spark_master=ctx.spark.sparkContext.master,
+        started_at=ctx.started.isoformat(),
+        finished_at=_now().isoformat(),
+    )
+    commit = publish_stage(ctx, document, lease)
+    counts = reconciled.counts
+    log.info(
+        "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
+        ctx.run_id,
+        commit["number"],
+        *(counts[n] for n in ("found", "featurized", "rejected", "reused", "newly_featurized")),
+    )
+    log.info("results: %s", ctx.out.uri_for(layout.RESULTS_CSV))
+    return document
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+#: Errors a user can cause and fix: one line on stderr, exit status 2.
+USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError)
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
-    """Run the job; 0 on success, 2 with a one-line error for bad options or input."""
+    """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 1 for anything else.
+
+    Options are checked before Spark starts (when no session is given); the full trace of an unexpected
+    failure goes to the log, and stderr ends with one line saying what failed.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -457,11 +575,36 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     if any(arg in ("-h", "--help") for arg in argv):
         build_parser().print_help()
         return 0
-    session = spark or get_session()
     try:
+        if spark is None and not _cluster_conf_needed(argv):
+            check_output(parse_options(argv))  # fail fast, before a JVM starts
+        session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
+        check_output(options)
         run(session, options)
-    except (UsageError, catalog.InputError, LeaseHeld, models.WeightsError) as error:
+    except USER_ERRORS as error:
         print(f"featurize_pca: error: {error}", file=sys.stderr)
         return 2
+    except StoreError as error:
+        print(f"featurize_pca: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        response = getattr(error, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
+            code = response["Error"].get("Code", "")
+            print(f"featurize_pca: error: S3 refused a request ({code}): {error}", file=sys.stderr)
+            return 2
+        log.exception("the run failed")
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        print(
+            f"featurize_pca: error: {type(error).__name__}: {first} (the full trace is in the log above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _cluster_conf_needed(argv: list[str]) -> bool:
+    """Whether the options may come from Spark's conf (spark-submit, a cluster): then parse them after it starts."""
+    return os.environ.get("PYSPARK_GATEWAY_PORT") is not None or not {"--input", "--output"} <= set(argv)

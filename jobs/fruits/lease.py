@@ -10,8 +10,12 @@ expires_at (epoch seconds). Every change is conditional, so two runs can never b
   it over, which :meth:`Lease.check` then reports as :class:`LeaseLost`;
 - release: delete conditional on our ETag, so a lease someone else took over is left alone.
 
-Re-entrant: a lease held under the same ``reentrant_key`` (e.g. the EMR step id, when YARN starts a second
+Re-entrant: a lease held under the same ``reentrant_key`` (the YARN application id, when YARN starts a second
 attempt of the same driver) is taken over at once instead of blocking the step on its own first attempt.
+
+Dead holders: ``probes`` (:mod:`fruits.liveness`) can tell that an unexpired lease's holder is certainly gone
+(its process on this host exited, its YARN application ended); the lease is then taken over at once, with the
+same conditional write as an expired one, and the reason is logged.
 
 Expiry compares the holder's clock with ours; keep ``ttl_seconds`` far above any clock skew (minutes, not
 seconds). The lease alone cannot stop a writer that stalls beyond its expiry: the create-only commit
@@ -21,8 +25,7 @@ seconds). The lease alone cannot stop a writer that stalls beyond its expiry: th
 from __future__ import annotations
 
 import json
-import os
-import socket
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +34,10 @@ from types import TracebackType
 from typing import Any
 
 from .layout import LEASE_KEY
+from .liveness import Probe, first_reason, identity, local_process_probe
 from .storage import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_KEY = LEASE_KEY
 
@@ -43,7 +49,9 @@ class LeaseError(RuntimeError):
 class LeaseHeld(LeaseError):
     """Another, unexpired writer holds the lease."""
 
-    def __init__(self, uri: str, holder: dict[str, Any], now: float) -> None:
+    def __init__(
+        self, uri: str, holder: dict[str, Any], now: float, hint: str = "wait for that run to end"
+    ) -> None:
         self.holder = holder
         expires_at = float(holder.get("expires_at", 0))
         when = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
@@ -52,8 +60,7 @@ class LeaseHeld(LeaseError):
             where += f", step {holder['step_id']}"
         super().__init__(
             f"output is in use: {uri} is held by {holder.get('owner')!r} ({where}) until {when} "
-            f"(in {max(0, round(expires_at - now))}s unless renewed); "
-            "wait for that run to end or acquire with wait=True"
+            f"(in {max(0, round(expires_at - now))}s unless renewed); {hint}"
         )
 
 
@@ -65,7 +72,8 @@ class Lease:
     """A single-writer lease on ``key`` in ``store``.
 
     ``clock`` (epoch seconds) and ``sleep`` are injectable so tests control time; ``background=False`` turns
-    off the renewer thread (then call :meth:`renew` yourself).
+    off the renewer thread (then call :meth:`renew` yourself). ``probes`` recognise dead holders (default: a
+    process of this host that is gone); ``hint`` ends the message of :class:`LeaseHeld` (what the user can do).
     """
 
     def __init__(
@@ -80,6 +88,8 @@ class Lease:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         background: bool = True,
+        probes: list[Probe] | None = None,
+        hint: str = "wait for that run to end",
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -92,6 +102,8 @@ class Lease:
         self._clock = clock
         self._sleep = sleep
         self._background = background
+        self._probes = [local_process_probe] if probes is None else probes
+        self._hint = hint
         # Guards the fields below: the renewer thread and the caller both change them.
         self._lock = threading.RLock()
         self._etag: str | None = None
@@ -132,8 +144,7 @@ class Lease:
     def _new_body(self, now: float, acquired_at: float | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "owner": self.owner,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
+            **identity(),
             "acquired_at": now if acquired_at is None else acquired_at,
             "expires_at": now + self.ttl_seconds,
             "ttl_seconds": self.ttl_seconds,
@@ -170,7 +181,10 @@ class Lease:
                 "delete it by hand if no run is active"
             ) from exc
         same_step = self.reentrant_key is not None and holder.get("reentrant_key") == self.reentrant_key
-        if same_step or expires_at <= now:
+        gone = None if same_step or expires_at <= now else first_reason(self._probes, holder)
+        if gone:
+            log.warning("taking over the lease of %r at once: %s", holder.get("owner"), gone)
+        if same_step or expires_at <= now or gone:
             etag = self.store.put_if_match(self.key, self._encode(body), current_etag)
             if etag is not None:
                 self._took(body, etag)
@@ -202,7 +216,7 @@ class Lease:
                 continue  # the lease changed under us; the next attempt sees its new state
             now = self._clock()
             if not wait or now >= deadline:
-                raise LeaseHeld(self.store.uri_for(self.key), holder, now)
+                raise LeaseHeld(self.store.uri_for(self.key), holder, now, self._hint)
             # Never sleep past the holder's expiry or our deadline: take over as soon as it is stale.
             self._sleep(max(0.0, min(poll, deadline - now, float(holder["expires_at"]) - now)) or 0.01)
 

@@ -41,6 +41,7 @@ def build(
     run_id: str,
     options: JobOptions,
     counts: dict[str, int],
+    skipped: dict[str, Any],
     feature_dim: int,
     threads: int,
     weights: Weights,
@@ -67,6 +68,7 @@ def build(
         "output": options.output,
         "limit": options.limit,
         "counts": counts,
+        "skipped": skipped,
         "model": {
             "name": options.model,
             "alpha": options.alpha,

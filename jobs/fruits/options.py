@@ -1,23 +1,28 @@
 """Job options, from four layers: command line > Spark conf ``spark.fruits.<name>`` > defaults file > built-in.
 
-The defaults file is JSON whose keys are :class:`JobOptions` field names (``{"input": "s3://...", "k": 50}``),
-named by the Spark conf key ``spark.fruits.defaults`` (a local path or ``s3://`` URI). A cluster points at one
-file it never has to change: new defaults are a new file, not a new cluster, and a console step needs only the
-script path. Every layer's values go through the same checks as the command line; an unknown key or a bad value
-is one :class:`UsageError` naming the key and where it came from.
+Every option is declared once, in :data:`OPTIONS` (its kind, bounds and help) and :class:`JobOptions` (its type
+and built-in default); the command line, the Spark conf keys, the defaults file and the checks all derive from
+those two. The defaults file is JSON whose keys are :class:`JobOptions` field names (``{"input": "s3://...",
+"k": 50}``), named by the Spark conf key ``spark.fruits.defaults`` (a local path or ``s3://`` URI): a cluster
+points at one file it never has to change, and a console step needs only the script path. Every layer's values
+go through the same checks; an unknown key or a bad value is one :class:`UsageError` naming the key and where it
+came from. Nothing here needs Spark.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
+from fruits.decoding import DEFAULT_MAX_PIXELS
 from fruits.engines import ENGINES
-from fruits.images import DEFAULT_MAX_PIXELS
 from fruits.layout import default_feature_store
+from fruits.listing import DEFAULT_MAX_FILE_MB
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
 CONF_PREFIX = "spark.fruits."
@@ -25,6 +30,7 @@ CONF_PREFIX = "spark.fruits."
 DEFAULTS_CONF_KEY = CONF_PREFIX + "defaults"
 # --k and --variance choose the number of components together: whichever layer sets one of them decides both.
 _COMPONENTS = ("k", "variance")
+_DAY = 24 * 3600
 
 
 class UsageError(ValueError):
@@ -57,6 +63,7 @@ class JobOptions:
     wait: int = 0
     lease_ttl: int = 300
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
     allow_empty: bool = False
 
     @property
@@ -65,42 +72,167 @@ class JobOptions:
         return self.feature_store or default_feature_store(self.output)
 
 
+@dataclass(frozen=True)
+class Option:
+    """How one :class:`JobOptions` field is given and checked.
+
+    ``kind``: ``str``, ``int``, ``float`` or ``flag``; numbers must lie in ``[low, high]`` (``low_open``: above
+    ``low``); ``choices`` lists the accepted strings; ``help`` is the command line's text (the default and the
+    conf key are added to it).
+    """
+
+    name: str
+    kind: str
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("input", "str", "folder or s3:// prefix of images, read recursively; label = parent folder"),
+    Option("output", "str", "folder or s3:// prefix for the results"),
+    Option("model", "str", "Keras backbone", choices=tuple(sorted(MODELS))),
+    Option("alpha", "float", "width multiplier of MobileNet/MobileNetV2", low=0, high=2, low_open=True),
+    Option(
+        "weights",
+        "str",
+        "imagenet (Keras' file, pre-fetched on the cluster), a local .h5/.keras file, an s3:// URI, or none "
+        "(random weights, marked as such in every output)",
+    ),
+    Option("image_size", "int", "side of the model's input in pixels", low=32, high=1024),
+    Option(
+        "decode_size",
+        "int",
+        "side images are decoded to before the model resizes them in its graph (Fruits-360: 100)",
+        low=8,
+        high=1024,
+    ),
+    Option("k", "int", "number of principal components", low=1, high=100_000),
+    Option(
+        "variance",
+        "float",
+        "keep the smallest k whose explained variance reaches this fraction",
+        low=0,
+        high=1,
+        low_open=True,
+    ),
+    Option("batch_size", "int", "images per inference call", low=1, high=4096),
+    Option("engine", "str", "inference engine (keras is the reference)", choices=ENGINES),
+    Option("threads", "int", "inference threads per task (0: spark.task.cpus)", low=0, high=256),
+    Option("images_per_task", "int", "images per featurization task", low=1, high=1_000_000),
+    Option("limit", "int", "only the first N files found, in path order: a quick sample", low=1, high=10**12),
+    Option("overwrite", "flag", "publish over an existing result"),
+    Option("keep_features", "flag", "also write the full feature vectors into results.parquet"),
+    Option("feature_store", "str", "where feature vectors are kept (default <output>/feature_store)"),
+    Option(
+        "reuse_pca", "flag", "project with the last committed run's PCA pipeline instead of fitting a new one"
+    ),
+    Option(
+        "keep_runs",
+        "int",
+        "after committing, delete all but the newest N runs (0 keeps all)",
+        low=0,
+        high=10**6,
+    ),
+    Option(
+        "wait",
+        "int",
+        "seconds to wait for another run holding the output (0: fail at once)",
+        low=0,
+        high=7 * _DAY,
+    ),
+    Option(
+        "lease_ttl",
+        "int",
+        "seconds a run's lease on the output lasts unless renewed: how long a crashed run can block the output",
+        low=30,
+        high=_DAY,
+    ),
+    Option(
+        "max_pixels", "int", "refuse images with more pixels (checked from the header)", low=1, high=10**10
+    ),
+    Option(
+        "max_file_mb", "int", "refuse files larger than this many MiB, from the listing", low=1, high=2047
+    ),
+    Option(
+        "allow_empty",
+        "flag",
+        "when the input holds no files or none can be featurized, log one line and exit 0 without committing "
+        "(default: exit 2)",
+    ),
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
 def option_names() -> list[str]:
     """The option names: :class:`JobOptions` fields, the keys of a defaults file."""
     return [spec.name for spec in fields(JobOptions)]
 
 
-def conf_key(dest: str) -> str:
+def conf_key(name: str) -> str:
     """The Spark conf key of an option: ``image_size`` -> ``spark.fruits.imageSize``."""
-    return _conf_key(dest)
-
-
-def _conf_key(dest: str) -> str:
-    head, *rest = dest.split("_")
+    head, *rest = name.split("_")
     return CONF_PREFIX + head + "".join(word.title() for word in rest)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option: ``image_size`` -> ``--image-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def default(name: str) -> Any:
+    """The built-in default of an option (None when it has none)."""
+    (spec,) = [spec for spec in fields(JobOptions) if spec.name == name]
+    return None if spec.default is MISSING else spec.default
+
+
+def convert(option: Option, value: Any) -> Any:
+    """One value, from any layer, as the option's type; ValueError with a short reason when it does not fit."""
+    if option.kind == "flag":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError(f"must be true or false, got {value!r}")
+    if isinstance(value, bool | list | dict):
+        raise ValueError(f"invalid value {value!r}")
+    if option.kind == "str":
+        text = str(value)
+        if option.choices is not None and text not in option.choices:
+            raise ValueError(f"invalid choice {text!r} (choose from {', '.join(option.choices)})")
+        return text
+    try:
+        number: float = int(str(value).strip()) if option.kind == "int" else float(str(value).strip())
+    except ValueError:
+        kind = "a whole number" if option.kind == "int" else "a number"
+        raise ValueError(f"must be {kind}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    too_low = option.low is not None and (number <= option.low if option.low_open else number < option.low)
+    too_high = option.high is not None and number > option.high
+    if too_low or too_high:
+        low = "" if option.low is None else f"{'>' if option.low_open else '>='} {option.low:g}"
+        high = "" if option.high is None else f"<= {option.high:g}"
+        raise ValueError(f"must be {' and '.join(part for part in (low, high) if part)}, got {value!r}")
+    return number
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return convert(option, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse.__name__ = option.kind
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
-
-
-def _positive(kind: type) -> object:
-    def parse(text: str) -> object:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,144 +242,23 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Featurize fruit images with a pretrained CNN (transfer learning) and reduce the features with "
             "Spark MLlib PCA. Writes results.csv (path, label, pc_1..pc_k), results.parquet, the fitted "
-            "pipeline, rejected.csv, manifest.json and plots under --output. Each option can also be set "
-            "with the Spark conf key in brackets."
+            "pipeline, rejected.csv, manifest.json and plots under --output. Each option can also be set with "
+            f"the Spark conf key in brackets, or as a key of the JSON file named by {DEFAULTS_CONF_KEY}."
         ),
     )
-    add = parser.add_argument
-
-    def key(dest: str) -> str:
-        return f"[{_conf_key(dest)}]"
-
-    add(
-        "--input",
-        help=f"folder or s3:// prefix of images, read recursively; label = parent folder {key('input')}",
-    )
-    add("--output", help=f"folder or s3:// prefix for the results {key('output')}")
-    add("--model", choices=sorted(MODELS), help=f"Keras backbone (default mobilenet_v2) {key('model')}")
-    add(
-        "--alpha",
-        type=_positive(float),
-        help=f"width multiplier of MobileNet/MobileNetV2 (default 1.0) {key('alpha')}",
-    )
-    add(
-        "--weights",
-        help="imagenet (Keras' cache, downloaded if missing), a local .h5/.keras file, an s3:// URI, or none "
-        f"(random weights, marked as such in every output) (default imagenet) {key('weights')}",
-    )
-    add(
-        "--image-size",
-        type=_positive(int),
-        help=f"side of the model's input in pixels (default 224) {key('image_size')}",
-    )
-    add(
-        "--decode-size",
-        type=_positive(int),
-        help="side images are decoded to before the model resizes them in its graph; Fruits-360 images are "
-        f"100x100 (default 100) {key('decode_size')}",
-    )
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--k", type=_positive(int), help=f"number of principal components {key('k')}")
-    group.add_argument(
-        "--variance",
-        type=_fraction,
-        help=f"keep the smallest k whose explained variance reaches this fraction (default 0.95) {key('variance')}",
-    )
-    add(
-        "--batch-size",
-        type=_positive(int),
-        help=f"images per inference call (default 64) {key('batch_size')}",
-    )
-    add(
-        "--engine",
-        choices=ENGINES,
-        help=f"inference engine (default litert; keras is the reference) {key('engine')}",
-    )
-    add("--threads", type=int, help=f"inference threads per task (default: spark.task.cpus) {key('threads')}")
-    add(
-        "--images-per-task",
-        type=_positive(int),
-        help=f"images per featurization task (default 512) {key('images_per_task')}",
-    )
-    add(
-        "--limit",
-        type=_positive(int),
-        help=f"featurize only the first N images: a quick sample {key('limit')}",
-    )
-    add(
-        "--overwrite",
-        action="store_true",
-        default=None,
-        help=f"publish over an existing result {key('overwrite')}",
-    )
-    add(
-        "--keep-features",
-        action="store_true",
-        default=None,
-        help=f"also write the full feature vectors into results.parquet {key('keep_features')}",
-    )
-    add(
-        "--feature-store",
-        help=f"where feature vectors are kept (default <output>/feature_store) {key('feature_store')}",
-    )
-    add(
-        "--reuse-pca",
-        action="store_true",
-        default=None,
-        help=f"project with the last committed run's PCA pipeline instead of fitting a new one {key('reuse_pca')}",
-    )
-    add(
-        "--keep-runs",
-        type=int,
-        help=f"after committing, delete all but the newest N runs (0 keeps all) {key('keep_runs')}",
-    )
-    add(
-        "--wait",
-        type=int,
-        help=f"seconds to wait for another run holding the output (default 0: fail) {key('wait')}",
-    )
-    add(
-        "--lease-ttl",
-        type=_positive(int),
-        help="seconds a run's lease on the output lasts unless renewed; a crashed run blocks the output this "
-        f"long (default 300) {key('lease_ttl')}",
-    )
-    add(
-        "--max-pixels",
-        type=_positive(int),
-        help=f"refuse images with more pixels (default 50000000) {key('max_pixels')}",
-    )
-    add(
-        "--allow-empty",
-        action="store_true",
-        default=None,
-        help="when the input holds no files or none can be featurized, log one line and exit 0 without "
-        f"committing (default: exit 2) {key('allow_empty')}",
-    )
+    components = parser.add_mutually_exclusive_group()
+    for option in OPTIONS:
+        value = default(option.name)
+        shown = "" if value in (None, "", False) else f" (default {value})"
+        text = f"{option.help}{shown} [{conf_key(option.name)}]"
+        target = components if option.name in _COMPONENTS else parser
+        if option.kind == "flag":
+            target.add_argument(flag(option.name), action="store_true", default=None, help=text)
+        else:
+            target.add_argument(
+                flag(option.name), type=_argparse_type(option), metavar=option.name.upper(), help=text
+            )
     return parser
-
-
-def _convert(action: argparse.Action, value: Any, where: str) -> object:
-    """One option value from the Spark conf or a defaults file, checked exactly as on the command line."""
-    if action.nargs == 0:  # a flag: JSON true/false, or the strings "true"/"false" from the Spark conf
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-            return value.strip().lower() == "true"
-        raise UsageError(f"{where} must be true or false, got {value!r}")
-    if isinstance(value, bool | list | dict):
-        raise UsageError(f"{where}: invalid value {value!r}")
-    text = str(value)
-    try:
-        converted = action.type(text) if callable(action.type) else text
-    except argparse.ArgumentTypeError as error:
-        raise UsageError(f"{where}: {error}") from None
-    except (TypeError, ValueError):
-        raise UsageError(f"{where}: invalid value {value!r}") from None
-    if action.choices is not None and converted not in action.choices:
-        choices = ", ".join(map(str, action.choices))
-        raise UsageError(f"{where}: invalid choice {value!r} (choose from {choices})")
-    return converted
 
 
 def load_defaults(uri: str) -> dict[str, Any]:
@@ -273,20 +284,20 @@ def load_defaults(uri: str) -> dict[str, Any]:
     return document
 
 
-def _layer(
-    values: Mapping[str, Any], actions: Mapping[str, argparse.Action], where: Any, *, strict: bool
-) -> dict[str, object]:
+def _layer(values: Mapping[str, Any], where: Callable[[str], str], *, strict: bool) -> dict[str, Any]:
     """Checked values of one layer; ``where(name)`` says where a value came from, for error messages."""
-    layer: dict[str, object] = {}
+    layer: dict[str, Any] = {}
     for name, value in values.items():
-        if name not in actions:
+        if name not in _BY_NAME:
             if strict:
-                known = ", ".join(option_names())
-                raise UsageError(f"{where(name)}: unknown option (known: {known})")
+                raise UsageError(f"{where(name)}: unknown option (known: {', '.join(option_names())})")
             continue
         if value is None or value == "":
             continue  # not set in this layer
-        layer[name] = _convert(actions[name], value, where(name))
+        try:
+            layer[name] = convert(_BY_NAME[name], value)
+        except ValueError as error:
+            raise UsageError(f"{where(name)}: {error}") from None
     return layer
 
 
@@ -303,25 +314,20 @@ def parse_options(
     fields) > built-in defaults. Without ``defaults``, the file named by ``conf[spark.fruits.defaults]`` is read.
     """
     conf = conf or {}
-    parser = build_parser()
-    namespace = parser.parse_args(list(argv))
+    namespace = build_parser().parse_args(list(argv))
     names = option_names()
-    actions = {action.dest: action for action in parser._actions if action.dest in names}
     if defaults is None and conf.get(DEFAULTS_CONF_KEY):
         defaults_source = conf[DEFAULTS_CONF_KEY]
         defaults = load_defaults(defaults_source)
     command_line = {
         name: getattr(namespace, name) for name in names if getattr(namespace, name, None) is not None
     }
-    from_conf = _layer({name: conf.get(_conf_key(name)) for name in names}, actions, _conf_key, strict=False)
+    from_conf = _layer({name: conf.get(conf_key(name)) for name in names}, conf_key, strict=False)
     from_file = _layer(
-        defaults or {},
-        actions,
-        lambda name: f"job defaults file {defaults_source}, key {name!r}",
-        strict=True,
+        defaults or {}, lambda name: f"job defaults file {defaults_source}, key {name!r}", strict=True
     )
 
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for layer in (from_file, from_conf, command_line):  # lowest precedence first
         values.update({name: value for name, value in layer.items() if name not in _COMPONENTS})
     for layer, where in (
@@ -339,15 +345,31 @@ def parse_options(
         raise UsageError("no input: give --input, spark.fruits.input or 'input' in the job defaults file")
     if not values.get("output"):
         raise UsageError("no output: give --output, spark.fruits.output or 'output' in the job defaults file")
-    options = JobOptions(**values)  # type: ignore[arg-type]
+    options = JobOptions(**values)
     try:
-        spec = get_spec(options.model)
-        check_alpha(spec, options.alpha)
+        check_alpha(get_spec(options.model), options.alpha)
         check_weights_source(options.weights)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if options.engine not in ENGINES:
-        raise UsageError(f"unknown engine {options.engine!r}; supported: {', '.join(ENGINES)}")
-    if options.image_size < 32:
-        raise UsageError(f"--image-size must be at least 32, got {options.image_size}")
     return options
+
+
+def check_output(options: JobOptions) -> None:
+    """Refuse an output (or feature store) that cannot be written, before Spark starts: one UsageError.
+
+    Locally: the path must not be a file, and its nearest existing folder must be writable. On S3 the first
+    write (the lease) tells; the job reports a refusal there in one line too.
+    """
+    for what, location in (("--output", options.output), ("--feature-store", options.store_uri)):
+        if "://" in location and not location.startswith("file://"):
+            continue
+        path = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+        if os.path.isfile(path):
+            raise UsageError(f"{what} {location} is a file: give a folder (it is created if missing)")
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise UsageError(f"{what} {location}: {existing} is a file, so the folder cannot be created")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UsageError(f"{what} {location}: {existing} is not writable")

@@ -222,13 +222,23 @@ def rehearsal() -> Iterator[Rehearsal]:
                 rehearsal_defaults=_rehearsal_defaults(aws.endpoint, _jars()),
             )
             node.preflight(deployment.spark_defaults.get("spark.pyspark.python", "/usr/bin/python3.11"))
-            cluster = StandaloneCluster(node, workers=2, cores=1, memory="3g")
+            # Workers offer what one executor of the synthesized configuration asks for, so it can start.
+            cores = int(deployment.spark_defaults.get("spark.executor.cores", "1"))
+            memory = _megabytes(deployment.spark_defaults.get("spark.executor.memory", "1g")) + 512
+            cluster = StandaloneCluster(node, workers=2, cores=cores, memory=f"{memory}m")
             yield Rehearsal(workdir, deployment, aws, role, node, cluster, stack)
     finally:
         if cluster is not None:
             cluster.stop()
         aws.stop()
         print(f"rehearsal logs kept in {workdir}")
+
+
+def _megabytes(size: str) -> int:
+    """Spark's memory strings (``3328m``, ``4g``) in MiB."""
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    text = size.strip().lower().removesuffix("b")
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text) // (1024 * 1024)
 
 
 def _reconciles(manifest: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Decode image bytes into fixed-size RGB arrays.
+"""Decode: image bytes into fixed-size RGB arrays.
 
 Pure functions (no Spark, no TensorFlow) so that every rule here is tested on its own. A file that cannot be
 used raises :class:`ImageRejected` with a short reason; callers record it and go on.
@@ -16,7 +16,6 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 # could flip this global).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Refuse decompression bombs from the header alone: 50 megapixels is far above any fruit photo.
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -27,11 +26,6 @@ class ImageRejected(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def is_supported(path: str) -> bool:
-    """True when the path ends in .jpg, .jpeg or .png, in any letter case."""
-    return path.lower().endswith(SUPPORTED_EXTENSIONS)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

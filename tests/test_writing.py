@@ -6,8 +6,8 @@ import csv
 
 import pytest
 
-from fruits.outputs import write_single_csv
 from fruits.storage import open_store
+from fruits.writing import write_single_csv
 
 pytestmark = pytest.mark.spark
 

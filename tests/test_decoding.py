@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fruits.images import (
+from fruits.decoding import (
     ImageRejected,
     decode_image,
-    is_supported,
 )
+from fruits.listing import is_supported
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

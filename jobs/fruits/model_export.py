@@ -1,0 +1,158 @@
+"""Prepare the feature model for the engine once, keep it, and ship it to every node.
+
+Building the Keras model and converting it for LiteRT costs seconds and a TensorFlow import, on every run,
+although the exported file depends only on what decides the features (model, alpha, image size, decode size,
+weights: the feature store's model key) and on the engine. So the export is kept, named by its SHA-256:
+
+1. in a local cache, ``$FRUITS_CACHE`` or ``~/.cache/fruits/models`` (skipped when it is not writable, as for
+   YARN's users on a cluster);
+2. in the feature store, beside the features it produced: ``<store>/<model key>/engines/<engine>.json`` names
+   ``<engine>-<sha>.<ext>`` there, for every run on any node.
+
+A run that finds it downloads one file and never imports TensorFlow on the driver (and the LiteRT engine never
+imports it on the workers). A run that builds it writes it to both places; the store's JSON pointer is created
+only if absent, so two runs sharing a store agree on one file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from fruits import engines, models
+from fruits.storage import NotFound, Store
+
+log = logging.getLogger(__name__)
+ENGINES_DIR = "engines"
+
+
+def local_cache_dir() -> str | None:
+    """The machine's model cache folder, or None when there is no writable one."""
+    folder = os.environ.get("FRUITS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fruits")
+    folder = os.path.join(folder, "models")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def _pointer_key(key: str, engine: str) -> str:
+    return f"{key}/{ENGINES_DIR}/{engine}.json"
+
+
+def _from_local(folder: str | None, key: str, engine: str) -> tuple[dict[str, Any], str] | None:
+    if folder is None:
+        return None
+    try:
+        with open(os.path.join(folder, key, f"{engine}.json"), encoding="utf-8") as handle:
+            pointer = json.load(handle)
+        path = os.path.join(folder, key, pointer["file_name"])
+        if os.path.isfile(path) and models.sha256_file(path).startswith(pointer["sha256"]):
+            return pointer, path
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _to_local(folder: str | None, key: str, engine: str, pointer: dict[str, Any], path: str) -> None:
+    if folder is None:
+        return
+    try:
+        target = os.path.join(folder, key)
+        os.makedirs(target, exist_ok=True)
+        copy = os.path.join(target, pointer["file_name"])
+        if not os.path.exists(copy):
+            with open(path, "rb") as source, tempfile.NamedTemporaryFile(dir=target, delete=False) as out:
+                out.write(source.read())
+            os.replace(out.name, copy)
+        with tempfile.NamedTemporaryFile("w", dir=target, delete=False, encoding="utf-8") as out:
+            json.dump(pointer, out)
+        os.replace(out.name, os.path.join(target, f"{engine}.json"))
+    except OSError as error:  # a cache that cannot be written is only slower
+        log.info("model cache %s not updated: %s", folder, error)
+
+
+def _from_store(store: Store, key: str, engine: str, folder: str) -> tuple[dict[str, Any], str] | None:
+    try:
+        pointer = store.read_json(_pointer_key(key, engine))
+        path = os.path.join(folder, pointer["file_name"])
+        store.download_file(f"{key}/{ENGINES_DIR}/{pointer['file_name']}", path)
+    except (NotFound, ValueError, KeyError):
+        return None
+    if not models.sha256_file(path).startswith(pointer["sha256"]):
+        log.warning("the stored %s model does not match its checksum: building it again", engine)
+        return None
+    return pointer, path
+
+
+def _build(options: Any, weights: models.Weights, folder: str) -> tuple[dict[str, Any], str]:
+    model = models.build_feature_model(
+        models.get_spec(options.model),
+        image_size=options.image_size,
+        decode_size=options.decode_size,
+        alpha=options.alpha,
+        weights=weights,
+    )
+    exported = engines.export(model, options.engine, folder, options.engine)
+    sha = models.sha256_file(exported)[:16]
+    stem, extension = os.path.splitext(exported)
+    path = f"{stem}-{sha}{extension}"
+    os.replace(exported, path)  # named by its content: workers cache models by file name
+    pointer = {
+        "file_name": os.path.basename(path),
+        "sha256": sha,
+        "engine": options.engine,
+        "input_size": options.decode_size,
+        "feature_dim": int(model.output_shape[-1]),
+        "built_with": {
+            name: getattr(sys.modules.get(name), "__version__", "not loaded")
+            for name in ("tensorflow", "keras")
+        },
+    }
+    return pointer, path
+
+
+def prepare_model(
+    spark: SparkSession, options: Any, weights: models.Weights, store: Store, key: str, folder: str
+) -> tuple[engines.ModelArtifact, str]:
+    """The engine's model for this model key, shipped to every node with ``addFile``; (artifact, where from).
+
+    ``folder`` is a scratch folder that must outlive the Spark jobs using the artifact (Spark copies the file
+    when it is added, but the path must stay valid while this session runs).
+    """
+    cache = local_cache_dir()
+    found, source = _from_local(cache, key, options.engine), "local cache"
+    if found is None:
+        found, source = _from_store(store, key, options.engine, folder), "feature store"
+    if found is None:
+        found, source = _build(options, weights, folder), "built"
+        pointer, path = found
+        try:
+            with open(path, "rb") as handle:
+                store.put_if_absent(f"{key}/{ENGINES_DIR}/{pointer['file_name']}", handle.read())
+            if store.put_if_absent(_pointer_key(key, options.engine), json.dumps(pointer).encode()) is None:
+                log.info("another run stored this %s model first; both are the same model", options.engine)
+        except Exception as error:  # keeping the export is an optimisation, never a failure
+            log.warning("could not keep the exported model in the feature store: %s", error)
+    pointer, path = found
+    if source != "local cache":
+        _to_local(cache, key, options.engine, pointer, path)
+    spark.sparkContext.addFile(path)
+    artifact = engines.ModelArtifact(
+        pointer["engine"], pointer["file_name"], int(pointer["input_size"]), int(pointer["feature_dim"])
+    )
+    log.info(
+        "model %s (%s): %s, feature width %d",
+        artifact.file_name,
+        source,
+        options.engine,
+        artifact.feature_dim,
+    )
+    return artifact, source
