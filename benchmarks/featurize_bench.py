@@ -94,7 +94,7 @@ def limit_and_decode(args: argparse.Namespace, images: list[bytes], folder: str)
     import numpy as np
 
     from fruits import engines, models
-    from fruits.images import decode_image
+    from fruits.decoding import decode_image
 
     cores = os.cpu_count() or 1
     spec = models.get_spec(args.model)
