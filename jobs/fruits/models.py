@@ -79,10 +79,32 @@ def check_weights_source(source: str) -> None:
         return
     if not source.endswith((".h5", ".keras")):
         raise WeightsError(f"weights {source!r}: expected imagenet, none, or a .h5/.keras file or s3:// URI")
-    if not source.startswith("s3://") and not os.path.isfile(
-        os.path.expanduser(source.removeprefix("file://"))
-    ):
+    if source.startswith("s3://"):
+        return
+    path = os.path.expanduser(source.removeprefix("file://"))
+    if not os.path.isfile(path):
         raise WeightsError(f"weights file not found: {source}")
+    check_weights_file(path)
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_weights_file(path: str) -> None:
+    """Raise WeightsError unless the file is what its name says: HDF5 for .h5, a zip archive for .keras."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as error:
+        raise WeightsError(f"weights file {path} cannot be read: {error.strerror or error}") from None
+    if path.endswith(".h5") and head != _HDF5_SIGNATURE:
+        raise WeightsError(
+            f"weights file {path} is not an HDF5 file (a Keras .h5 weights file starts with one)"
+        )
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise WeightsError(f"weights file {path} is not a .keras archive (a zip file)")
 
 
 @dataclass(frozen=True)
@@ -107,6 +129,21 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _writable_cache(name: str) -> str:
+    """``~/.cache/fruits/<name>``, or a folder in the temp dir when the home is not writable (YARN's users)."""
+    for base in (os.path.join(os.path.expanduser("~"), ".cache", "fruits"), tempfile.gettempdir()):
+        folder = os.path.join(base, f"fruits-{name}" if base == tempfile.gettempdir() else name)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return folder
+    raise WeightsError(
+        "no writable folder to keep the downloaded weights in (home and temp dir are read-only)"
+    )
 
 
 def _download_s3(uri: str, cache_dir: str) -> str:
@@ -151,8 +188,8 @@ def resolve_weights(
         return Weights(source="none", kind="random")
     check_weights_source(source)
     if source.startswith("s3://"):
-        cache = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "fruits", "weights")
-        path = _download_s3(source, cache)
+        path = _download_s3(source, cache_dir or _writable_cache("weights"))
+        check_weights_file(path)
     else:
         path = os.path.abspath(os.path.expanduser(source.removeprefix("file://")))
     return Weights(source=source, kind="file", path=path, sha256=sha256_file(path))
