@@ -69,3 +69,17 @@ def test_quality_report_keeps_at_least_90_percent_test_accuracy(real_run):
     assert quality["train_images"] > 0 and quality["test_images"] > 0
     assert quality["test_accuracy_pca"] >= 0.90, quality
     assert quality["test_accuracy_full_features"] >= 0.90, quality
+
+
+def test_quality_report_is_not_weaker_than_scikit_learns_default_logistic_regression(real_run):
+    """The report's classifier (cheap, one pass) against what an analyst would try first, on the same features."""
+    from sklearn.linear_model import LogisticRegression
+
+    manifest, table, _ = real_run
+    train, test = table[table["split"] == "Training"], table[table["split"] == "Test"]
+    x, xt = np.stack(train["features"].to_numpy()), np.stack(test["features"].to_numpy())
+    reference = (LogisticRegression().fit(x, train["label"]).predict(xt) == test["label"]).mean()
+    assert manifest["quality"]["test_accuracy_full_features"] >= reference - 0.01, (
+        manifest["quality"],
+        reference,
+    )

@@ -366,7 +366,7 @@ def quality_stage(ctx: RunContext, projected: DataFrame, reduced: Reduced) -> di
     """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
     with ctx.timer.stage("quality report"):
         report = quality.report(
-            projected.select("label", "split", "features", *reduce.pc_columns(reduced.k)), reduced.k
+            projected.select("path", "label", "split", "features", *reduce.pc_columns(reduced.k)), reduced.k
         )
     if report:
         log.info(

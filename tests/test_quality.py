@@ -1,0 +1,87 @@
+"""The quality report's classifier: LDA fitted from additive class sums, scored on every Test row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fruits.quality import ClassSums, fit_lda, report
+
+
+def blobs(rows: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)) * spread
+    labels = rng.integers(0, classes, rows)
+    mixing = rng.normal(size=(dim, dim)) / np.sqrt(dim)  # correlated features, as a CNN's are
+    x = (centers[labels] + rng.normal(size=(rows, dim))) @ mixing
+    return x, np.array([f"class {i}" for i in labels], dtype=object)
+
+
+def sums_of(x: np.ndarray, y: np.ndarray, batches: int = 1) -> ClassSums:
+    total = ClassSums(x.shape[1])
+    for part in np.array_split(np.arange(len(x)), batches):
+        piece = ClassSums(x.shape[1])
+        piece.add(y[part], x[part])
+        total = total + piece
+    return total
+
+
+def test_class_sums_are_additive():
+    x, y = blobs(300, 4, 6, 2.0)
+    one, many = sums_of(x, y), sums_of(x, y, batches=7)
+    assert one.counts == many.counts and np.allclose(one.gram, many.gram)
+    assert all(np.allclose(one.sums[c], many.sums[c]) for c in one.counts)
+
+
+def test_lda_from_sums_predicts_like_scikit_learns_shrinkage_lda():
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    x, y = blobs(3000, 8, 20, 0.8)
+    xt, yt = blobs(2000, 8, 20, 0.8, seed=1)
+    ours = fit_lda(sums_of(x, y), shrinkage=0.01).predict(xt)
+    theirs = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.01).fit(x, y).predict(xt)
+    assert (ours == theirs).mean() > 0.98
+    assert abs((ours == yt).mean() - (theirs == yt).mean()) < 0.01
+
+
+def test_lda_needs_two_classes():
+    x, y = blobs(50, 1, 3, 1.0)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_lda(sums_of(x, y), 0.01)
+
+
+@pytest.mark.spark
+def test_report_scores_every_test_row_and_each_class(spark):
+    x, y = blobs(600, 3, 8, 3.0)
+    splits = ["Training"] * 450 + ["Test"] * 150
+    y[-5:] = "only in test"  # a class Training never saw: counted, and always wrong
+    rows = [
+        (
+            f"/data/{split}/{label}/{i}.jpg",
+            str(label),
+            split,
+            vector.astype(np.float32).tolist(),
+            *vector[:2].tolist(),
+        )
+        for i, (label, split, vector) in enumerate(zip(y, splits, x, strict=True))
+    ]
+    frame = spark.createDataFrame(
+        rows, "path string, label string, split string, features array<float>, pc_1 double, pc_2 double"
+    )
+    result = report(frame, 2)
+    assert result["train_images"] == 450 and result["test_images"] == 150 and result["classes"] == 3
+    assert result["test_labels_unseen_in_training"] == ["only in test"]
+    assert result["per_class"]["only in test"]["accuracy_full_features"] == 0.0
+    assert sum(c["test_images"] for c in result["per_class"].values()) == 150
+    assert result["test_accuracy_full_features"] > 0.9
+    assert 0 <= result["test_accuracy_pca"] <= 1
+    assert set(result["shrinkage"]) == {"full", "pca"}
+
+
+@pytest.mark.spark
+def test_no_report_without_both_splits(spark):
+    frame = spark.createDataFrame(
+        [("/a/Apple/1.jpg", "Apple", None, [1.0, 2.0], 0.5)],
+        "path string, label string, split string, features array<float>, pc_1 double",
+    )
+    assert report(frame, 1) is None
