@@ -268,3 +268,31 @@ def test_a_lease_left_by_an_earlier_attempt_of_the_same_application_is_taken_ove
     monkeypatch.setattr(job, "reentrant_key", lambda sc: "application_1_0001")
     assert job.main(["--input", str(root), "--output", str(output), *FAST, "--k", "1"], spark) == 0
     assert len(list((output / "_commits").iterdir())) == 1
+
+
+def test_a_run_that_finds_its_model_in_the_cache_never_imports_tensorflow(tmp_path):
+    """Two fresh processes with one model cache: the first builds and converts, the second only loads the file."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import write_image
+
+    for i in range(4):
+        write_image(tmp_path / "in" / ("Kiwi" if i % 2 else "Plum") / f"{i}.jpg", (40 * i, 120, 60), seed=i)
+    script = (
+        "import json, sys; from fruits.job import main; "
+        "code = main(sys.argv[1:]); "
+        "print(json.dumps({'code': code, 'tensorflow': 'tensorflow' in sys.modules}))"
+    )
+    env = {**os.environ, "FRUITS_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path("jobs").resolve())}
+    seen = []
+    for name in ("first", "second"):
+        args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / name), *FAST, "--k", "2"]
+        done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        seen[-1]["source"] = manifest["model"]["prepared_from"]
+    assert seen[0] == {"code": 0, "tensorflow": True, "source": "built"}
+    assert seen[1] == {"code": 0, "tensorflow": False, "source": "local cache"}

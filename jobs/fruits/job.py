@@ -209,6 +209,7 @@ class Featurized:
     newly: int
     new_ids: DataFrame  # ``id`` of each image featurized by this run
     feature_dim: int | None  # known when this run prepared the model
+    model_source: str | None  # where the model came from: "local cache", "feature store", "built", or None
 
 
 def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featurized:
@@ -222,11 +223,11 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     log.info("%d images read: %d distinct new images to featurize", catalog.count, todo_count)
     lease.check()
     if not todo_count:
-        return Featurized(batches, 0, todo, None)
+        return Featurized(batches, 0, todo, None, None)
     sc = spark.sparkContext
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, _ = prepare_model(spark, options, ctx.weights, store, key, folder)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
     partitions = max(sc.defaultParallelism, math.ceil(todo_count / options.images_per_task))
     with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
         checkpoint("featurize")
@@ -245,7 +246,7 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
         )
         batches = [*batches, feature_store.write_batch(features, store, key, ctx.run_id)]
     lease.check()
-    return Featurized(batches, todo_count, todo, artifact.feature_dim)
+    return Featurized(batches, todo_count, todo, artifact.feature_dim, source)
 
 
 @dataclass(frozen=True)
@@ -523,6 +524,7 @@ def _extract_transform_load(
         counts=reconciled.counts,
         skipped={"hidden": listing.hidden, "examples": listing.hidden_examples},
         feature_dim=reduced.feature_dim,
+        model_source=featurized.model_source,
         threads=ctx.threads,
         weights=ctx.weights,
         weights_sha=ctx.weights.sha256,

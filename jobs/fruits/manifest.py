@@ -13,17 +13,29 @@ RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--weights none): features are NOT pret
 
 
 def versions(spark_version: str) -> dict[str, str]:
-    """Versions of Python, Spark and the libraries that decide the numbers."""
-    import numpy
-    import PIL
+    """Versions of Python, Spark and the libraries that decide the numbers.
 
-    found = {"python": platform.python_version(), "spark": spark_version, "numpy": numpy.__version__}
-    found["pillow"] = PIL.__version__
-    for module in ("tensorflow", "keras", "ai_edge_litert"):
-        try:
-            found[module] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            found[module] = "not installed"
+    Read from the installed distributions' metadata, never by importing them: importing TensorFlow costs seconds,
+    and a run that found its exported model in the cache never needs it.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "spark": spark_version}
+    distributions = {
+        "numpy": ("numpy",),
+        "pillow": ("pillow",),
+        "tensorflow": ("tensorflow-cpu", "tensorflow"),
+        "keras": ("keras",),
+        "ai_edge_litert": ("ai-edge-litert",),
+    }
+    for name, candidates in distributions.items():
+        found[name] = "not installed"
+        for distribution in candidates:
+            try:
+                found[name] = version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
     return found
 
 
@@ -43,6 +55,7 @@ def build(
     counts: dict[str, int],
     skipped: dict[str, Any],
     feature_dim: int,
+    model_source: str | None,
     threads: int,
     weights: Weights,
     weights_sha: str | None,
@@ -78,6 +91,7 @@ def build(
             "engine": options.engine,
             "batch_size": options.batch_size,
             "threads_per_task": threads,
+            "prepared_from": model_source,  # local cache | feature store | built | None (nothing new to featurize)
         },
         "weights": {
             "source": weights.source,
