@@ -32,18 +32,20 @@ import boto3
 import pytest
 
 from fruits.ops import aws
+from tests.cfn import Resolver
 
 REGION = "us-east-1"
-# The data stack exports its buckets as "<stack>-<Role>BucketName" / "...BucketArn" (stacks._ImportedStorage).
-_BUCKET_EXPORT = re.compile(r"^[A-Za-z0-9]+-(?P<role>[A-Za-z]+)Bucket(?P<what>Name|Arn)$")
+# The data stack's buckets are Storage<Role>Bucket<hash> (fruits_infra.storage.FruitsStorage): one per role.
+_BUCKET_ID = re.compile(r"^Storage(?P<role>[A-Za-z]+)Bucket[0-9A-F]{8}$")
 
 
 @dataclass(frozen=True)
 class SynthesizedStack:
-    """The EMR stack's template as `cdk synth` writes it."""
+    """The EMR stack's template as `cdk synth` writes it, and the cdk.out it came from."""
 
     name: str
     template: dict[str, Any]
+    cdk_out: Path
 
     def resources_of_type(self, kind: str) -> dict[str, dict[str, Any]]:
         """Logical id -> resource, for every resource of CloudFormation type `kind`."""
@@ -62,7 +64,7 @@ def synthesized_stack(tmp_path_factory: pytest.TempPathFactory) -> SynthesizedSt
     app = synthesize(tmp_path_factory.mktemp("cdk-app"), deployStep=True)
     assert app.assembly is not None, f"the CDK app did not synthesize: {app.error}"
     path = Path(app.outdir) / f"{app.emr_stack.artifact_id}.template.json"
-    return SynthesizedStack(app.emr_stack.stack_name, json.loads(path.read_text()))
+    return SynthesizedStack(app.emr_stack.artifact_id, json.loads(path.read_text()), Path(app.outdir))
 
 
 @pytest.fixture
@@ -110,39 +112,23 @@ class Deployment:
     stacks: list[str] = field(default_factory=list)
 
     def resolve(self, value: Any, cluster_id: str | None = None) -> Any:
-        """A template value with its intrinsic functions evaluated as CloudFormation would for this test."""
-        if isinstance(value, str | int | float):
-            return str(value)
-        if isinstance(value, list):
-            return [self.resolve(item, cluster_id) for item in value]
-        if isinstance(value, dict) and len(value) == 1:
-            ((function, argument),) = value.items()
-            if function == "Fn::Join":
-                separator, parts = argument
-                return separator.join(self.resolve(part, cluster_id) for part in parts)
-            if function == "Fn::ImportValue":
-                return self._import(self.resolve(argument, cluster_id))
-            if function == "Ref":
-                return self._ref(argument, cluster_id)
-        raise ValueError(f"tests/ops_stack.py cannot resolve {value!r}: teach Deployment.resolve this form")
+        """A template value with its intrinsic functions evaluated as CloudFormation would for this test.
 
-    def _import(self, export: str) -> str:
-        match = _BUCKET_EXPORT.match(export)
-        if not match or match["role"].lower() not in self.buckets:
-            raise ValueError(f"unknown export {export!r}: teach Deployment._import what it names")
-        bucket = self.buckets[match["role"].lower()]
-        return bucket if match["what"] == "Name" else f"arn:aws:s3:::{bucket}"
-
-    def _ref(self, logical_id: str, cluster_id: str | None) -> str:
+        The one resolver of the tests (tests/cfn.py), with this test's buckets and cluster as physical names.
+        """
         from moto.core import DEFAULT_ACCOUNT_ID
 
-        pseudo = {"AWS::Region": REGION, "AWS::AccountId": DEFAULT_ACCOUNT_ID, "AWS::Partition": "aws"}
-        if logical_id in pseudo:
-            return pseudo[logical_id]
-        kind = self.stack.template["Resources"].get(logical_id, {}).get("Type")
-        if kind == "AWS::EMR::Cluster":
-            return cluster_id or self.cluster_id
-        raise ValueError(f"Ref to {logical_id} ({kind}): teach Deployment._ref what it resolves to")
+        def names(stack: str, logical_id: str, kind: str) -> str | None:
+            if kind == "AWS::EMR::Cluster":
+                return cluster_id or self.cluster_id
+            match = _BUCKET_ID.match(logical_id)
+            if kind == "AWS::S3::Bucket" and match and match["role"].lower() in self.buckets:
+                return self.buckets[match["role"].lower()]
+            raise ValueError(f"{stack} {logical_id} ({kind}): teach Deployment.resolve what it is in a test")
+
+        resolver = Resolver(self.stack.cdk_out, REGION, account=DEFAULT_ACCOUNT_ID, names=names)
+        resolved = resolver.resolve(self.stack.name, value)
+        return [str(item) for item in resolved] if isinstance(resolved, list) else str(resolved)
 
     def outputs(self, cluster_id: str | None = None) -> dict[str, str]:
         """Every output of the real stack's template, resolved for this test."""

@@ -27,7 +27,7 @@ from typing import Any
 import boto3
 import requests
 
-from tests.rehearsal.cfn import Deployment
+from tests.cfn import Deployment
 
 REPO = Path(__file__).resolve().parents[2]
 

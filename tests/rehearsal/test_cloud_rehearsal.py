@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.rehearsal import cfn
+from tests import cfn
 from tests.rehearsal.aws import Credentials, MotoAws, moto_compensations
 from tests.rehearsal.node import (
     Node,

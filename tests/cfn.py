@@ -1,4 +1,7 @@
-"""What the synthesized templates deploy, read from ``cdk.out`` with the intrinsics resolved for a rehearsal.
+"""What the synthesized templates deploy, read from ``cdk.out`` with the intrinsics resolved as CloudFormation would.
+
+Used by the cloud rehearsal (tests/rehearsal) and by the operator CLI's tests (tests/ops_stack.py), which give
+their own physical names (each test's buckets and cluster) through ``names``.
 
 CloudFormation fills in physical names, ARNs and imports at deploy time; this module does the same for the few
 intrinsics the app's templates use (``Ref``, ``Fn::GetAtt``, ``Fn::ImportValue``, ``Fn::Join``, ``Fn::Sub``,
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,12 +59,23 @@ def bucket_name(stack: str, logical_id: str) -> str:
     return f"{stack}-{logical_id}".lower()[:63].rstrip("-")
 
 
-class Resolver:
-    """Resolves intrinsics of the templates in one ``cdk.out`` as if they had been deployed together."""
+Names = Callable[[str, str, str], "str | None"]
 
-    def __init__(self, cdk_out: Path, region: str) -> None:
+
+class Resolver:
+    """Resolves intrinsics of the templates in one ``cdk.out`` as if they had been deployed together.
+
+    ``names(stack, logical_id, resource_type)`` may give a resource's physical id (None: the default, see
+    :func:`bucket_name`); ``account`` is the pseudo parameter AWS::AccountId.
+    """
+
+    def __init__(
+        self, cdk_out: Path, region: str, *, account: str = ACCOUNT, names: Names | None = None
+    ) -> None:
         self.cdk_out = cdk_out
         self.region = region
+        self.account = account
+        self.names = names
         manifest = json.loads((cdk_out / "manifest.json").read_text())
         self.templates: dict[str, dict[str, Any]] = {}
         for artifact_id, artifact in manifest["artifacts"].items():
@@ -84,7 +99,7 @@ class Resolver:
     def _ref(self, stack: str, name: str) -> str:
         pseudo = {
             "AWS::Region": self.region,
-            "AWS::AccountId": ACCOUNT,
+            "AWS::AccountId": self.account,
             "AWS::Partition": PARTITION,
             "AWS::URLSuffix": "amazonaws.com",
             "AWS::StackName": stack,
@@ -96,6 +111,9 @@ class Resolver:
         if name in parameters:
             return str(parameters[name].get("Default", ""))
         kind = self.resource(stack, name)["Type"]
+        chosen = self.names(stack, name, kind) if self.names else None
+        if chosen is not None:
+            return chosen
         if kind == "AWS::S3::Bucket":
             return bucket_name(stack, name)
         return f"{stack}-{name}"  # any other physical id: opaque but unique
@@ -107,7 +125,7 @@ class Resolver:
             return f"arn:{PARTITION}:s3:::{name}"
         if attribute == "Arn":
             service = kind.split("::")[1].lower()
-            return f"arn:{PARTITION}:{service}:{self.region}:{ACCOUNT}:{name}"
+            return f"arn:{PARTITION}:{service}:{self.region}:{self.account}:{name}"
         return f"{name}.{attribute}"
 
     def resolve(self, stack: str, value: Any) -> Any:
