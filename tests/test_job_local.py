@@ -95,12 +95,12 @@ def test_the_commit_names_the_manifest_the_readers_follow(first_run):
 def test_saved_pipeline_projects_the_same_rows_without_refitting(first_run, spark):
     from pyspark.ml import PipelineModel
 
-    from fruits.reduce import project
+    from fruits.reduce import project_with_pipeline
 
     _, _, manifest = first_run
     run_dir = Path(manifest["outputs"]["results.parquet"]).parent
     table = spark.read.parquet(str(run_dir / "results.parquet"))
-    again = project(
+    again = project_with_pipeline(
         PipelineModel.load(str(run_dir / "pca_model")), table.select("path", "features"), 3
     ).toPandas()
     expected = table.select("path", "pc_1", "pc_2", "pc_3").toPandas()

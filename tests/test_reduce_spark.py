@@ -7,7 +7,16 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, StandardScaler
 
-from fruits.reduce import fit, loaded_k, moments, principal_components, project, with_vectors
+from fruits.reduce import (
+    fit,
+    loaded_k,
+    moments,
+    principal_components,
+    project,
+    project_with_pipeline,
+    projection_of,
+    with_vectors,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -52,7 +61,7 @@ def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
     assert np.allclose(reduction.explained, reference, rtol=1e-6, atol=1e-12)
     k = reduction.k
     assert 1 <= k <= 5
-    projected = project(reduction.model, frame, k).orderBy("i").toPandas()
+    projected = project(reduction.projection, frame).orderBy("i").toPandas()
     got = projected[[f"pc_{j + 1}" for j in range(k)]].to_numpy()
     expected = (x.astype(np.float64) - x.mean(axis=0)) @ reference_vectors[:, :k]
     for j in range(k):
@@ -64,8 +73,10 @@ def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
     reduction.model.write().overwrite().save(str(tmp_path / "pca_model"))
     reloaded = PipelineModel.load(str(tmp_path / "pca_model"))
     assert loaded_k(reloaded) == k
-    again = project(reloaded, frame, k).orderBy("i").toPandas()
-    assert np.allclose(again[[f"pc_{j + 1}" for j in range(k)]].to_numpy(), got)
+    again = project_with_pipeline(reloaded, frame, k).orderBy("i").toPandas()  # Spark ML's own transform
+    assert np.allclose(again[[f"pc_{j + 1}" for j in range(k)]].to_numpy(), got, rtol=1e-9, atol=1e-12)
+    from_saved = projection_of(reloaded)
+    assert np.allclose(from_saved.mean, reduction.projection.mean) and from_saved.k == k
 
 
 def test_the_curve_equals_mllib_pca(spark):

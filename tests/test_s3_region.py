@@ -34,7 +34,8 @@ def test_without_any_region_the_fallback_is_named(no_aws_config):
 
 
 def test_s3_weights_are_downloaded_with_the_job_s3_client(moto_s3, tmp_path, monkeypatch):
-    moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="models/custom.h5", Body=b"h5 bytes")
+    body = b"\x89HDF\r\n\x1a\n" + b"h5 bytes"  # an HDF5 signature: the job checks that an .h5 is one
+    moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="models/custom.h5", Body=body)
     made = []
 
     def recording_client():
@@ -43,4 +44,4 @@ def test_s3_weights_are_downloaded_with_the_job_s3_client(moto_s3, tmp_path, mon
 
     monkeypatch.setattr(storage, "make_s3_client", recording_client)
     weights = models.resolve_weights(f"s3://{moto_s3.bucket}/models/custom.h5", cache_dir=str(tmp_path))
-    assert made and Path(weights.path).read_bytes() == b"h5 bytes"
+    assert made and Path(weights.path).read_bytes() == body

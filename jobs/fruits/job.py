@@ -311,6 +311,7 @@ class Reduced:
     """The projection and how it was made."""
 
     pipeline: PipelineModel
+    projection: reduce.Projection
     k: int
     explained: list[float]
     fitted_here: bool
@@ -327,12 +328,13 @@ def reduce_stage(
         if options.reuse_pca and previous:
             pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
             explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
-            reduced = Reduced(pipeline, reduce.loaded_k(pipeline), explained, False, feature_dim)
+            projection = reduce.projection_of(pipeline)
+            reduced = Reduced(pipeline, projection, projection.k, explained, False, feature_dim)
         else:
             if options.reuse_pca:
                 log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
             fit = reduce.fit(good, feature_dim=feature_dim, k=options.k, variance=options.variance)
-            reduced = Reduced(fit.model, fit.k, fit.explained, True, feature_dim)
+            reduced = Reduced(fit.model, fit.projection, fit.k, fit.explained, True, feature_dim)
         reduced.pipeline.write().overwrite().save(ctx.out.uri_for(ctx.key_for("pca_model")))
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance",
@@ -510,10 +512,14 @@ def _extract_transform_load(
             )
             reduced = reduce_stage(ctx, good, feature_dim, previous)
             lease.check()
-            projected = reduce.project(reduced.pipeline, good, reduced.k)
-            results = write_stage(ctx, projected, reconciled, reduced.k)  # load
-            report = quality_stage(ctx, projected, reduced)
-            plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
+            # Written, reported on and plotted: projected once, kept until the run ends.
+            projected = reduce.project(reduced.projection, good).persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                results = write_stage(ctx, projected, reconciled, reduced.k)  # load
+                report = quality_stage(ctx, projected, reduced)
+                plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
+            finally:
+                projected.unpersist()
         finally:
             reconciled.rows.unpersist()
     finally:

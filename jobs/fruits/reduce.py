@@ -27,6 +27,7 @@ from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField, StructType
 
 VECTOR_COL = "features_vec"
 CENTERED_COL = "centered"
@@ -121,17 +122,34 @@ def _from_row(row: object) -> Moments:
 
 
 def distributed_moments(features: DataFrame, dim: int) -> Moments:
-    """:class:`Moments` of the ``features`` array column: one partial per partition, summed in a tree on the
+    """:class:`Moments` of the ``features`` array column: one partial per task slot, summed in a tree on the
     executors (as MLlib's treeAggregate does), so the driver receives one d x d matrix, never the rows."""
+    # One partial (a d x d matrix: 13 MB at d = 1,280) per task slot, not per partition: fewer bytes to sum.
+    slots = features.sparkSession.sparkContext.defaultParallelism
+    if features.rdd.getNumPartitions() > slots:
+        features = features.coalesce(slots)
     partials = features.select("features").mapInPandas(_partition_moments(dim), _GRAM_SCHEMA)
     return partials.rdd.map(_from_row).treeReduce(lambda a, b: a + b, depth=2)
 
 
 @dataclass(frozen=True)
+class Projection:
+    """What projecting needs: the mean to subtract and the first k components (as columns)."""
+
+    mean: np.ndarray  # (d,)
+    components: np.ndarray  # (d, k)
+
+    @property
+    def k(self) -> int:
+        return int(self.components.shape[1])
+
+
+@dataclass(frozen=True)
 class Reduction:
-    """The fitted pipeline and what it explains."""
+    """The fitted pipeline, the same projection as arrays, and what it explains."""
 
     model: PipelineModel
+    projection: Projection
     k: int
     explained: list[float]  # per component, over all components
 
@@ -179,16 +197,49 @@ def fit(features: DataFrame, *, feature_dim: int, k: int | None, variance: float
     mean, components, explained = principal_components(distributed_moments(features, feature_dim))
     curve = [float(v) for v in explained]
     chosen = min(k, feature_dim) if k is not None else choose_k(curve, variance or 0.95)
-    model = pipeline_model(features.sparkSession, mean, components[:, :chosen])
-    return Reduction(model=model, k=chosen, explained=curve)
+    projection = Projection(mean, components[:, :chosen])
+    model = pipeline_model(features.sparkSession, projection.mean, projection.components)
+    return Reduction(model=model, projection=projection, k=chosen, explained=curve)
 
 
-def project(model: PipelineModel, features: DataFrame, k: int) -> DataFrame:
-    """Rows of ``features`` with ``pc_1..pc_k`` double columns added (the vector columns dropped)."""
+def projection_of(model: PipelineModel) -> Projection:
+    """The mean and components of a saved pipeline (centering + PCA, and the k-slicer of earlier versions)."""
+    scaler, pca = model.stages[0], model.stages[1]
+    components = pca.pc.toArray()
+    if len(model.stages) > 2:  # earlier versions: PCA over every component, then a VectorSlicer
+        components = components[:, list(model.stages[2].getIndices())]
+    return Projection(np.asarray(scaler.mean.toArray()), components)
+
+
+def project_with_pipeline(model: PipelineModel, features: DataFrame, k: int) -> DataFrame:
+    """Rows of ``features`` with ``pc_1..pc_k`` added by the Spark ML pipeline itself (what a reader of the saved
+    model does; :func:`project` gives the same numbers faster)."""
     projected = model.transform(with_vectors(features))
     array = vector_to_array(F.col(PCA_COL))
     columns = [array[i].alias(name) for i, name in enumerate(pc_columns(k))]
     return projected.select(*features.columns, *columns)
+
+
+def project(projection: Projection, features: DataFrame) -> DataFrame:
+    """Rows of ``features`` with ``pc_1..pc_k`` double columns added: ``(x - mean) @ components`` per batch.
+
+    A batch at a time with NumPy (one matrix product) rather than row by row in the JVM: the same numbers as the
+    saved pipeline's ``transform`` (tests check it), without Spark's per-row vector conversions.
+    """
+    names = pc_columns(projection.k)
+    mean, components = projection.mean, projection.components
+    # A new schema: DataFrame.schema is cached, and StructType.add would change it in place.
+    schema = StructType([*features.schema.fields, *(StructField(name, DoubleType()) for name in names)])
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            if not len(frame):
+                continue
+            x = np.stack(frame["features"].to_numpy()).astype(np.float64)
+            pcs = (x - mean) @ components
+            yield frame.assign(**{name: pcs[:, i] for i, name in enumerate(names)})
+
+    return features.mapInPandas(run, schema)
 
 
 def loaded_k(model: PipelineModel) -> int:
