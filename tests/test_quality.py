@@ -68,7 +68,7 @@ def test_report_scores_every_test_row_and_each_class(spark):
     frame = spark.createDataFrame(
         rows, "path string, label string, split string, features array<float>, pc_1 double, pc_2 double"
     )
-    result = report(frame, 2)
+    result = report(frame, 2, 8)
     assert result["train_images"] == 450 and result["test_images"] == 150 and result["classes"] == 3
     assert result["test_labels_unseen_in_training"] == ["only in test"]
     assert result["per_class"]["only in test"]["accuracy_full_features"] == 0.0
@@ -84,4 +84,4 @@ def test_no_report_without_both_splits(spark):
         [("/a/Apple/1.jpg", "Apple", None, [1.0, 2.0], 0.5)],
         "path string, label string, split string, features array<float>, pc_1 double",
     )
-    assert report(frame, 1) is None
+    assert report(frame, 1, 2) is None

@@ -369,7 +369,9 @@ def quality_stage(ctx: RunContext, projected: DataFrame, reduced: Reduced) -> di
     """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
     with ctx.timer.stage("quality report"):
         report = quality.report(
-            projected.select("path", "label", "split", "features", *reduce.pc_columns(reduced.k)), reduced.k
+            projected.select("path", "label", "split", "features", *reduce.pc_columns(reduced.k)),
+            reduced.k,
+            reduced.feature_dim,
         )
     if report:
         log.info(
@@ -507,9 +509,8 @@ def _extract_transform_load(
         reconciled = reconcile_stage(ctx, listing, catalog, featurized)
         try:
             good = reconciled.rows.where(F.col("features").isNotNull())
-            feature_dim = featurized.feature_dim or models.get_spec(ctx.options.model).feature_dim(
-                ctx.options.alpha
-            )
+            # The width of the stored vectors themselves (a custom .keras model may not be the spec's width).
+            feature_dim = featurized.feature_dim or int(good.select(F.size("features")).first()[0])
             reduced = reduce_stage(ctx, good, feature_dim, previous)
             lease.check()
             # Written, reported on and plotted: projected once, kept until the run ends.

@@ -186,17 +186,17 @@ def _choose_shrinkage(train: DataFrame, fit: dict[str, ClassSums], k: int) -> di
     }
 
 
-def report(rows: DataFrame, k: int) -> dict[str, Any] | None:
-    """Test accuracy with the k components and with all features, or None without Training and Test rows.
+def report(rows: DataFrame, k: int, full_dim: int) -> dict[str, Any] | None:
+    """Test accuracy with the k components and with all ``full_dim`` features, or None without two classes in
+    Training and rows in Test.
 
     ``rows`` has ``path``, ``label``, ``split``, ``features`` (array) and ``pc_1..pc_k``.
     """
     train = rows.where(F.col("split") == "Training")
     test = rows.where(F.col("split") == "Test")
-    first = train.select("features").first()
-    if first is None or test.select("label").first() is None:
-        return None
-    full_dim = len(first["features"])
+    slots = rows.sparkSession.sparkContext.defaultParallelism
+    if train.rdd.getNumPartitions() > slots:
+        train = train.coalesce(slots)  # one set of class sums (a d x d Gram matrix among them) per task slot
     parts = (
         train.select("path", "label", "features", *pc_columns(k))
         .mapInPandas(_moments(full_dim, k, _holdout), "sums binary")
@@ -214,6 +214,8 @@ def report(rows: DataFrame, k: int) -> dict[str, Any] | None:
     final = {space: (fit_lda(everything[space], chosen[space]), space) for space in ("full", "pca")}
     table = _correct_counts(test, final, k)
     test_rows = int(table["rows"].sum())
+    if not test_rows:
+        return None
     per_class = {
         str(row.label): {
             "test_images": int(row.rows),
