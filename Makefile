@@ -11,8 +11,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 #   FRUITS_DATA=/path/to/fruits360 (Training/ and Test/)   FRUITS_WEIGHTS=/path/to/keras-weights.h5
 DEMO_OUT ?= out/demo
 NOTEBOOK_OUT ?= out/notebook
+DOCS_OUT ?= out/docs
 
-.PHONY: help venv java demo notebook test lint unit synth rehearse jars bench package clean
+.PHONY: help venv java demo notebook docs test lint unit synth rehearse jars bench package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -39,6 +40,15 @@ notebook: $(STAMP) java  ## run notebooks/fruits_chain.ipynb on FRUITS_DATA: exe
 	$(PY) -m papermill --log-level WARNING notebooks/fruits_chain.ipynb $(NOTEBOOK_OUT)/fruits_chain.ipynb \
 		-p OUTPUT $(NOTEBOOK_OUT)/run
 	@echo "notebook: $(NOTEBOOK_OUT)/fruits_chain.ipynb (open it in Jupyter); the job's run: $(NOTEBOOK_OUT)/run/"
+
+docs: $(STAMP)  ## docs/img/architecture.png from the synthesized stacks, and the deck as HTML in out/docs
+	@command -v dot >/dev/null || { echo "the picture needs Graphviz's dot: apt-get install graphviz (brew install graphviz)"; exit 1; }
+	$(PY) scripts/architecture.py docs/img/architecture.png
+	@[[ -x node_modules/.bin/marp ]] || npm ci
+	mkdir -p $(DOCS_OUT)/img
+	cp docs/img/*.png $(DOCS_OUT)/img/
+	marp docs/architecture.md -o $(DOCS_OUT)/architecture.html
+	@echo "deck: $(DOCS_OUT)/architecture.html"
 
 lint: $(STAMP)  ## ruff, shellcheck on the bootstrap scripts, and no outputs in committed notebooks
 	ruff check .
