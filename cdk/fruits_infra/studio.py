@@ -20,6 +20,11 @@ What EMR Studio needs, from its documentation (Amazon EMR Management Guide):
   the job package is the deployed ``job/fruits.zip`` (the notebook's ``FRUITS_ZIP`` parameter:
   ``sc.addPyFile``).
 
+Pages (Amazon EMR Management Guide): https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-service-role.html,
+https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-security-groups.html,
+https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-considerations.html#emr-studio-cluster-requirements;
+``AuthMode``: https://docs.aws.amazon.com/cdk/api/v2/python/aws_cdk.aws_emr/CfnStudioProps.html.
+
 Users' own permissions to open the Studio (``elasticmapreduce:CreateStudioPresignedUrl``, Workspaces, ...) belong
 to their IAM identities, not to this stack.
 """
