@@ -10,8 +10,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/node_modules/.bin:$(PATH)
 # Where the demo and the real-data tests find images and weights: set them in the environment.
 #   FRUITS_DATA=/path/to/fruits360 (Training/ and Test/)   FRUITS_WEIGHTS=/path/to/keras-weights.h5
 DEMO_OUT ?= out/demo
+NOTEBOOK_OUT ?= out/notebook
+DOCS_OUT ?= out/docs
 
-.PHONY: help venv java demo test lint unit synth rehearse jars bench package clean
+.PHONY: help venv java demo notebook docs test lint unit synth rehearse jars bench package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,9 +34,26 @@ java:
 demo: $(STAMP) java  ## featurize + PCA a Fruits-360 sample into out/demo
 	$(PY) scripts/demo.py --output $(DEMO_OUT)
 
-lint: $(STAMP)  ## ruff, and shellcheck on the bootstrap scripts
+notebook: $(STAMP) java  ## run notebooks/fruits_chain.ipynb on FRUITS_DATA: executed copy and its run in out/notebook
+	@test -n "$${FRUITS_DATA:-}" || { echo "make notebook: set FRUITS_DATA to a Fruits-360 folder (Training/, Test/) and FRUITS_WEIGHTS to a Keras weights file"; exit 1; }
+	mkdir -p $(NOTEBOOK_OUT)
+	$(PY) -m papermill --log-level WARNING notebooks/fruits_chain.ipynb $(NOTEBOOK_OUT)/fruits_chain.ipynb \
+		-p OUTPUT $(NOTEBOOK_OUT)/run
+	@echo "notebook: $(NOTEBOOK_OUT)/fruits_chain.ipynb (open it in Jupyter); the job's run: $(NOTEBOOK_OUT)/run/"
+
+docs: $(STAMP)  ## docs/img/architecture.png from the synthesized stacks, and the deck as HTML in out/docs
+	@command -v dot >/dev/null || { echo "the picture needs Graphviz's dot: apt-get install graphviz (brew install graphviz)"; exit 1; }
+	$(PY) scripts/architecture.py docs/img/architecture.png
+	@[[ -x node_modules/.bin/marp ]] || npm ci
+	mkdir -p $(DOCS_OUT)/img
+	cp docs/img/*.png $(DOCS_OUT)/img/
+	marp docs/architecture.md -o $(DOCS_OUT)/architecture.html
+	@echo "deck: $(DOCS_OUT)/architecture.html"
+
+lint: $(STAMP)  ## ruff, shellcheck on the bootstrap scripts, and no outputs in committed notebooks
 	ruff check .
 	ruff format --check .
+	$(PY) scripts/notebooks.py check
 	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: apt-get install shellcheck"; exit 1; }
 	shellcheck bootstrap/*.sh scripts/*.sh .ci/run
 

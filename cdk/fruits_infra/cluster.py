@@ -24,6 +24,7 @@ from fruits_infra.job_contract import DEFAULTS_CONF_KEY, imagenet_weights_file
 from fruits_infra.nag import acknowledge
 from fruits_infra.network import EMR_MANAGED_TAG, FruitsNetwork
 from fruits_infra.roles import EmrRoles
+from fruits_infra.studio import LIVY_CONF, STUDIO_APPLICATIONS
 
 PYTHON = "/usr/bin/python3.11"
 FRUITS_HOME = "/opt/fruits"
@@ -87,6 +88,14 @@ def _environment() -> dict[str, str]:
     }
 
 
+def applications(config: FruitsConfig) -> list[str]:
+    """The cluster's applications: Hadoop and Spark, plus what EMR Studio needs when ``studio`` is on.
+
+    ``Applications`` is replacement-only: turning the Studio on or off replaces the cluster.
+    """
+    return ["Hadoop", "Spark", *(STUDIO_APPLICATIONS if config.studio else ())]
+
+
 def spark_configurations(
     config: FruitsConfig, *, py_files_uri: str, job_defaults_uri: str
 ) -> list[emr.CfnCluster.ConfigurationProperty]:
@@ -110,7 +119,13 @@ def spark_configurations(
         "spark.python.worker.reuse": "true",
         DEFAULTS_CONF_KEY: job_defaults_uri,
     }
+    studio = (
+        [emr.CfnCluster.ConfigurationProperty(classification="livy-conf", configuration_properties=LIVY_CONF)]
+        if config.studio
+        else []
+    )
     return [
+        *studio,
         emr.CfnCluster.ConfigurationProperty(
             classification="spark-env",
             configurations=[
@@ -209,7 +224,7 @@ class FruitsCluster(Construct):
             release_label=config.release_label,
             os_release_label=config.os_release_label,
             ebs_root_volume_size=ROOT_VOLUME_GIB,
-            applications=[emr.CfnCluster.ApplicationProperty(name=n) for n in ("Hadoop", "Spark")],
+            applications=[emr.CfnCluster.ApplicationProperty(name=n) for n in applications(config)],
             service_role=roles.service_role.role_arn,
             job_flow_role=roles.instance_profile.attr_arn,
             log_uri=log_uri,

@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "pcaVariance": None,
     "batchSize": None,
     "arrowMaxRecordsPerBatch": 256,
+    "studio": False,
 }
 
 _RELEASE = re.compile(r"^emr-\d+\.\d+\.\d+$")
@@ -141,6 +142,8 @@ class FruitsConfig:
     pca_variance: float | None = DEFAULTS["pcaVariance"]
     batch_size: int | None = DEFAULTS["batchSize"]
     arrow_max_records_per_batch: int = DEFAULTS["arrowMaxRecordsPerBatch"]
+    #: An EMR Studio for analysts, attached to the cluster (adds Livy and JupyterEnterpriseGateway to it).
+    studio: bool = DEFAULTS["studio"]
 
     def __post_init__(self) -> None:
         if not _STAGE.match(self.stage):
@@ -285,6 +288,7 @@ class FruitsConfig:
                 None if _optional_str(get("batchSize")) is None else _parse_int("batchSize", get("batchSize"))
             ),
             arrow_max_records_per_batch=_parse_int("arrowMaxRecordsPerBatch", get("arrowMaxRecordsPerBatch")),
+            studio=_parse_bool("studio", get("studio")),
         )
 
 

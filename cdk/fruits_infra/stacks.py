@@ -31,6 +31,7 @@ from fruits_infra.storage import (
     RESULTS_PREFIX,
     FruitsStorage,
 )
+from fruits_infra.studio import FruitsStudio
 
 PROJECT_TAGS = {"project": "fruits-featurize", "managed-by": "cdk"}
 DATA_STACK = "FruitsDataStack"
@@ -204,7 +205,32 @@ class FruitsEmrStack(Stack):
         assert tuple(outputs) == OUTPUT_KEYS
         for key, (value, description) in outputs.items():
             CfnOutput(self, key, value=value, description=description)
+        self.studio = _studio(self, config, storage) if config.studio else None
         _tag(self, config)
+
+
+def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStorage) -> FruitsStudio:
+    """The analysts' EMR Studio in the cluster's VPC (context ``studio``; the cluster gets Livy and JEG)."""
+    studio = FruitsStudio(
+        stack,
+        "Studio",
+        name=f"fruits{'-' + config.stage if config.stage else ''}",
+        vpc=stack.network.vpc,
+        subnet_ids=stack.network.subnet_ids,
+        artifacts_bucket=storage.artifacts_bucket,
+    )
+    # EMR Studio attaches the engine group to the cluster's primary node: delete the groups after the cluster.
+    for group in (studio.engine_sg, studio.workspace_sg):
+        stack.cluster.cluster.node.add_dependency(group)
+    CfnOutput(stack, "StudioUrl", value=studio.studio.attr_url, description="EMR Studio: sign in with IAM")
+    CfnOutput(stack, "StudioId", value=studio.studio.attr_studio_id, description="EMR Studio id (es-...)")
+    CfnOutput(
+        stack,
+        "StudioNotebooksUri",
+        value=studio.notebooks_uri,
+        description="The analysts' notebook, to upload into a Workspace",
+    )
+    return studio
 
 
 def _tag(stack: Stack, config: FruitsConfig) -> None:

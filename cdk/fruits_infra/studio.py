@@ -1,0 +1,359 @@
+"""An EMR Studio for analysts, attached to the stack's cluster (context ``studio``, off by default).
+
+What EMR Studio needs, from its documentation (Amazon EMR Management Guide):
+
+- **The Studio** (``AWS::EMR::Studio``) with IAM authentication (``AuthMode: IAM``: users and roles sign in with
+  their IAM permissions, no IAM Identity Center and no user role), in the cluster's VPC and private subnets, with
+  its default S3 location: ``s3://<artifacts>/studio/``, where Workspaces and their notebooks are kept.
+- **Its service role**, assumed by ``elasticmapreduce.amazonaws.com``: the example policy of "Create an EMR Studio
+  service role" (network interfaces and security-group rules only on resources tagged
+  ``for-use-with-amazon-emr-managed-policies=true``, read-only EMR and EC2 calls, tagged Git secrets), scoped to
+  this account and region and to this stack's clusters, plus read and write on the ``studio/`` prefix only.
+- **Two security groups**, both tagged for those policies ("Define security groups to control EMR Studio network
+  traffic"): an *engine* group that lets the *workspace* group in on TCP 18888 (Jupyter Enterprise Gateway on the
+  cluster), and a *workspace* group with no inbound rule, whose egress is 18888 to the engine group and HTTPS
+  (443) for linking Git repositories.
+- **On the cluster**: Spark, Livy and Jupyter Enterprise Gateway ("Cluster requirements": EMR on EC2 clusters
+  must have all three); :data:`STUDIO_APPLICATIONS` are added by :mod:`fruits_infra.cluster` when the key is on,
+  with Livy sessions in cluster mode, as that page recommends. Changing a cluster's ``Applications`` replaces it.
+- **The notebook** where a Workspace finds it: ``notebooks/`` deployed to ``s3://<artifacts>/studio/notebooks/``;
+  the job package is the deployed ``job/fruits.zip`` (the notebook's ``FRUITS_ZIP`` parameter:
+  ``sc.addPyFile``).
+
+Pages (Amazon EMR Management Guide): https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-service-role.html,
+https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-security-groups.html,
+https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-considerations.html#emr-studio-cluster-requirements;
+``AuthMode``: https://docs.aws.amazon.com/cdk/api/v2/python/aws_cdk.aws_emr/CfnStudioProps.html.
+
+Users' own permissions to open the Studio (``elasticmapreduce:CreateStudioPresignedUrl``, Workspaces, ...) belong
+to their IAM identities, not to this stack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Aws, RemovalPolicy, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_emr as emr
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3deploy
+from constructs import Construct
+
+from fruits_infra.artifacts import REPO_ROOT
+from fruits_infra.nag import acknowledge
+from fruits_infra.network import EMR_MANAGED_TAG
+
+#: Where the Studio keeps Workspaces (its default S3 location) and where the notebooks are deployed.
+STUDIO_PREFIX = "studio/"
+NOTEBOOKS_PREFIX = f"{STUDIO_PREFIX}notebooks/"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+#: Jupyter Enterprise Gateway on the cluster: the only port the Workspaces reach.
+ENGINE_PORT = 18888
+#: Added to Hadoop and Spark when the Studio is on: EMR Studio's cluster requirements for EMR on EC2.
+STUDIO_APPLICATIONS = ("Livy", "JupyterEnterpriseGateway")
+#: livy-conf: Spark sessions in cluster mode (the drivers on core nodes, not on the primary), as EMR Studio's
+#: cluster requirements recommend. Livy's session timeout stays at its default (1 h): an open session is a
+#: running YARN application, which keeps the cluster from auto-terminating as idle.
+LIVY_CONF = {"livy.spark.deploy-mode": "cluster"}
+
+_ARN = f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}"
+_TAGGED = {"StringEquals": {f"aws:ResourceTag/{EMR_MANAGED_TAG[0]}": EMR_MANAGED_TAG[1]}}
+_REQUEST_TAGGED = {"StringEquals": {f"aws:RequestTag/{EMR_MANAGED_TAG[0]}": EMR_MANAGED_TAG[1]}}
+#: What EMR Studio's service role needs on the Studio's S3 location ("Create an EMR Studio service role").
+_S3_OBJECTS = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
+_S3_BUCKET = ["s3:ListBucket", "s3:GetEncryptionConfiguration"]
+
+
+def studio_service_policy(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
+    """The service role's statements: AWS's example policy, narrowed to this account, region and bucket prefix."""
+    clusters = f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:cluster/*"
+    network_interfaces = f"{_ARN}:network-interface/*"
+    security_groups = f"{_ARN}:security-group/*"
+    return [
+        iam.PolicyStatement(
+            sid="AllowEMRReadOnlyActions",
+            actions=[
+                "elasticmapreduce:ListInstances",
+                "elasticmapreduce:DescribeCluster",
+                "elasticmapreduce:ListSteps",
+            ],
+            resources=[clusters],
+        ),
+        iam.PolicyStatement(
+            sid="AllowEC2ENIActionsWithEMRTags",
+            actions=["ec2:CreateNetworkInterfacePermission", "ec2:DeleteNetworkInterface"],
+            resources=[network_interfaces],
+            conditions=_TAGGED,
+        ),
+        iam.PolicyStatement(
+            # AWS: "must remain as-is ... due to technical limitations with Amazon EC2 tag-based access control".
+            sid="AllowEC2ENIAttributeAction",
+            actions=["ec2:ModifyNetworkInterfaceAttribute"],
+            resources=[f"{_ARN}:instance/*", network_interfaces, security_groups],
+        ),
+        iam.PolicyStatement(
+            sid="AllowEC2SecurityGroupActionsWithEMRTags",
+            actions=[
+                "ec2:AuthorizeSecurityGroupEgress",
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupEgress",
+                "ec2:RevokeSecurityGroupIngress",
+                "ec2:DeleteNetworkInterfacePermission",
+            ],
+            resources=["*"],
+            conditions=_TAGGED,
+        ),
+        iam.PolicyStatement(
+            sid="AllowDefaultEC2SecurityGroupsCreationWithEMRTags",
+            actions=["ec2:CreateSecurityGroup"],
+            resources=[security_groups],
+            conditions=_REQUEST_TAGGED,
+        ),
+        iam.PolicyStatement(
+            sid="AllowDefaultEC2SecurityGroupsCreationInVPCWithEMRTags",
+            actions=["ec2:CreateSecurityGroup"],
+            resources=[f"{_ARN}:vpc/*"],
+            conditions=_TAGGED,
+        ),
+        iam.PolicyStatement(
+            # AWS: must remain unchanged.
+            sid="AllowAddingEMRTagsDuringDefaultSecurityGroupCreation",
+            actions=["ec2:CreateTags"],
+            resources=[security_groups],
+            conditions={
+                "StringEquals": {
+                    f"aws:RequestTag/{EMR_MANAGED_TAG[0]}": EMR_MANAGED_TAG[1],
+                    "ec2:CreateAction": "CreateSecurityGroup",
+                }
+            },
+        ),
+        iam.PolicyStatement(
+            sid="AllowEC2ENICreationWithEMRTags",
+            actions=["ec2:CreateNetworkInterface"],
+            resources=[network_interfaces],
+            conditions=_REQUEST_TAGGED,
+        ),
+        iam.PolicyStatement(
+            sid="AllowEC2ENICreationInSubnetAndSecurityGroupWithEMRTags",
+            actions=["ec2:CreateNetworkInterface"],
+            resources=[f"{_ARN}:subnet/*", security_groups],
+            conditions=_TAGGED,
+        ),
+        iam.PolicyStatement(
+            # AWS: must remain unchanged.
+            sid="AllowAddingTagsDuringEC2ENICreation",
+            actions=["ec2:CreateTags"],
+            resources=[network_interfaces],
+            conditions={"StringEquals": {"ec2:CreateAction": "CreateNetworkInterface"}},
+        ),
+        iam.PolicyStatement(
+            sid="AllowEC2ReadOnlyActions",
+            actions=[
+                "ec2:DescribeSecurityGroups",
+                "ec2:DescribeNetworkInterfaces",
+                "ec2:DescribeTags",
+                "ec2:DescribeInstances",
+                "ec2:DescribeSubnets",
+                "ec2:DescribeVpcs",
+            ],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="AllowSecretsManagerReadOnlyActionsWithEMRTags",
+            actions=["secretsmanager:GetSecretValue"],
+            resources=[f"arn:{Aws.PARTITION}:secretsmanager:{Aws.REGION}:{Aws.ACCOUNT_ID}:secret:*"],
+            conditions=_TAGGED,
+        ),
+        iam.PolicyStatement(
+            sid="StudioLocationObjects",
+            actions=_S3_OBJECTS,
+            resources=[bucket.arn_for_objects(f"{STUDIO_PREFIX}*")],
+        ),
+        iam.PolicyStatement(sid="StudioLocationBucket", actions=_S3_BUCKET, resources=[bucket.bucket_arn]),
+    ]
+
+
+class FruitsStudio(Construct):
+    """The Studio, its service role and security groups, and the notebooks deployed to its S3 location."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        name: str,
+        vpc: ec2.IVpc,
+        subnet_ids: list[str],
+        artifacts_bucket: s3.IBucket,
+        notebooks_dir: Path = NOTEBOOKS_DIR,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.workspace_sg = ec2.SecurityGroup(
+            self,
+            "WorkspaceSg",
+            vpc=vpc,
+            description="EMR Studio Workspaces: no inbound; out to the engine (18888) and HTTPS for Git",
+            allow_all_outbound=False,
+        )
+        self.engine_sg = ec2.SecurityGroup(
+            self,
+            "EngineSg",
+            vpc=vpc,
+            description="EMR Studio engine: Workspaces reach Jupyter Enterprise Gateway on the cluster (18888)",
+            allow_all_outbound=False,
+        )
+        self.engine_sg.add_ingress_rule(
+            self.workspace_sg, ec2.Port.tcp(ENGINE_PORT), "EMR Studio Workspaces to the notebook engine"
+        )
+        self.workspace_sg.add_egress_rule(
+            self.engine_sg, ec2.Port.tcp(ENGINE_PORT), "to the notebook engine on the cluster"
+        )
+        self.workspace_sg.add_egress_rule(
+            ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS: linking a Workspace to a Git repository"
+        )
+        for group in (self.workspace_sg, self.engine_sg):
+            Tags.of(group).add(*EMR_MANAGED_TAG)
+
+        self.service_role = iam.Role(
+            self,
+            "ServiceRole",
+            assumed_by=iam.ServicePrincipal(
+                "elasticmapreduce.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"
+                    },
+                },
+            ),
+            description="EMR Studio service role: Workspace network channel to the cluster, studio/ in the "
+            "artifacts bucket",
+        )
+        for statement in studio_service_policy(artifacts_bucket):
+            self.service_role.add_to_policy(statement)
+
+        self.default_s3_location = f"s3://{artifacts_bucket.bucket_name}/{STUDIO_PREFIX}"
+        self.studio = emr.CfnStudio(
+            self,
+            "Studio",
+            name=name,
+            description="Fruits! analysts: notebooks on the featurize cluster",
+            auth_mode="IAM",
+            default_s3_location=self.default_s3_location,
+            service_role=self.service_role.role_arn,
+            vpc_id=vpc.vpc_id,
+            subnet_ids=list(subnet_ids),
+            engine_security_group_id=self.engine_sg.security_group_id,
+            workspace_security_group_id=self.workspace_sg.security_group_id,
+        )
+        # The role's policy must exist before EMR Studio uses the role.
+        self.studio.node.add_dependency(self.service_role)
+
+        self.notebooks_uri = f"s3://{artifacts_bucket.bucket_name}/{NOTEBOOKS_PREFIX}"
+        self.deployment_logs = logs.LogGroup(
+            self,
+            "NotebookDeploymentLogs",
+            retention=logs.RetentionDays.ONE_MONTH,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.notebooks = s3deploy.BucketDeployment(
+            self,
+            "Notebooks",
+            sources=[s3deploy.Source.asset(str(notebooks_dir), exclude=[".ipynb_checkpoints", "*.pyc"])],
+            destination_bucket=artifacts_bucket,
+            destination_key_prefix=NOTEBOOKS_PREFIX,
+            # The prefix holds only what this deployment writes: a removed notebook goes too. Workspaces live
+            # beside it (studio/<workspace id>/), never under it.
+            prune=True,
+            retain_on_delete=False,
+            log_group=self.deployment_logs,
+        )
+        self._acknowledge(artifacts_bucket)
+
+    @property
+    def group_ids(self) -> list[str]:
+        """Workspace and engine groups."""
+        return [self.workspace_sg.security_group_id, self.engine_sg.security_group_id]
+
+    def _acknowledge(self, bucket: s3.IBucket) -> None:
+        stack = Stack.of(self)
+        bucket_arn = stack.resolve(bucket.bucket_arn)
+        # cdk-nag names an imported ARN by its export, a local one by <LogicalId.Arn>.
+        if isinstance(bucket_arn, dict) and "Fn::ImportValue" in bucket_arn:
+            bucket_name = str(bucket_arn["Fn::ImportValue"])
+        else:
+            logical_id, attribute = bucket_arn["Fn::GetAtt"]
+            bucket_name = f"<{logical_id}.{attribute}>"
+        role_findings = {
+            "Resource::*": "EC2 Describe* calls support no resource-level permissions, and the security-group "
+            "rule actions are conditioned on the for-use-with-amazon-emr-managed-policies tag, as in AWS's "
+            "example EMR Studio service role policy.",
+            "Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*": (
+                "Read-only EMR calls on the clusters of this account and region: the cluster id changes with "
+                "every clusterGeneration."
+            ),
+            "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:network-interface/*": (
+                "EMR Studio creates the Workspace network interfaces at run time; creation and deletion are "
+                "conditioned on the EMR-managed tag (AWS's example policy)."
+            ),
+            "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:security-group/*": (
+                "Security groups of this account and region, conditioned on the EMR-managed tag except for "
+                "ModifyNetworkInterfaceAttribute, which AWS says must stay as in its example policy."
+            ),
+            "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*": (
+                "ModifyNetworkInterfaceAttribute on the cluster's instances, whose ids EMR chooses: AWS says "
+                "this statement must stay as in its example policy."
+            ),
+            "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:subnet/*": (
+                "Network interfaces only in subnets tagged for EMR's managed policies (the cluster's private "
+                "subnets)."
+            ),
+            "Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:vpc/*": (
+                "Security groups only in a VPC tagged for EMR's managed policies (AWS's example policy)."
+            ),
+            "Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:<AWS::AccountId>:secret:*": (
+                "Only secrets tagged for EMR's managed policies: Git credentials an admin stores to link a "
+                "Workspace to a repository."
+            ),
+            f"Resource::{bucket_name}/{STUDIO_PREFIX}*": (
+                "The Studio's own S3 location (studio/ in the artifacts bucket), where EMR Studio keeps "
+                "Workspaces and notebooks under ids it chooses."
+            ),
+        }
+        for finding, reason in role_findings.items():
+            acknowledge(self.service_role, f"AwsSolutions-IAM5[{finding}]", reason)
+        qualifier = stack.node.try_get_context("@aws-cdk/core:bootstrapQualifier") or "hnb659fds"
+        handler_findings = {
+            "Action::s3:GetObject*": "read the zipped notebooks from the CDK assets bucket",
+            "Action::s3:GetBucket*": "read the CDK assets bucket and the destination bucket",
+            "Action::s3:List*": "list the destination prefix to sync it",
+            "Action::s3:DeleteObject*": "remove notebooks no longer in notebooks/ from studio/notebooks/",
+            "Action::s3:Abort*": "abort its own failed multipart uploads",
+            f"Resource::arn:<AWS::Partition>:s3:::cdk-{qualifier}-assets-<AWS::AccountId>-<AWS::Region>/*": (
+                "the asset's key in the CDK assets bucket is content-addressed and only known at deploy time"
+            ),
+            f"Resource::{bucket_name}/*": "it writes the notebooks into the artifacts bucket",
+        }
+        for child in stack.node.children:
+            if child.node.id.startswith("Custom::CDKBucketDeployment"):
+                for finding, why in handler_findings.items():
+                    acknowledge(
+                        child,
+                        f"AwsSolutions-IAM5[{finding}]",
+                        f"Policy generated by aws-cdk-lib's BucketDeployment handler: {why}.",
+                    )
+                acknowledge(
+                    child,
+                    "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+                    "CDK's BucketDeployment handler only needs to write its own CloudWatch logs; this is the "
+                    "AWS-maintained minimal policy for that.",
+                )
+                acknowledge(
+                    child,
+                    "AwsSolutions-L1",
+                    "The BucketDeployment handler's runtime is chosen and updated by aws-cdk-lib; it runs only "
+                    "during deployments.",
+                )
