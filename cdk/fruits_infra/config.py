@@ -14,6 +14,8 @@ from typing import Any
 
 from constructs import Node
 
+from fruits_infra.job_contract import ENGINES, MODELS, default
+
 #: Every context key with its default. ``None`` means "not set" (the job's own default applies).
 DEFAULTS: dict[str, Any] = {
     "stage": "",
@@ -38,10 +40,11 @@ DEFAULTS: dict[str, Any] = {
     "weightsUri": None,
     "deployStep": True,
     "stepArguments": [],
-    "model": "mobilenet_v2",
+    # The job's own defaults (one owner: fruits.options); cdk.json repeats them, a test keeps the two equal.
+    "model": default("model"),
     "alpha": None,
-    "imageSize": 224,
-    "engine": "litert",
+    "imageSize": default("image_size"),
+    "engine": default("engine"),
     "pcaK": None,
     "pcaVariance": None,
     "batchSize": None,
@@ -188,8 +191,10 @@ class FruitsConfig:
             raise ConfigError(
                 f"weightsUri must be an s3:// URI of an .h5 or .keras file, got {self.weights_uri!r}"
             )
-        if self.engine not in {"keras", "litert"}:
-            raise ConfigError(f"engine must be 'keras' or 'litert', got {self.engine!r}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(sorted(MODELS))}, got {self.model!r}")
         if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
             raise ConfigError("pcaVariance must be within (0, 1]")
         if self.arrow_max_records_per_batch < 1:

@@ -5,6 +5,8 @@
 - Weights file names: :func:`fruits.models.infer_model_from_filename` reads the architecture from Keras' names.
 - Job defaults: keys are :class:`fruits.options.JobOptions` field names, checked by the job's own
   :func:`fruits.options.parse_options`; the cluster names the file with ``spark.fruits.defaults``.
+- The engines, the models and the job's own defaults for model, image size and engine (the app's defaults are
+  the job's: :func:`fruits.options.default`).
 
 The job package lives in ``jobs/`` beside ``cdk/``; it is put on ``sys.path`` here (the modules used import only
 the standard library and numpy/Pillow, never Spark or TensorFlow).
@@ -20,21 +22,26 @@ _JOBS = Path(__file__).resolve().parents[2] / "jobs"
 if str(_JOBS) not in sys.path:
     sys.path.insert(0, str(_JOBS))
 
-from fruits.models import ImagenetFile, imagenet_weights_file, infer_model_from_filename  # noqa: E402
+from fruits.engines import ENGINES  # noqa: E402
+from fruits.models import MODELS, ImagenetFile, imagenet_weights_file, infer_model_from_filename  # noqa: E402
 from fruits.options import (  # noqa: E402
     DEFAULTS_CONF_KEY,
     JobOptions,
     UsageError,
+    default,
     option_names,
     parse_options,
 )
 
 __all__ = [
     "DEFAULTS_CONF_KEY",
+    "ENGINES",
+    "MODELS",
     "ImagenetFile",
     "JobOptions",
     "UsageError",
     "check_job_defaults",
+    "default",
     "imagenet_weights_file",
     "infer_model_from_filename",
     "option_names",

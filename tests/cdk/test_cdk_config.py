@@ -77,7 +77,7 @@ def test_command_line_strings_are_parsed_to_the_default_types():
             "configured for model mobilenet alpha 0.5",
         ),
         ({"model": "mobilenet", "alpha": 0.3}, "alpha 0.3 is not available"),
-        ({"model": "vgg16"}, "unknown model"),
+        ({"model": "vgg16"}, "model must be one of"),
         ({"stage": "Prod_1"}, "stage"),
         ({"osReleaseLabel": "2.0.20220218.1"}, "osReleaseLabel"),
         ({"clusterGeneration": 0}, "clusterGeneration"),
