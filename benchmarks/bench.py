@@ -70,6 +70,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--sizes", type=ints, default=[1000, 5000, 20000], help="N for the job runs")
     add("--engines", type=words, default=["litert", "keras"])
     add("--big-engines", type=words, default=[], help="engines for the largest N (default: --engines)")
+    add(
+        "--alt-venv",
+        default=str(ROOT / "out" / "bench" / "alt-venv"),
+        help="venv for the alternatives' own requirements (installed on first use)",
+    )
     add("--alt-sizes", type=ints, default=None, help="N for the alternatives (default: --sizes)")
     add("--model", default="mobilenet_v2")
     add("--alpha", type=float, default=1.0)

@@ -20,6 +20,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -139,20 +140,33 @@ def measure_shape(
     ]
     for worker in workers:
         worker.start()
-    outcomes = [results.get(timeout=1800) for _ in workers]
+    outcomes: list[list[tuple[float, float, float]]] = []
+    while len(outcomes) < processes:
+        try:
+            outcomes.append(results.get(timeout=5))
+        except queue.Empty:
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed:  # the others wait at the barrier for it: stop them
+                for worker in workers:
+                    worker.terminate()
+                raise RuntimeError(f"limit worker for {engine} exited with {failed[0]}") from None
     for worker in workers:
         worker.join()
-        if worker.exitcode != 0:
-            raise RuntimeError(f"limit worker for {engine} exited with {worker.exitcode}")
+    return {"processes": processes, "threads": threads, "batch": batch, **combine(outcomes, images)}
+
+
+def combine(outcomes: list[list[tuple[float, float, float]]], images: int) -> dict[str, float]:
+    """Rates from each process's passes ``(start, end, cpu seconds)``: pass r of every process ran together.
+
+    A pass's rate is every process's images over the time from the first start to the last end (the processes
+    share the machine, so the slowest decides); per CPU-second divides by the CPU time they all used.
+    """
     rates, cpu_rates = [], []
-    for passes in zip(*outcomes, strict=True):  # one tuple per repeat: every process's pass
+    for passes in zip(*outcomes, strict=True):
         wall = max(end for _, end, _ in passes) - min(start for start, _, _ in passes)
-        rates.append(processes * images / wall)
-        cpu_rates.append(processes * images / max(sum(cpu for _, _, cpu in passes), 1e-9))
+        rates.append(len(passes) * images / wall)
+        cpu_rates.append(len(passes) * images / max(sum(cpu for _, _, cpu in passes), 1e-9))
     return {
-        "processes": processes,
-        "threads": threads,
-        "batch": batch,
         "best": round(max(rates), 1),
         "median": round(statistics.median(rates), 1),
         "per_cpu_second": round(max(cpu_rates), 1),

@@ -7,7 +7,7 @@ checked against it), the same cores, and one process per core. Each is watched l
 memory) and its CSV is compared with the job's results.csv (see :mod:`benchmarks.alternatives.compare`).
 
 Ray is not a project dependency: ``benchmarks/requirements-alternatives.txt`` is installed on demand into
-``<out>/alt-venv`` (a fresh venv of this Python, with requirements.txt as constraints); when that fails the Ray
+``out/bench/alt-venv`` (``--alt-venv``; a fresh venv of this Python, with requirements.txt as constraints); when that fails the Ray
 rows are skipped with the reason.
 """
 
@@ -32,7 +32,7 @@ CONSTRAINTS = ROOT / "requirements.txt"
 
 def alt_python(args: argparse.Namespace) -> tuple[Path | None, str]:
     """The alternatives' venv interpreter, installed if needed: (path, "") or (None, why not)."""
-    venv = Path(args.out).resolve() / "alt-venv"
+    venv = Path(args.alt_venv).resolve()
     python = venv / "bin" / "python"
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes() + CONSTRAINTS.read_bytes()).hexdigest()
     stamp = venv / ".installed"
