@@ -131,6 +131,16 @@ def job_plan(args: argparse.Namespace) -> list[tuple[str, int]]:
     return [(e, n) for n in sorted(args.sizes) for e in (args.big_engines if n == largest else args.engines)]
 
 
+def engines_needed(args: argparse.Namespace, sections: list[str]) -> set[str]:
+    """Engines whose model file and limit the requested sections need (--engines when only the limit is asked)."""
+    needed = {e for e, _ in job_plan(args)} if "jobs" in sections else set()
+    if "realdata" in sections:
+        needed.add(args.realdata_engine)
+    if {"alternatives", "incremental"} & set(sections):
+        needed.add("litert")  # the alternatives run the job's LiteRT file; the incremental runs use litert
+    return needed or set(args.engines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.table:
@@ -168,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     needs_limit = {"jobs", "alternatives", "naive", "realdata"} & set(sections)
     if needs_limit and "limit" not in sections and not state.get("limit"):
         sections = ["limit", *sections]  # ratios need a limit measured in the same run
-    engines = sorted(
-        {e for e, _ in job_plan(args)} | ({args.realdata_engine} if "realdata" in sections else set())
-    )
-    if "alternatives" in sections and "litert" not in engines:
-        engines.append("litert")
+    engines = sorted(engines_needed(args, sections))
     generated = [s for s in sections if s != "realdata"]
     if generated:
         for count in sorted({*args.sizes, *(args.alt_sizes if "alternatives" in sections else [])}):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 COLUMNS = ("section", "measurement", "N", "s", "img/s", "x limit", "notes")
 TARGET_N = 20_000
@@ -441,7 +442,7 @@ def rows(report: dict) -> list[tuple]:
             )
         )
     for run in report.get("realdata", []):
-        out += _job_rows("real data", run, limit, f"{run['input']}")
+        out += _job_rows("real data", run, limit, Path(run["input"]).name)
     for target in targets(report):
         value = "" if target.value is None else f"{target.value:.2f}"
         out.append(

@@ -372,3 +372,11 @@ def test_pool_script_on_generated_images_equals_the_engine_and_pca_of_the_job(tm
     write_job_csv(tmp_path / "job.csv", [str(p) for p in sorted(paths)], reference)
     result = compare.compare_files(tmp_path / "job.csv", tmp_path / "pool.csv", explained=explained)
     assert result["equal"], result
+
+
+def test_the_limit_measures_only_the_engines_the_sections_run():
+    args = bench.parse(["--data", "/d", "--engines", "litert,keras"])
+    assert bench.engines_needed(args, ["limit", "jobs"]) == {"litert", "keras"}
+    assert bench.engines_needed(args, ["limit", "incremental", "pca"]) == {"litert"}
+    assert bench.engines_needed(args, ["limit", "realdata"]) == {"litert"}
+    assert bench.engines_needed(args, ["limit"]) == {"litert", "keras"}
