@@ -238,7 +238,20 @@ def _stages(timings: dict[str, float]) -> str:
     return ", ".join(f"{SHORT_STAGE.get(n, n)} {timings[n]:.1f}" for n in names)
 
 
-def _job_rows(section: str, run: dict, limit: float | None, label: str = "") -> list[tuple]:
+def model_file_note(run: dict, files: dict) -> str:
+    """Whether the job's workers ran the file the limit and the alternatives ran (same sha256 in its name)."""
+    expected = files.get(run["engine"], {}).get("sha256")
+    seen = [Path(f).name for f in run.get("model_files", [])]
+    if run["engine"] != "litert" or not expected:
+        return ""
+    if seen and all(f.endswith(f"-{expected[:16]}.tflite") for f in seen):
+        return "; workers ran the limit's model file"
+    return f"; MODEL FILE DIFFERS from the limit's: {', '.join(seen) or 'none seen'}"
+
+
+def _job_rows(
+    section: str, run: dict, limit: float | None, label: str = "", files: dict | None = None
+) -> list[tuple]:
     n = run["n"]
     memory = run["memory"]
     prefix = f"{run['engine']} {label}".strip()
@@ -273,7 +286,7 @@ def _job_rows(section: str, run: dict, limit: float | None, label: str = "") -> 
             _num(ratio(process, limit), 2),
             f"start-up + teardown {overhead_seconds(run):.1f} s; peak MiB driver JVM {memory['jvm_mib']}, "
             f"driver Python {memory['root_mib']}, worker {memory['spark_worker_mib']}, tree {memory['tree_peak_rss_mib']}; "
-            f"k {run['k']}; load {run['load_before']:.1f}",
+            f"k {run['k']}; load {run['load_before']:.1f}" + model_file_note(run, files or {}),
         ),
     ]
 
@@ -339,7 +352,7 @@ def rows(report: dict) -> list[tuple]:
             if (run["model"], run["alpha"]) == (report["model"], report["alpha"])
             else f"{run['model']} {run['alpha']}"
         )
-        out += _job_rows("job", run, limit, label)
+        out += _job_rows("job", run, limit, label, report.get("model_files"))
     ratios = {r["n"]: r for r in wall_ratios(report)}
     for section in report.get("alternatives", []):
         for run in section["runs"]:
@@ -442,7 +455,7 @@ def rows(report: dict) -> list[tuple]:
             )
         )
     for run in report.get("realdata", []):
-        out += _job_rows("real data", run, limit, Path(run["input"]).name)
+        out += _job_rows("real data", run, limit, Path(run["input"]).name, report.get("model_files"))
     for target in targets(report):
         value = "" if target.value is None else f"{target.value:.2f}"
         out.append(

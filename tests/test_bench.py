@@ -179,6 +179,13 @@ def test_one_table_as_text_and_as_markdown(state):
     assert "MISS 1.17 (N=20,000)" in text and "PASS 0.71 (N=20,000)" in text
     assert "start-up + teardown 13.5 s" in text  # 70 - 56.5
     assert "stages s: list 0.1, catalog 9.9, featurize 45.0, PCA 1.5" in text
+    assert "MODEL FILE DIFFERS" not in text and "ran the limit's model file" not in text  # no export recorded
+    state["model_files"] = {"litert": {"sha256": "0123456789abcdef" + "0" * 48}}
+    assert report.text_table(state).count("workers ran the limit's model file") == 2
+    state["model_files"] = {"litert": {"sha256": "f" * 64}}
+    assert "MODEL FILE DIFFERS from the limit's: mobilenet_v2-0123456789abcdef.tflite" in report.text_table(
+        state
+    )
     markdown = report.markdown_table(state).splitlines()
     table = [line for line in markdown if line.startswith("|")]
     assert table[0] == "| section | measurement | N | s | img/s | x limit | notes |"
