@@ -21,12 +21,14 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks import procwatch
 from benchmarks.common import ROOT, loadavg
 
 EXTENSIONS = {"litert": ".tflite", "keras": ".keras"}
@@ -130,6 +132,12 @@ def measure_shape(
     repeats: int,
 ) -> dict[str, float]:
     """Images/s of ``processes`` concurrent processes with ``threads`` threads each: best and median pass."""
+    busy_before, children_before, own_before = (
+        procwatch.machine_busy_seconds(),
+        _children_cpu(),
+        time.process_time(),
+    )
+    started = time.perf_counter()
     context = mp.get_context("spawn")
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [
@@ -152,7 +160,18 @@ def measure_shape(
                 raise RuntimeError(f"limit worker for {engine} exited with {failed[0]}") from None
     for worker in workers:
         worker.join()
-    return {"processes": processes, "threads": threads, "batch": batch, **combine(outcomes, images)}
+    own = (
+        _children_cpu() - children_before + time.process_time() - own_before
+    )  # the workers (waited for) and us
+    others = procwatch.others_share(
+        busy_before, procwatch.machine_busy_seconds(), own, time.perf_counter() - started
+    )
+    return {"processes": processes, "threads": threads, "batch": batch, **combine(outcomes, images), **others}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def combine(outcomes: list[list[tuple[float, float, float]]], images: int) -> dict[str, float]:

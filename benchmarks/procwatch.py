@@ -37,6 +37,25 @@ def _stat(pid: int) -> list[str] | None:
         return None
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (``/proc/stat``: all but idle, iowait
+    and steal). Its rise over a measurement minus what the measured processes used is what everything else on
+    the machine took: the honest measure of a disturbed run, which the load average only hints at."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = fields
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+
+
+def others_share(busy_before: float, busy_after: float, own_cpu: float, wall: float) -> dict[str, float]:
+    """CPU seconds used outside the measured processes, and their share of the machine over ``wall``."""
+    others = max(busy_after - busy_before - own_cpu, 0.0)
+    cores = os.cpu_count() or 1
+    return {
+        "others_cpu_seconds": round(others, 1),
+        "others_share": round(others / max(wall * cores, 1e-9), 3),
+    }
+
+
 def descendants(pid: int) -> list[int]:
     """``pid`` and every process below it."""
     children: dict[int, list[int]] = {}
@@ -101,14 +120,15 @@ def watch(
 ) -> dict[str, object]:
     """Run ``command`` (output to ``log_path``) and summarise its process tree.
 
-    Returns wall seconds, return code, peak MiB of the root process, of the largest JVM and of the largest
+    Returns wall seconds, return code, the CPU seconds other processes on the machine used meanwhile, peak MiB of the root process, of the largest JVM and of the largest
     other child, the peak of the tree's summed RSS, CPU seconds (all, and Spark's Python workers), the number
     of processes, and the model files mapped. Raises RuntimeError on a non-zero exit when ``check``.
     """
     seen: dict[tuple[int, int], Seen] = {}  # by (pid, start time): a reused pid is another process
     tree_peak = 0.0
-    started = time.perf_counter()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    busy_before = machine_busy_seconds()
+    started = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             command, env=env or dict(os.environ), stdout=log, stderr=subprocess.STDOUT, cwd=cwd
@@ -130,6 +150,7 @@ def watch(
             tree_peak = max(tree_peak, rss_now)
             time.sleep(interval)
     wall = time.perf_counter() - started
+    busy_after = machine_busy_seconds()
     if check and process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log_path}")
     root = next((s for (pid, _), s in seen.items() if pid == process.pid), Seen(""))
@@ -150,6 +171,8 @@ def watch(
         "processes": len(seen),
         "spark_workers": len(workers),
         "cpu_seconds": round(sum(s.cpu_seconds for s in seen.values()), 1),
+        # The tree's CPU is its last sample: a process that ended between polls lost up to one interval.
+        **others_share(busy_before, busy_after, sum(s.cpu_seconds for s in seen.values()), wall),
         "python_worker_cpu_seconds": round(sum(s.cpu_seconds for s in workers), 1),
         "model_files": sorted({m for s in seen.values() for m in s.models}),
         "log": str(log_path),

@@ -238,6 +238,12 @@ def _stages(timings: dict[str, float]) -> str:
     return ", ".join(f"{SHORT_STAGE.get(n, n)} {timings[n]:.1f}" for n in names)
 
 
+def others_note(entry: dict) -> str:
+    """ "; others N% of the CPUs": what the rest of the machine used during a measurement (procwatch)."""
+    share = entry.get("others_share")
+    return "" if share is None else f"; others used {share:.0%} of the CPUs"
+
+
 def model_file_note(run: dict, files: dict) -> str:
     """Whether the job's workers ran the file the limit and the alternatives ran (same sha256 in its name)."""
     expected = files.get(run["engine"], {}).get("sha256")
@@ -286,7 +292,9 @@ def _job_rows(
             _num(ratio(process, limit), 2),
             f"start-up + teardown {overhead_seconds(run):.1f} s; peak MiB driver JVM {memory['jvm_mib']}, "
             f"driver Python {memory['root_mib']}, worker {memory['spark_worker_mib']}, tree {memory['tree_peak_rss_mib']}; "
-            f"k {run['k']}; load {run['load_before']:.1f}" + model_file_note(run, files or {}),
+            f"k {run['k']}; load {run['load_before']:.1f}"
+            + model_file_note(run, files or {})
+            + others_note(run),
         ),
     ]
 
@@ -308,7 +316,8 @@ def rows(report: dict) -> list[tuple]:
                         "",
                         _num(shape["best"]),
                         _num(ratio(shape["best"], limit), 2),
-                        f"median {shape['median']:.0f}, {shape['per_cpu_second']:.0f} img per CPU-s{mark}",
+                        f"median {shape['median']:.0f}, {shape['per_cpu_second']:.0f} img per CPU-s{mark}"
+                        + others_note(shape),
                     )
                 )
         out.append(
@@ -394,7 +403,7 @@ def rows(report: dict) -> list[tuple]:
                     _num(run["images_per_s"]),
                     _num(ratio(run["images_per_s"], limit), 2),
                     f"job wall / this = {_num(wall, 2)}; {verdict}; {model}; peak MiB tree "
-                    f"{run['memory']['tree_peak_rss_mib']}; load {run['load_before']:.1f}",
+                    f"{run['memory']['tree_peak_rss_mib']}; load {run['load_before']:.1f}" + others_note(run),
                 )
             )
     incremental = report.get("incremental")
@@ -411,7 +420,8 @@ def rows(report: dict) -> list[tuple]:
                     "",
                     f"newly featurized {counts['newly_featurized']}, reused {counts['reused']}; "
                     f"featurize {run['timings_seconds'].get('featurize', 0):.1f} s, "
-                    f"prepare model {run['timings_seconds'].get('prepare model', 0):.1f} s",
+                    f"prepare model {run['timings_seconds'].get('prepare model', 0):.1f} s"
+                    + others_note(run),
                 )
             )
         out.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -294,6 +295,15 @@ def test_limit_shapes_cover_both_ways_of_using_the_cores():
     assert {(s["processes"], s["threads"]) for s in limit.shapes("keras", 4, 64).values()} == {(1, 4), (4, 1)}
 
 
+def test_cpu_used_by_others_is_the_machine_busy_time_minus_our_own():
+    cores = os.cpu_count() or 1
+    found = procwatch.others_share(100.0, 130.0, 20.0, wall=10.0)
+    assert found == {"others_cpu_seconds": 10.0, "others_share": round(10.0 / (10.0 * cores), 3)}
+    slack = procwatch.others_share(100.0, 110.0, 12.0, wall=10.0)  # our samples ran past the machine's
+    assert slack["others_cpu_seconds"] == 0.0
+    assert procwatch.machine_busy_seconds() > 0
+
+
 def test_procwatch_sees_the_tree_its_memory_and_time(tmp_path):
     child = (
         "import subprocess, sys, time\n"
@@ -305,6 +315,7 @@ def test_procwatch_sees_the_tree_its_memory_and_time(tmp_path):
     assert watched["processes"] >= 2
     assert watched["memory"]["largest_child_mib"] >= 60
     assert (tmp_path / "log.txt").read_text().strip() == "done"
+    assert 0 <= watched["others_share"] <= 1
     with pytest.raises(RuntimeError, match="failed"):
         procwatch.watch([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "fail.txt", interval=0.1)
 
