@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "commit": commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
         "model": args.model,
         "alpha": args.alpha,
         "feature_dim": get_spec(args.model).feature_dim(args.alpha),
