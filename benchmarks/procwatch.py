@@ -10,6 +10,7 @@ memory the whole tree held at once (to within one poll).
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,12 @@ def others_share(busy_before: float, busy_after: float, own_cpu: float, wall: fl
         "others_cpu_seconds": round(others, 1),
         "others_share": round(others / max(wall * cores, 1e-9), 3),
     }
+
+
+def _reaped_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (and theirs, likewise)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def descendants(pid: int) -> list[int]:
@@ -127,7 +134,7 @@ def watch(
     seen: dict[tuple[int, int], Seen] = {}  # by (pid, start time): a reused pid is another process
     tree_peak = 0.0
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    busy_before = machine_busy_seconds()
+    busy_before, reaped_before = machine_busy_seconds(), _reaped_cpu()
     started = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -151,6 +158,9 @@ def watch(
             time.sleep(interval)
     wall = time.perf_counter() - started
     busy_after = machine_busy_seconds()
+    # Sampled CPU misses a process's last interval; the kernel's count for the reaped root (which includes the
+    # children it waited for) does not. The larger of the two is the tree's CPU.
+    tree_cpu = max(sum(s.cpu_seconds for s in seen.values()), _reaped_cpu() - reaped_before)
     if check and process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {log_path}")
     root = next((s for (pid, _), s in seen.items() if pid == process.pid), Seen(""))
@@ -170,9 +180,8 @@ def watch(
         },
         "processes": len(seen),
         "spark_workers": len(workers),
-        "cpu_seconds": round(sum(s.cpu_seconds for s in seen.values()), 1),
-        # The tree's CPU is its last sample: a process that ended between polls lost up to one interval.
-        **others_share(busy_before, busy_after, sum(s.cpu_seconds for s in seen.values()), wall),
+        "cpu_seconds": round(tree_cpu, 1),
+        **others_share(busy_before, busy_after, tree_cpu, wall),
         "python_worker_cpu_seconds": round(sum(s.cpu_seconds for s in workers), 1),
         "model_files": sorted({m for s in seen.values() for m in s.models}),
         "log": str(log_path),
