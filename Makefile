@@ -76,7 +76,7 @@ package: $(STAMP)  ## build/job-bundle/: featurize_pca.py, fruits.zip (for --py-
 	from fruits_infra.artifacts import build_bundle; print(*build_bundle(Path('build/job-bundle')), sep='\n')"
 
 bench: $(STAMP) java  ## the featurization benchmark (prints a table, writes out/bench/bench.json)
-	$(PY) benchmarks/featurize_bench.py
+	$(PY) -m benchmarks
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build out cdk.out .pytest_cache

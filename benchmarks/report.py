@@ -1,0 +1,528 @@
+"""bench.json -> ONE table (text for the terminal, Markdown for docs/benchmark.md), ratios and targets.
+
+Every ratio is computed here from the raw numbers in bench.json, so an old run's table can be printed again
+(``--table``) and the arithmetic is tested on its own. "x limit" divides an images/s rate by the machine's limit:
+the best images/s of any engine measured, in the better of its two shapes (section 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+COLUMNS = ("section", "measurement", "N", "s", "img/s", "x limit", "notes")
+TARGET_N = 20_000
+SMALL_N = 2_500
+TARGET_WIDTH = 1_280
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the team's targets: measured value, threshold, and whether this run can judge it."""
+
+    name: str
+    value: float | None
+    threshold: float
+    op: str  # ">=", "<=" or "<": how value must compare with threshold
+    judged: bool  # measured where the target is defined (its N); else only indicative
+    where: str
+
+    @property
+    def status(self) -> str:
+        if self.value is None or not self.judged:
+            return "n/a"
+        ok = {
+            ">=": self.value >= self.threshold,
+            "<=": self.value <= self.threshold,
+            "<": self.value < self.threshold,
+        }[self.op]
+        return "PASS" if ok else "MISS"
+
+
+# ----------------------------------------------------------------------------------------------- arithmetic
+
+
+def limit_rate(report: dict, engine: str | None = None) -> float | None:
+    """Images/s of the limit: one engine's best shape, or (no engine) the best engine's: the machine's limit."""
+    engines = (report.get("limit") or {}).get("engines", {})
+    if engine is not None:
+        return engines[engine]["best"] if engine in engines else None
+    return max((e["best"] for e in engines.values()), default=None)
+
+
+def ratio(rate: float | None, limit: float | None) -> float | None:
+    """``rate / limit``, None when either is missing."""
+    if rate is None or not limit:
+        return None
+    return rate / limit
+
+
+def end_to_end_rate(run: dict) -> float:
+    """Images per second of the manifest's stage sum: the job's own definition of end to end."""
+    return run["featurized"] / sum(run["timings_seconds"].values())
+
+
+def overhead_seconds(run: dict) -> float:
+    """Process wall time minus the stage sum: start-up (JVM, imports, session) and teardown."""
+    return run["wall_seconds"] - sum(run["timings_seconds"].values())
+
+
+def featurize_rate(run: dict) -> float | None:
+    seconds = run["timings_seconds"].get("featurize")
+    return run["counts"]["newly_featurized"] / seconds if seconds else None
+
+
+def litert_runs(report: dict) -> list[dict]:
+    """Job runs of the default engine and the report's model, by N."""
+    return sorted(
+        (
+            r
+            for r in report.get("jobs", [])
+            if r["engine"] == "litert" and r["model"] == report["model"] and r["alpha"] == report["alpha"]
+        ),
+        key=lambda r: r["n"],
+    )
+
+
+def _at(runs: list[dict], n: int) -> dict | None:
+    return next((r for r in runs if r["n"] == n), None)
+
+
+def wall_ratios(report: dict) -> list[dict[str, object]]:
+    """Per N of the alternatives section: job wall / Pool wall, job wall / Ray wall, and each against the limit."""
+    limit = limit_rate(report)
+    rows = []
+    for section in report.get("alternatives", []):
+        job = next((r for r in report.get("jobs", []) if r["name"] == section["job"]), None)
+        if job is None:
+            continue
+        row: dict[str, object] = {
+            "n": section["n"],
+            "job_wall_seconds": job["wall_seconds"],
+            "job_end_to_end_x_limit": ratio(end_to_end_rate(job), limit),
+            "job_process_x_limit": ratio(job["featurized"] / job["wall_seconds"], limit),
+        }
+        for run in section["runs"]:
+            if "wall_seconds" in run and not run.get("error"):
+                row[f"job_over_{run['name']}"] = job["wall_seconds"] / run["wall_seconds"]
+                row[f"{run['name']}_x_limit"] = ratio(section["n"] / run["wall_seconds"], limit)
+        rows.append(row)
+    return rows
+
+
+def targets(report: dict) -> list[Target]:
+    """The team's targets (issue 15) as far as this run measured them."""
+    limit = limit_rate(report)
+    runs = litert_runs(report)
+    found: list[Target] = []
+    walls = sorted(wall_ratios(report), key=lambda r: r["n"])  # type: ignore[arg-type, return-value]
+    for other, name, threshold, op in (
+        ("pool", "job wall <= 1.10 x Pool script wall", 1.10, "<="),
+        ("ray", "job wall < Ray Data wall", 1.0, "<"),
+    ):
+        measured = [w for w in walls if f"job_over_{other}" in w]
+        pick = next((w for w in measured if w["n"] == TARGET_N), measured[-1] if measured else None)
+        found.append(
+            Target(
+                f"{name} at N={TARGET_N:,}",
+                pick[f"job_over_{other}"] if pick else None,  # type: ignore[arg-type]
+                threshold,
+                op,
+                bool(pick) and pick["n"] == TARGET_N,
+                f"N={pick['n']:,}" if pick else "not run",
+            )
+        )
+    for n, threshold in ((TARGET_N, 0.70), (SMALL_N, 0.40)):
+        run = _at(runs, n) or (runs[-1] if runs and n == TARGET_N else None)
+        found.append(
+            Target(
+                f"end to end >= {threshold:.2f} x limit at N={n:,}",
+                ratio(end_to_end_rate(run), limit) if run else None,
+                threshold,
+                ">=",
+                bool(run) and run["n"] == n,
+                f"N={run['n']:,}" if run else "not run",
+            )
+        )
+    largest = runs[-1] if runs else None
+    found.append(
+        Target(
+            "featurize stage >= 0.85 x limit",
+            ratio(featurize_rate(largest), limit) if largest else None,
+            0.85,
+            ">=",
+            bool(largest),
+            f"N={largest['n']:,}" if largest else "not run",
+        )
+    )
+    run = _at(runs, TARGET_N)
+    pca_case = next(
+        (
+            c
+            for c in (report.get("pca") or {}).get("result", [])
+            if (c["n"], c["width"]) == (TARGET_N, TARGET_WIDTH)
+        ),
+        None,
+    )
+    if run and run["timings_seconds"].get("PCA") is not None and report.get("feature_dim") == TARGET_WIDTH:
+        pca = Target(
+            f"PCA stage <= 2 s at N={TARGET_N:,}, width {TARGET_WIDTH:,}",
+            run["timings_seconds"]["PCA"],
+            2.0,
+            "<=",
+            True,
+            "job's PCA stage",
+        )
+    elif pca_case:
+        pca = Target(
+            f"PCA stage <= 2 s at N={TARGET_N:,}, width {TARGET_WIDTH:,}",
+            pca_case["seconds"],
+            2.0,
+            "<=",
+            True,
+            "PCA section (fit + project)",
+        )
+    else:
+        indicative = largest["timings_seconds"].get("PCA") if largest else None
+        where = f"job's PCA stage at N={largest['n']:,}" if largest else "not run"
+        pca = Target(
+            f"PCA stage <= 2 s at N={TARGET_N:,}, width {TARGET_WIDTH:,}", indicative, 2.0, "<=", False, where
+        )
+    found.append(pca)
+    incremental = report.get("incremental")
+    second = incremental["runs"][-1] if incremental else None
+    found.append(
+        Target(
+            "second run over the same input prepares its model in < 1 s",
+            second["timings_seconds"].get("prepare model", 0.0) if second else None,
+            1.0,
+            "<",
+            bool(second),
+            "incremental second run (+10 % new images)" if second else "not run",
+        )
+    )
+    return found
+
+
+# ----------------------------------------------------------------------------------------------- rows
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.{digits}f}"
+
+
+STAGE_ORDER = (
+    "list",
+    "read",
+    "prepare model",
+    "featurize",
+    "PCA",
+    "write results",
+    "quality report",
+    "plots",
+)
+SHORT_STAGE = {
+    "prepare model": "model",
+    "write results": "results",
+    "quality report": "quality",
+}
+
+
+def _stages(timings: dict[str, float]) -> str:
+    """Stage seconds in the job's order (the manifest's JSON may sort them), short names."""
+    names = [n for n in STAGE_ORDER if n in timings] + sorted(set(timings) - set(STAGE_ORDER))
+    return ", ".join(f"{SHORT_STAGE.get(n, n)} {timings[n]:.1f}" for n in names)
+
+
+def others_note(entry: dict) -> str:
+    """ "; others N% of the CPUs": what the rest of the machine used during a measurement (procwatch)."""
+    share = entry.get("others_share")
+    return "" if share is None else f"; others used {share:.0%} of the CPUs"
+
+
+def model_file_note(run: dict, files: dict) -> str:
+    """Whether the job's workers ran the file the limit and the alternatives ran (same sha256 in its name)."""
+    expected = files.get(run["engine"], {}).get("sha256")
+    seen = [Path(f).name for f in run.get("model_files", [])]
+    if run["engine"] != "litert" or not expected:
+        return ""
+    if seen and all(f.endswith(f"-{expected[:16]}.tflite") for f in seen):
+        return "; workers ran the limit's model file"
+    return f"; MODEL FILE DIFFERS from the limit's: {', '.join(seen) or 'none seen'}"
+
+
+def _job_rows(
+    section: str, run: dict, limit: float | None, label: str = "", files: dict | None = None
+) -> list[tuple]:
+    n = run["n"]
+    memory = run["memory"]
+    prefix = f"{run['engine']} {label}".strip()
+    featurize = featurize_rate(run)
+    e2e = end_to_end_rate(run)
+    process = run["featurized"] / run["wall_seconds"]
+    return [
+        (
+            section,
+            f"{prefix}: featurize stage",
+            n,
+            _num(run["timings_seconds"].get("featurize"), 1),
+            _num(featurize),
+            _num(ratio(featurize, limit), 2),
+            f"workers {run.get('worker_images_per_cpu_second', '')} img per CPU-s",
+        ),
+        (
+            section,
+            f"{prefix}: end to end (stage sum)",
+            n,
+            _num(sum(run["timings_seconds"].values()), 1),
+            _num(e2e),
+            _num(ratio(e2e, limit), 2),
+            f"stages s: {_stages(run['timings_seconds'])}",
+        ),
+        (
+            section,
+            f"{prefix}: process wall",
+            n,
+            _num(run["wall_seconds"], 1),
+            _num(process),
+            _num(ratio(process, limit), 2),
+            f"start-up + teardown {overhead_seconds(run):.1f} s; peak MiB driver JVM {memory['jvm_mib']}, "
+            f"driver Python {memory['root_mib']}, worker {memory['spark_worker_mib']}, tree {memory['tree_peak_rss_mib']}; "
+            f"k {run['k']}; load {run['load_before']:.1f}"
+            + model_file_note(run, files or {})
+            + others_note(run),
+        ),
+    ]
+
+
+def rows(report: dict) -> list[tuple]:
+    """Every measurement of ``report`` as rows of :data:`COLUMNS`."""
+    limit = limit_rate(report)
+    out: list[tuple] = []
+    measured = report.get("limit")
+    if measured:
+        for engine, found in measured["engines"].items():
+            for name, shape in found["shapes"].items():
+                mark = "; best of the engine" if name == found["best_shape"] else ""
+                out.append(
+                    (
+                        "limit",
+                        f"{engine}: {name}",
+                        measured["images"],
+                        "",
+                        _num(shape["best"]),
+                        _num(ratio(shape["best"], limit), 2),
+                        f"median {shape['median']:.0f}, {shape['per_cpu_second']:.0f} img per CPU-s{mark}"
+                        + others_note(shape),
+                    )
+                )
+        out.append(
+            (
+                "limit",
+                "machine limit (best engine, best shape)",
+                "",
+                "",
+                _num(limit),
+                "1.00",
+                f"load {measured['load_before']:.1f} before, {measured['load_after']:.1f} after",
+            )
+        )
+    decode = report.get("decode")
+    if decode:
+        out.append(
+            (
+                "decode",
+                f"decode to {decode['decode_size']} px, 1 core",
+                decode["images"],
+                "",
+                _num(decode["per_core"]["best"]),
+                "",
+                "fruits.decoding.decode_image",
+            )
+        )
+        out.append(
+            (
+                "decode",
+                f"decode + resize to {decode['image_size']} px, 1 core",
+                decode["images"],
+                "",
+                _num(decode["resize_per_core"]["best"]),
+                "",
+                "for reference: the model resizes in its graph",
+            )
+        )
+    for run in report.get("jobs", []):
+        label = (
+            ""
+            if (run["model"], run["alpha"]) == (report["model"], report["alpha"])
+            else f"{run['model']} {run['alpha']}"
+        )
+        out += _job_rows("job", run, limit, label, report.get("model_files"))
+    ratios = {r["n"]: r for r in wall_ratios(report)}
+    for section in report.get("alternatives", []):
+        for run in section["runs"]:
+            title = {"pool": "multiprocessing.Pool script: wall", "ray": "Ray Data actor pool: wall"}[
+                run["name"]
+            ]
+            if run.get("skipped") or run.get("error"):
+                out.append(
+                    (
+                        "alternative",
+                        title,
+                        section["n"],
+                        "",
+                        "",
+                        "",
+                        f"skipped: {run['skipped']}" if run.get("skipped") else f"FAILED: {run['error']}",
+                    )
+                )
+                continue
+            equal = run["equal_outputs"]
+            verdict = (
+                f"outputs equal to the job's (k {equal['k']}, max deviation {equal['max_relative_deviation']:.1e} of "
+                f"column scale, {equal['max_deviation_over_tolerance']:.2f} x tolerance)"
+                if equal["equal"]
+                else f"OUTPUTS DIFFER: {equal.get('why') or 'components ' + str(equal['failing_components'])}"
+            )
+            wall = ratios.get(section["n"], {}).get(f"job_over_{run['name']}")
+            model = (
+                "same model file as the job"
+                if section["same_model_file"]
+                else "MODEL FILE NOT CHECKED/DIFFERENT"
+            )
+            out.append(
+                (
+                    "alternative",
+                    title,
+                    section["n"],
+                    _num(run["wall_seconds"], 1),
+                    _num(run["images_per_s"]),
+                    _num(ratio(run["images_per_s"], limit), 2),
+                    f"job wall / this = {_num(wall, 2)}; {verdict}; {model}; peak MiB tree "
+                    f"{run['memory']['tree_peak_rss_mib']}; load {run['load_before']:.1f}" + others_note(run),
+                )
+            )
+    incremental = report.get("incremental")
+    if incremental:
+        for run in incremental["runs"]:
+            counts = run["counts"]
+            out.append(
+                (
+                    "incremental",
+                    f"{run['run']} run: end to end (stage sum)",
+                    counts["found"],
+                    _num(run["stage_sum_seconds"], 1),
+                    "",
+                    "",
+                    f"newly featurized {counts['newly_featurized']}, reused {counts['reused']}; "
+                    f"featurize {run['timings_seconds'].get('featurize', 0):.1f} s, "
+                    f"prepare model {run['timings_seconds'].get('prepare model', 0):.1f} s"
+                    + others_note(run),
+                )
+            )
+        out.append(
+            (
+                "incremental",
+                "second run's work / first's",
+                "",
+                "",
+                "",
+                "",
+                f"{incremental['work_ratio']:.1%} of the images; featurize stage time {incremental['featurize_time_ratio']:.1%}",
+            )
+        )
+    pca = report.get("pca")
+    if pca:
+        for case in pca["result"]:
+            out.append(
+                (
+                    "pca",
+                    f"MLlib fit + project, width {case['width']}",
+                    case["n"],
+                    _num(case["seconds"], 1),
+                    "",
+                    "",
+                    f"fit {case['fit_seconds']:.1f} s, k {case['k']}",
+                )
+            )
+    naive = report.get("naive")
+    if naive:
+        result = naive["result"]
+        best = max((featurize_rate(r) or 0 for r in litert_runs(report)), default=0)
+        out.append(
+            (
+                "naive",
+                "Keras rebuilt per batch, paths one by one",
+                result["n"],
+                _num(result["seconds"], 1),
+                _num(result["images_per_s"], 1),
+                _num(ratio(result["images_per_s"], limit), 2),
+                f"the job's featurize stage is {best / result['images_per_s']:.1f}x faster" if best else "",
+            )
+        )
+    for run in report.get("realdata", []):
+        out += _job_rows("real data", run, limit, Path(run["input"]).name, report.get("model_files"))
+    for target in targets(report):
+        value = "" if target.value is None else f"{target.value:.2f}"
+        out.append(
+            (
+                "target",
+                target.name,
+                "",
+                "",
+                "",
+                "",
+                f"{target.status} {value} ({target.where})".replace("  ", " "),
+            )
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def heading(report: dict) -> str:
+    m = report["machine"]
+    return (
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; code {report.get('commit', '?')}; "
+        f"model {report['model']} {report['alpha']} image {report['image_size']} decode {report['decode_size']} "
+        f"batch {report['batch_size']} weights {report['weights']}; {report.get('started', '')}"
+    )
+
+
+def text_table(report: dict) -> str:
+    """The table for a terminal: fixed-width columns, the notes last."""
+    body = [tuple(str(c) for c in row) for row in rows(report)]
+    widths = [max(len(r[i]) for r in [COLUMNS, *body]) for i in range(len(COLUMNS) - 1)]
+    right = {2, 3, 4, 5}
+
+    def line(row: Iterable[str]) -> str:
+        cells = list(row)
+        return (
+            "  ".join(
+                (c.rjust(widths[i]) if i in right else c.ljust(widths[i])) for i, c in enumerate(cells[:-1])
+            )
+            + "  "
+            + cells[-1]
+        )
+
+    return "\n".join([heading(report), "", line(COLUMNS), *(line(r) for r in body)])
+
+
+def markdown_table(report: dict) -> str:
+    """The same rows as a Markdown table, for docs/benchmark.md."""
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = [
+        heading(report),
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---"] * len(COLUMNS)) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows(report)]
+    return "\n".join(lines)
