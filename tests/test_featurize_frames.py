@@ -42,7 +42,7 @@ def test_batches_are_cut_at_batch_size_and_rows_keep_their_order():
     out = pd.concat(featurize_frames([frame(contents)], lambda: model, decode_size=8, batch_size=3))
     assert model.calls == [3, 3, 1]
     assert list(out["id"]) == [f"id{i}" for i in range(7)]
-    assert [float(v[0]) for v in out["features"]] == [3, 3, 3, 3, 3, 3, 1]
+    assert [float(np.frombuffer(v, "<f4")[0]) for v in out["features"]] == [3, 3, 3, 3, 3, 3, 1]
     assert out["reason"].isna().all()
 
 
@@ -84,7 +84,7 @@ def test_model_loads_once_per_worker_process(tmp_path, monkeypatch):
 
     frames = [frame([jpeg((9, 9, 9))] * 5) for _ in range(3)]
     outputs = [pd.concat(featurize_frames(frames, get, decode_size=8, batch_size=2)) for _ in range(2)]
-    values = {float(v[0]) for out in outputs for v in out["features"]}
+    values = {float(np.frombuffer(v, "<f4")[0]) for out in outputs for v in out["features"]}
     assert len(values) == 1
     assert engines.LOADS["count"] == before + 1
 

@@ -72,7 +72,7 @@ def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark
     assert on_disk["weights"]["pretrained"] is False and "RANDOM WEIGHTS" in on_disk["weights"]["warning"]
     assert on_disk["pca"]["k"] == 3 and len(on_disk["pca"]["explained_variance"]) == 256
     assert on_disk["model"]["feature_dim"] == 256
-    assert set(on_disk["timings_seconds"]) >= {"list", "read", "featurize", "PCA", "write results"}
+    assert set(on_disk["timings_seconds"]) >= {"list", "featurize", "reconcile", "PCA", "write results"}
     assert on_disk["versions"]["spark"] == spark.version
     for name in ("explained_variance.png", "pca_scatter.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -296,3 +296,20 @@ def test_a_run_that_finds_its_model_in_the_cache_never_imports_tensorflow(tmp_pa
         seen[-1]["source"] = manifest["model"]["prepared_from"]
     assert seen[0] == {"code": 0, "tensorflow": True, "source": "built"}
     assert seen[1] == {"code": 0, "tensorflow": False, "source": "local cache"}
+
+
+@pytest.mark.parametrize(
+    ("images", "per_task", "slots", "tasks"),
+    [
+        (2500, 512, 2, 6),
+        (20000, 512, 2, 40),
+        (10, 512, 2, 2),
+        (10, 512, 8, 8),
+        (4097, 512, 4, 12),
+        (0, 512, 2, 2),
+    ],
+)
+def test_tasks_come_in_whole_waves(images, per_task, slots, tasks):
+    from fruits.job import task_count
+
+    assert task_count(images, per_task, slots) == tasks

@@ -133,10 +133,8 @@ def test_feature_batch_without_success_marker_is_ignored(spark, committed, tmp_p
     partial = output / "feature_store" / key / f"batch={commits.new_run_id()}"
     partial.mkdir()
     table = pa.table(
-        {"id": ids, "features": [[0.0] * 8] * len(ids), "reason": [None] * len(ids)},
-        schema=pa.schema(
-            [("id", pa.string()), ("features", pa.list_(pa.float32())), ("reason", pa.string())]
-        ),
+        {"id": ids, "features": [bytes(8 * 4)] * len(ids), "reason": [None] * len(ids)},  # 8 float32 zeros
+        schema=pa.schema([("id", pa.string()), ("features", pa.binary()), ("reason", pa.string())]),
     )
     pq.write_table(table, partial / "part-00000-planted.snappy.parquet")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fruits.linalg import pack
 from fruits.quality import ClassSums, fit_lda, report
 
 
@@ -60,13 +61,13 @@ def test_report_scores_every_test_row_and_each_class(spark):
             f"/data/{split}/{label}/{i}.jpg",
             str(label),
             split,
-            vector.astype(np.float32).tolist(),
+            pack(vector),
             *vector[:2].tolist(),
         )
         for i, (label, split, vector) in enumerate(zip(y, splits, x, strict=True))
     ]
     frame = spark.createDataFrame(
-        rows, "path string, label string, split string, features array<float>, pc_1 double, pc_2 double"
+        rows, "path string, label string, split string, features binary, pc_1 double, pc_2 double"
     )
     result = report(frame, 2, 8)
     assert result["train_images"] == 450 and result["test_images"] == 150 and result["classes"] == 3
@@ -81,7 +82,7 @@ def test_report_scores_every_test_row_and_each_class(spark):
 @pytest.mark.spark
 def test_no_report_without_both_splits(spark):
     frame = spark.createDataFrame(
-        [("/a/Apple/1.jpg", "Apple", None, [1.0, 2.0], 0.5)],
-        "path string, label string, split string, features array<float>, pc_1 double",
+        [("/a/Apple/1.jpg", "Apple", None, pack(np.array([1.0, 2.0])), 0.5)],
+        "path string, label string, split string, features binary, pc_1 double",
     )
     assert report(frame, 1, 2) is None

@@ -7,6 +7,7 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import PCA, StandardScaler
 
+from fruits.linalg import pack
 from fruits.reduce import (
     fit,
     loaded_k,
@@ -54,7 +55,8 @@ def test_principal_components_match_numpy_svd_up_to_sign():
 def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
     x = low_rank(400, 16, 5)
     frame = spark.createDataFrame(
-        [(i, row.tolist()) for i, row in enumerate(x)], "i long, features array<float>"
+        [(i, pack(row)) for i, row in enumerate(x)],
+        "i long, features binary",  # as the job keeps them
     )
     reduction = fit(frame.repartition(3), feature_dim=16, k=None, variance=0.99)
     reference, reference_vectors = numpy_pca(x)
@@ -73,7 +75,10 @@ def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
     reduction.model.write().overwrite().save(str(tmp_path / "pca_model"))
     reloaded = PipelineModel.load(str(tmp_path / "pca_model"))
     assert loaded_k(reloaded) == k
-    again = project_with_pipeline(reloaded, frame, k).orderBy("i").toPandas()  # Spark ML's own transform
+    arrays = spark.createDataFrame(
+        [(i, row.tolist()) for i, row in enumerate(x)], "i long, features array<float>"
+    )
+    again = project_with_pipeline(reloaded, arrays, k).orderBy("i").toPandas()  # Spark ML's own transform
     assert np.allclose(again[[f"pc_{j + 1}" for j in range(k)]].to_numpy(), got, rtol=1e-9, atol=1e-12)
     from_saved = projection_of(reloaded)
     assert np.allclose(from_saved.mean, reduction.projection.mean) and from_saved.k == k
@@ -81,10 +86,9 @@ def test_fit_projects_like_numpy_and_reloads(spark, tmp_path):
 
 def test_the_curve_equals_mllib_pca(spark):
     x = low_rank(200, 10, 3)
-    frame = spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>")
+    frame = spark.createDataFrame([(pack(row),) for row in x], "features binary")
     ours = fit(frame, feature_dim=10, k=3, variance=None).explained
-    scaled = StandardScaler(inputCol="features_vec", outputCol="c", withMean=True, withStd=False).fit(
-        with_vectors(frame)
-    )
-    mllib = PCA(k=10, inputCol="c", outputCol="p").fit(scaled.transform(with_vectors(frame)))
+    arrays = with_vectors(spark.createDataFrame([(row.tolist(),) for row in x], "features array<float>"))
+    scaled = StandardScaler(inputCol="features_vec", outputCol="c", withMean=True, withStd=False).fit(arrays)
+    mllib = PCA(k=10, inputCol="c", outputCol="p").fit(scaled.transform(arrays))
     assert np.allclose(ours, mllib.explainedVariance.toArray(), rtol=1e-6, atol=1e-12)

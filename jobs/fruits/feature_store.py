@@ -14,12 +14,14 @@ from pyspark.sql import DataFrame, SparkSession
 
 from fruits.storage import Store
 
-STORE_SCHEMA = "id string, features array<float>, reason string"
+STORE_SCHEMA = "id string, features binary, reason string"  # features: float32 bytes (fruits.linalg.pack)
+#: Part of every model key: a store written in another format is another store, never misread.
+STORE_FORMAT = "f32"
 
 
 def model_key(model: str, alpha: float, image_size: int, decode_size: int, weights_id: str) -> str:
     """Folder name for the settings that decide a feature vector (the engine does not: they agree)."""
-    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}"
+    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
 
 

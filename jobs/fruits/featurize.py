@@ -1,8 +1,14 @@
 """Featurize: decode images and run the feature model on them in Spark, with one model per Python worker.
 
 :func:`featurize_frames` is the pure part (pandas in, pandas out, any numpy predictor), tested without
-Spark. :func:`featurize` composes it with ``mapInPandas``: the exported model file reaches every node once
-through ``SparkContext.addFile`` and each Python worker loads it once (see :mod:`fruits.engines`).
+Spark. Two compositions with ``mapInPandas`` use it; the exported model file reaches every node once through
+``SparkContext.addFile`` and each Python worker loads it once (see :mod:`fruits.engines`):
+
+- :func:`featurize`: ``id, content`` rows (images already read, e.g. those the feature store lacks) to
+  ``id, features, reason``;
+- :func:`read_and_featurize`: listed files straight to features in ONE pass (read, hash, decode, infer), for a
+  run whose feature store holds nothing for this model yet: every image is new, so there is nothing to look up
+  first and no reason to keep the bytes between two passes.
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ from pyspark.sql import DataFrame
 from fruits.decoding import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from fruits.engines import ModelArtifact, Predictor, load_predictor
 from fruits.faults import fail_first_attempt
+from fruits.linalg import pack
+from fruits.reading import read_frames
 
-FEATURES_SCHEMA = "id string, features array<float>, reason string"
+# features: float32 bytes (fruits.linalg.pack), which Spark moves and stores without touching each element.
+FEATURES_SCHEMA = "id string, features binary, reason string"
+ROWS_SCHEMA = (
+    "path string, label string, split string, length long, id string, features binary, reason string"
+)
 
 
 def featurize_frames(
@@ -28,10 +40,12 @@ def featurize_frames(
     batch_size: int,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[pd.DataFrame]:
-    """``id, content`` frames -> ``id, features, reason`` frames, one output row per input row.
+    """Frames with ``content`` (and optionally ``reason``) -> the same frames without ``content``, with
+    ``features`` and ``reason``: one output row per input row, in order.
 
-    Undecodable images get a reason and no features; they never stop the batch. The predictor is fetched
-    lazily so that a partition of only rejected images loads no model.
+    A row without content keeps its reason (a file that could not be read); an undecodable image gets the
+    decoder's reason and no features; neither stops the batch. The predictor is fetched lazily so that a
+    partition of only rejected images loads no model.
     """
     predictor: Predictor | None = None
     for frame in frames:
@@ -40,14 +54,18 @@ def featurize_frames(
             # Decoded straight into one batch array: no list of arrays to stack (a copy of the batch) after.
             batch = np.empty((len(chunk), decode_size, decode_size, 3), dtype=np.uint8)
             good: list[int] = []
-            reasons: list[str | None] = [None] * len(chunk)
+            given = chunk["reason"].tolist() if "reason" in chunk else [None] * len(chunk)
+            reasons: list[str | None] = [None if pd.isna(r) else r for r in given]
             for position, content in enumerate(chunk["content"]):
+                if content is None or (isinstance(content, float) and pd.isna(content)):
+                    reasons[position] = reasons[position] or "not read"
+                    continue
                 try:
                     batch[len(good)] = decode_image(content, decode_size, max_pixels)
                     good.append(position)
                 except ImageRejected as rejected:
                     reasons[position] = rejected.reason
-            features: list[np.ndarray | None] = [None] * len(chunk)
+            features: list[bytes | None] = [None] * len(chunk)
             if good:
                 if predictor is None:
                     predictor = get_predictor()
@@ -55,8 +73,20 @@ def featurize_frames(
                 if output.shape[0] != len(good):
                     raise ValueError(f"model returned {output.shape[0]} rows for a batch of {len(good)}")
                 for position, vector in zip(good, output, strict=True):
-                    features[position] = vector.astype(np.float32, copy=False)
-            yield pd.DataFrame({"id": chunk["id"].to_numpy(), "features": features, "reason": reasons})
+                    features[position] = pack(vector)
+            kept = chunk.drop(columns=["content", "reason"], errors="ignore")
+            yield kept.assign(features=features, reason=reasons)
+
+
+def _predictor_loader(artifact: ModelArtifact, threads: int) -> Callable[[], Predictor]:
+    file_name, engine = artifact.file_name, artifact.engine
+
+    def get_predictor() -> Predictor:
+        from pyspark import SparkFiles
+
+        return load_predictor(SparkFiles.get(file_name), engine, threads)
+
+    return get_predictor
 
 
 def featurize(
@@ -68,18 +98,41 @@ def featurize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DataFrame:
     """``id, content`` rows -> ``id, features, reason`` rows, by ``mapInPandas`` over the shipped model."""
-    file_name, engine, decode_size = artifact.file_name, artifact.engine, artifact.input_size
+    get_predictor, decode_size = _predictor_loader(artifact, threads), artifact.input_size
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import SparkFiles
-
         fail_first_attempt()
-
-        def get_predictor() -> Predictor:
-            return load_predictor(SparkFiles.get(file_name), engine, threads)
-
         yield from featurize_frames(
             frames, get_predictor, decode_size=decode_size, batch_size=batch_size, max_pixels=max_pixels
         )
 
-    return todo.mapInPandas(run, FEATURES_SCHEMA)
+    return todo.select("id", "content").mapInPandas(run, FEATURES_SCHEMA)
+
+
+def read_and_featurize(
+    listed: DataFrame,
+    artifact: ModelArtifact,
+    *,
+    batch_size: int,
+    threads: int,
+    max_bytes: int,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DataFrame:
+    """``path, label, split`` rows (the listing) -> ``path, label, split, length, id, features, reason``.
+
+    Each file is read by its exact name (:func:`fruits.reading.read_frames`), hashed, decoded and featurized in
+    the same task; a file that cannot be read or decoded gets its reason.
+    """
+    get_predictor, decode_size = _predictor_loader(artifact, threads), artifact.input_size
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        fail_first_attempt()
+        yield from featurize_frames(
+            read_frames(frames, max_bytes),
+            get_predictor,
+            decode_size=decode_size,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+        )
+
+    return listed.select("path", "label", "split").mapInPandas(run, ROWS_SCHEMA)

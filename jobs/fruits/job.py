@@ -37,7 +37,7 @@ from pyspark.sql import functions as F
 
 from fruits import commits, feature_store, layout, manifest, models, plots, quality, reduce, writing
 from fruits.faults import checkpoint
-from fruits.featurize import featurize
+from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
 from fruits.liveness import Probe, local_process_probe, yarn_application_probe
@@ -177,10 +177,17 @@ class Catalog:
     count: int
 
 
-def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
-    """Read every image to read once: its bytes and content id, or why it could not be read."""
-    spark, options = ctx.spark, ctx.options
-    entries = listing.to_read
+def task_count(images: int, per_task: int, slots: int) -> int:
+    """How many tasks to cut ``images`` into: about ``per_task`` each, and a whole number of waves over the
+    ``slots`` task slots, so that the last wave does not leave cores idle (5 tasks on 2 slots end on 1 core)."""
+    wanted = max(1, math.ceil(images / per_task))
+    return max(slots, math.ceil(wanted / slots) * slots)
+
+
+def listed_frame(ctx: RunContext, listing: Listing) -> DataFrame:
+    """The images to read as a DataFrame (``path, label, split, size, version``), one task per
+    ``--images-per-task`` images (at least one per task slot)."""
+    spark, entries = ctx.spark, listing.to_read
     frame = pd.DataFrame(
         {
             "path": [e.path for e in entries],
@@ -190,10 +197,15 @@ def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
             "version": [e.version for e in entries],
         }
     )
-    partitions = max(spark.sparkContext.defaultParallelism, math.ceil(len(entries) / options.images_per_task))
-    listed = spark.createDataFrame(frame, LISTING_SCHEMA).repartition(partitions)
-    with ctx.timer.stage("read", f"({len(entries)} images, bytes and content ids)"):
-        images = read_images(listed, options.max_file_mb * 1024 * 1024).persist(StorageLevel.DISK_ONLY)
+    partitions = task_count(len(entries), ctx.options.images_per_task, spark.sparkContext.defaultParallelism)
+    return spark.createDataFrame(frame, LISTING_SCHEMA).repartition(partitions)
+
+
+def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
+    """Read every image to read once: its bytes and content id, or why it could not be read."""
+    listed = listed_frame(ctx, listing)
+    with ctx.timer.stage("read", f"({len(listing.to_read)} images, bytes and content ids)"):
+        images = read_images(listed, ctx.options.max_file_mb * 1024 * 1024).persist(StorageLevel.DISK_ONLY)
         count = images.count()
     return Catalog(images, count)
 
@@ -210,6 +222,7 @@ class Featurized:
     new_ids: DataFrame  # ``id`` of each image featurized by this run
     feature_dim: int | None  # known when this run prepared the model
     model_source: str | None  # where the model came from: "local cache", "feature store", "built", or None
+    rows: DataFrame | None = None  # every image with its features or reason, when read and featurized at once
 
 
 def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featurized:
@@ -228,7 +241,7 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
         artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
-    partitions = max(sc.defaultParallelism, math.ceil(todo_count / options.images_per_task))
+    partitions = task_count(todo_count, options.images_per_task, sc.defaultParallelism)
     with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
         checkpoint("featurize")
         if not batches and todo_count == readable.count():
@@ -249,6 +262,53 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     return Featurized(batches, todo_count, todo, artifact.feature_dim, source)
 
 
+def _one_row_per_id(rows: DataFrame) -> DataFrame:
+    """``id, features, reason`` of ``rows`` with one row per content id (identical bytes under two paths: the
+    first path's), without shuffling the features: only the ids that repeat are gathered."""
+    repeated = (
+        rows.where(F.col("id").isNotNull())
+        .groupBy("id")
+        .agg(F.count("*").alias("copies"), F.min("path").alias("first_path"))
+        .where(F.col("copies") > 1)
+        .select("id", "first_path")
+    )
+    kept = rows.where(F.col("id").isNotNull()).join(F.broadcast(repeated), "id", "left")
+    kept = kept.where(F.col("first_path").isNull() | (F.col("path") == F.col("first_path")))
+    return kept.select("id", "features", "reason")
+
+
+def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) -> Featurized:
+    """A first run for this model: read, hash, decode and featurize every image in one pass, into a new batch."""
+    spark, options, store, key = ctx.spark, ctx.options, ctx.store, ctx.model_key
+    listed = listed_frame(ctx, listing)
+    images = len(listing.to_read)
+    folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
+    with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
+    sc = spark.sparkContext
+    with (
+        ctx.timer.stage("featurize", f"{images} images: read, decode, infer in one pass"),
+        report_progress(sc, "featurize", images),
+    ):
+        checkpoint("featurize")
+        rows = read_and_featurize(
+            listed,
+            artifact,
+            batch_size=options.batch_size,
+            threads=ctx.threads,
+            max_bytes=options.max_file_mb * 1024 * 1024,
+            max_pixels=options.max_pixels,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        # One action featurizes every image (into the cache) and says whether any bytes came twice.
+        tally = rows.agg(F.count("id").alias("read"), F.countDistinct("id").alias("distinct")).first()
+        unique = rows.where(F.col("id").isNotNull()).select("id", "features", "reason")
+        batch_rows = unique if tally["read"] == tally["distinct"] else _one_row_per_id(rows)
+        batch = feature_store.write_batch(batch_rows, store, key, ctx.run_id)
+    new_ids = rows.where(F.col("id").isNotNull()).select("id").distinct()
+    lease.check()
+    return Featurized([batch], int(tally["distinct"]), new_ids, artifact.feature_dim, source, rows)
+
+
 @dataclass(frozen=True)
 class Reconciled:
     """Every image with its features or a reason, what was rejected and why, and the counts."""
@@ -258,12 +318,10 @@ class Reconciled:
     counts: dict[str, int]
 
 
-def reconcile_stage(
-    ctx: RunContext, listing: Listing, catalog: Catalog, featurized: Featurized
-) -> Reconciled:
-    """Join each image with its features; count featurized and rejected files and check they make ``found``."""
+def joined_rows(ctx: RunContext, catalog: Catalog, featurized: Featurized) -> DataFrame:
+    """Each image read with its stored features or the reason it has none (the two-pass path)."""
     stored = feature_store.read_features(ctx.spark, ctx.store, ctx.model_key, featurized.batches)
-    rows = (
+    return (
         catalog.images.drop("content")
         .withColumnRenamed("reason", "read_reason")
         .join(stored, "id", "left")
@@ -278,26 +336,37 @@ def reconcile_stage(
         )
         .cache()
     )
-    listed_rejects = [(entry.path, entry.reason) for entry in listing.rejected]
-    rejected = rows.where(F.col("features").isNull()).select("path", "reason")
-    if listed_rejects:
-        rejected = rejected.unionByName(
-            ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
+
+
+def reconcile_stage(ctx: RunContext, listing: Listing, rows: DataFrame, featurized: Featurized) -> Reconciled:
+    """Count featurized and rejected files and check that they make ``found``; the rejected rows with reasons.
+
+    ``rows`` holds every image read (``path, label, split, length, id, features, reason``).
+    """
+    with ctx.timer.stage("reconcile"):
+        listed_rejects = [(entry.path, entry.reason) for entry in listing.rejected]
+        rejected = rows.where(F.col("features").isNull()).select(
+            "path", F.coalesce("reason", F.lit("not featurized")).alias("reason")
         )
-    good = rows.where(F.col("features").isNotNull())
-    featurized_count = good.count()
-    counts = {
-        "found": len(listing.entries),
-        "featurized": featurized_count,
-        "rejected": len(listed_rejects) + catalog.count - featurized_count,
-        # Images whose features the store already held (identical bytes under a new path count as reused).
-        "reused": good.join(featurized.new_ids, "id", "left_anti").count()
-        if featurized.newly
-        else featurized_count,
-        "newly_featurized": featurized.newly,
-    }
-    if featurized_count == 0:
-        rows.unpersist()
+        if listed_rejects:
+            rejected = rejected.unionByName(
+                ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
+            )
+        tally = rows.agg(F.count("*").alias("read"), F.count("features").alias("featurized")).first()
+        good = rows.where(F.col("features").isNotNull())
+        if featurized.rows is not None or not featurized.newly:
+            # One pass over an empty store reused nothing; with nothing new, everything was reused.
+            reused = 0 if featurized.rows is not None else tally["featurized"]
+        else:  # images whose features the store already held (identical bytes under a new path too)
+            reused = good.join(featurized.new_ids, "id", "left_anti").count()
+        counts = {
+            "found": len(listing.entries),
+            "featurized": int(tally["featurized"]),
+            "rejected": len(listed_rejects) + int(tally["read"]) - int(tally["featurized"]),
+            "reused": int(reused),
+            "newly_featurized": featurized.newly,
+        }
+    if counts["featurized"] == 0:
         raise NothingFeaturized(
             f"no image under {ctx.options.input} could be featurized ({counts['rejected']} rejected)"
         )
@@ -353,7 +422,10 @@ def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k
         checkpoint("write")
         keep = ["path", "label", "split", "id"] + (["features"] if ctx.options.keep_features else [])
         parquet = ctx.out.uri_for(ctx.key_for("results.parquet"))
-        projected.select(*keep, *reduce.pc_columns(k)).orderBy("path").write.parquet(parquet)
+        table = projected.select(*keep, *reduce.pc_columns(k))
+        if ctx.options.keep_features:  # the public format: an array of floats, as array_to_vector reads it
+            table = writing.features_as_arrays(table)
+        table.orderBy("path").write.parquet(parquet)
         results = ctx.spark.read.parquet(parquet)
         counts = reconciled.counts
         writing.write_single_csv(
@@ -503,28 +575,34 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
 def _extract_transform_load(
     ctx: RunContext, listing: Listing, previous: dict[str, Any] | None, lease: Lease
 ) -> dict[str, Any]:
-    catalog = read_stage(ctx, listing)  # extract (2)
+    persisted: list[DataFrame] = []
     try:
-        featurized = featurize_stage(ctx, catalog, lease)  # transform
-        reconciled = reconcile_stage(ctx, listing, catalog, featurized)
-        try:
-            good = reconciled.rows.where(F.col("features").isNotNull())
-            # The width of the stored vectors themselves (a custom .keras model may not be the spec's width).
-            feature_dim = featurized.feature_dim or int(good.select(F.size("features")).first()[0])
-            reduced = reduce_stage(ctx, good, feature_dim, previous)
-            lease.check()
-            # Written, reported on and plotted: projected once, kept until the run ends.
-            projected = reduce.project(reduced.projection, good).persist(StorageLevel.MEMORY_AND_DISK)
-            try:
-                results = write_stage(ctx, projected, reconciled, reduced.k)  # load
-                report = quality_stage(ctx, projected, reduced)
-                plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
-            finally:
-                projected.unpersist()
-        finally:
-            reconciled.rows.unpersist()
+        if not feature_store.committed_batches(ctx.store, ctx.model_key) and listing.to_read:
+            # Nothing stored for this model yet: every image is new, read and featurize it in one pass.
+            featurized = read_and_featurize_stage(ctx, listing, lease)  # extract + transform
+            assert featurized.rows is not None
+            rows = featurized.rows
+        else:
+            catalog = read_stage(ctx, listing)  # extract (2)
+            persisted.append(catalog.images)
+            featurized = featurize_stage(ctx, catalog, lease)  # transform
+            rows = joined_rows(ctx, catalog, featurized)
+        persisted.append(rows)
+        reconciled = reconcile_stage(ctx, listing, rows, featurized)
+        good = rows.where(F.col("features").isNotNull())
+        # The width of the stored vectors themselves (a custom .keras model may not be the spec's width).
+        feature_dim = featurized.feature_dim or int(good.select(F.length("features")).first()[0]) // 4
+        reduced = reduce_stage(ctx, good, feature_dim, previous)
+        lease.check()
+        # Written, reported on and plotted: projected once, kept until the run ends.
+        projected = reduce.project(reduced.projection, good).persist(StorageLevel.MEMORY_AND_DISK)
+        persisted.append(projected)
+        results = write_stage(ctx, projected, reconciled, reduced.k)  # load
+        report = quality_stage(ctx, projected, reduced)
+        plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
     finally:
-        catalog.images.unpersist()
+        for frame in reversed(persisted):
+            frame.unpersist()
     document = manifest.build(
         run_id=ctx.run_id,
         options=ctx.options,

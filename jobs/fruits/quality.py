@@ -25,7 +25,7 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from fruits.reduce import pc_columns
+from fruits.linalg import pc_columns, unpack
 
 CLASSIFIER = "shrinkage LDA: one shared covariance, fitted on every Training row, scored on every Test row"
 SHRINKAGES = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
@@ -74,27 +74,52 @@ class LinearClassifier:
         return np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
 
 
-def fit_lda(sums: ClassSums, shrinkage: float) -> LinearClassifier:
-    """LDA from class sums: pooled within-class covariance shrunk by ``shrinkage`` towards its mean variance."""
+@dataclass(frozen=True)
+class PooledGaussian:
+    """Class means and priors, and the eigendecomposition of the pooled within-class covariance: every
+    shrinkage's LDA follows from it with matrix products only (one ``eigh`` for all candidates)."""
+
+    classes: list[str]
+    means: np.ndarray  # (classes, dim)
+    log_priors: np.ndarray  # (classes,)
+    eigenvalues: np.ndarray  # (dim,)
+    eigenvectors: np.ndarray  # (dim, dim)
+    level: float  # mean variance: the shrinkage target is level * I
+
+
+def pooled(sums: ClassSums) -> PooledGaussian:
+    """The pooled Gaussian of the class sums."""
     classes = sorted(sums.counts)
     if len(classes) < 2:
         raise ValueError("LDA needs at least two classes")
     n = sum(sums.counts.values())
-    means = np.stack([sums.sums[c] / sums.counts[c] for c in classes])
     counts = np.array([sums.counts[c] for c in classes], dtype=np.float64)
+    means = np.stack([sums.sums[c] / sums.counts[c] for c in classes])
     assert sums.gram is not None
     scatter = sums.gram - (means * counts[:, None]).T @ means  # within-class scatter
     covariance = scatter / max(n - len(classes), 1)
-    covariance = (covariance + covariance.T) / 2
-    level = np.trace(covariance) / sums.dim or 1.0
-    shrunk = (1 - shrinkage) * covariance + shrinkage * level * np.eye(sums.dim)
-    solved = np.linalg.solve(shrunk, means.T)  # (dim, classes): Sigma^-1 mu_c
-    bias = -0.5 * np.einsum("cd,dc->c", means, solved) + np.log(counts / n)
-    return LinearClassifier(classes, solved, bias)
+    values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
+    values = np.clip(values, 0.0, None)
+    return PooledGaussian(classes, means, np.log(counts / n), values, vectors, float(values.mean()) or 1.0)
+
+
+def lda(gaussian: PooledGaussian, shrinkage: float) -> LinearClassifier:
+    """LDA with the pooled covariance shrunk by ``shrinkage`` towards its mean variance:
+    ``(1 - s) * Sigma + s * level * I``, inverted through the eigendecomposition."""
+    q = gaussian.eigenvectors
+    scale = (1 - shrinkage) * gaussian.eigenvalues + shrinkage * gaussian.level
+    solved = q @ ((q.T @ gaussian.means.T) / scale[:, None])  # (dim, classes): Sigma_s^-1 mu_c
+    bias = -0.5 * np.einsum("cd,dc->c", gaussian.means, solved) + gaussian.log_priors
+    return LinearClassifier(gaussian.classes, solved, bias)
+
+
+def fit_lda(sums: ClassSums, shrinkage: float) -> LinearClassifier:
+    """LDA from class sums: pooled within-class covariance shrunk by ``shrinkage`` towards its mean variance."""
+    return lda(pooled(sums), shrinkage)
 
 
 def _stack(column: pd.Series) -> np.ndarray:
-    return np.stack(column.to_numpy()) if len(column) else np.zeros((0, 0))
+    return unpack(column)
 
 
 def _moments(full_dim: int, k: int, role_of: Any) -> Any:
@@ -172,8 +197,9 @@ def _correct_counts(
 def _choose_shrinkage(train: DataFrame, fit: dict[str, ClassSums], k: int) -> dict[str, float]:
     """The shrinkage that classifies the held-out Training rows best, for each space; on a tie the largest,
     as the more regularized choice (a small holdout often scores several candidates alike)."""
+    gaussians = {space: pooled(fit[space]) for space in ("full", "pca")}
     candidates = {
-        f"{space}_{i}": (fit_lda(fit[space], alpha), space)
+        f"{space}_{i}": (lda(gaussians[space], alpha), space)
         for space in ("full", "pca")
         for i, alpha in enumerate(SHRINKAGES)
     }

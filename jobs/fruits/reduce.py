@@ -15,11 +15,9 @@ is kept for choosing k and for the plot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScalerModel
@@ -29,96 +27,22 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
+from fruits.linalg import (  # noqa: F401 - the reduction's pure parts, used here and re-exported
+    _GRAM_SCHEMA,
+    Moments,
+    _from_row,
+    add_moments,
+    choose_k,
+    moments,
+    partition_moments,
+    pc_columns,
+    principal_components,
+    projecting,
+)
+
 VECTOR_COL = "features_vec"
 CENTERED_COL = "centered"
 PCA_COL = "pca"
-_GRAM_SCHEMA = "n long, total binary, gram binary"
-
-
-def pc_columns(k: int) -> list[str]:
-    """Names of the projected components: ``pc_1 .. pc_k``."""
-    return [f"pc_{i + 1}" for i in range(k)]
-
-
-def choose_k(explained: Sequence[float], variance: float) -> int:
-    """Smallest k whose cumulative explained variance reaches ``variance`` (all components if none does)."""
-    if not explained:
-        raise ValueError("empty explained-variance curve")
-    if not 0 < variance <= 1:
-        raise ValueError(f"variance must be in (0, 1], got {variance}")
-    cumulative = np.cumsum(np.asarray(explained, dtype=float))
-    # A tiny tolerance: a curve that sums to 0.9999999 must still reach 1.0.
-    reached = np.nonzero(cumulative >= variance - 1e-9)[0]
-    return int(reached[0]) + 1 if reached.size else len(explained)
-
-
-@dataclass(frozen=True)
-class Moments:
-    """What the covariance needs from the rows: their count, their sum and their Gram matrix ``X^T X``."""
-
-    n: int
-    total: np.ndarray  # (d,)
-    gram: np.ndarray  # (d, d)
-
-    def __add__(self, other: Moments) -> Moments:
-        return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
-
-
-def moments(batches: Iterable[np.ndarray], dim: int) -> Moments:
-    """Count, sum and ``X^T X`` of row batches (each ``(rows, dim)``), accumulated in float64."""
-    total, gram, n = np.zeros(dim), np.zeros((dim, dim)), 0
-    for batch in batches:
-        x = np.asarray(batch, dtype=np.float64)
-        if x.size == 0:
-            continue
-        n += x.shape[0]
-        total += x.sum(axis=0)
-        gram += x.T @ x  # one level-3 product per batch
-    return Moments(n, total, gram)
-
-
-def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, components as columns by decreasing variance, explained variance ratio of every component).
-
-    Each component's sign is chosen so that its largest coefficient is positive: a fixed convention, so the
-    same data gives the same signs on every run (an eigenvector's sign is otherwise arbitrary).
-    """
-    if m.n < 2:
-        raise ValueError(f"PCA needs at least 2 rows, got {m.n}")
-    mean = m.total / m.n
-    covariance = (m.gram - m.n * np.outer(mean, mean)) / (m.n - 1)
-    covariance = (covariance + covariance.T) / 2  # exact symmetry for the symmetric solver
-    values, vectors = np.linalg.eigh(covariance)
-    order = np.argsort(values)[::-1]
-    values, vectors = np.clip(values[order], 0.0, None), vectors[:, order]
-    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
-    vectors = vectors * np.where(signs == 0, 1.0, signs)
-    total = values.sum()
-    explained = values / total if total > 0 else np.zeros_like(values)
-    return mean, vectors, explained
-
-
-def _partition_moments(dim: int):  # type: ignore[no-untyped-def]
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        def batches() -> Iterator[np.ndarray]:
-            for frame in frames:
-                if len(frame):
-                    yield np.stack(frame["features"].to_numpy())
-
-        result = moments(batches(), dim)
-        yield pd.DataFrame(
-            {"n": [result.n], "total": [result.total.tobytes()], "gram": [result.gram.tobytes()]}
-        )
-
-    return run
-
-
-def _from_row(row: object) -> Moments:
-    return Moments(
-        int(row["n"]),  # type: ignore[index]
-        np.frombuffer(row["total"], dtype=np.float64),  # type: ignore[index]
-        np.frombuffer(row["gram"], dtype=np.float64).reshape(*(2 * [int(np.sqrt(len(row["gram"]) // 8))])),  # type: ignore[index]
-    )
 
 
 def distributed_moments(features: DataFrame, dim: int) -> Moments:
@@ -128,8 +52,8 @@ def distributed_moments(features: DataFrame, dim: int) -> Moments:
     slots = features.sparkSession.sparkContext.defaultParallelism
     if features.rdd.getNumPartitions() > slots:
         features = features.coalesce(slots)
-    partials = features.select("features").mapInPandas(_partition_moments(dim), _GRAM_SCHEMA)
-    return partials.rdd.map(_from_row).treeReduce(lambda a, b: a + b, depth=2)
+    partials = features.select("features").mapInPandas(partition_moments(dim), _GRAM_SCHEMA)
+    return partials.rdd.map(_from_row).treeReduce(add_moments, depth=2)
 
 
 @dataclass(frozen=True)
@@ -231,15 +155,7 @@ def project(projection: Projection, features: DataFrame) -> DataFrame:
     # A new schema: DataFrame.schema is cached, and StructType.add would change it in place.
     schema = StructType([*features.schema.fields, *(StructField(name, DoubleType()) for name in names)])
 
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in frames:
-            if not len(frame):
-                continue
-            x = np.stack(frame["features"].to_numpy()).astype(np.float64)
-            pcs = (x - mean) @ components
-            yield frame.assign(**{name: pcs[:, i] for i, name in enumerate(names)})
-
-    return features.mapInPandas(run, schema)
+    return features.mapInPandas(projecting(names, mean, components), schema)
 
 
 def loaded_k(model: PipelineModel) -> int:

@@ -6,10 +6,14 @@ final name inside the run's own prefix, so the file analysts open is a single pl
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-from fruits.reduce import pc_columns
+from fruits.linalg import pc_columns, unpack
 from fruits.storage import Store
 
 # Significant digits, not decimals: features of an untrained network are ~1e-17 and must not print as 0.
@@ -26,6 +30,23 @@ def csv_frame(results: DataFrame, k: int) -> DataFrame:
     path, label, *pcs = result_columns(k)
     formatted = [F.format_string(f"%.{CSV_DIGITS}g", F.col(name)).alias(name) for name in pcs]
     return results.select(path, label, *formatted).orderBy(path)
+
+
+def features_as_arrays(frame: DataFrame) -> DataFrame:
+    """``frame`` with its packed ``features`` (float32 bytes) as ``array<float>``, for results.parquet readers."""
+    schema = StructType(
+        [
+            StructField(f.name, ArrayType(FloatType())) if f.name == "features" else f
+            for f in frame.schema.fields
+        ]
+    )
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for part in frames:
+            if len(part):
+                yield part.assign(features=list(unpack(part["features"])))
+
+    return frame.mapInPandas(run, schema)
 
 
 def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int) -> None:
