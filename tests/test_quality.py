@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from fruits.linalg import pack
-from fruits.quality import ClassSums, fit_lda, report
+from fruits.quality import fit_lda, report
+from fruits.summaries import ClassSums, summarize, summarize_frames
 
 
 def blobs(rows: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,38 +53,65 @@ def test_lda_needs_two_classes():
         fit_lda(sums_of(x, y), 0.01)
 
 
+def test_sums_in_the_pca_space_follow_from_the_full_sums():
+    x, y = blobs(400, 3, 6, 2.0)
+    mean = x.mean(axis=0) + 0.1
+    components = np.linalg.qr(np.random.default_rng(5).normal(size=(6, 2)))[0]
+    derived = sums_of(x, y).projected(mean, components)
+    direct = sums_of((x - mean) @ components, y)
+    assert derived.counts == direct.counts and np.allclose(derived.gram, direct.gram)
+    assert all(np.allclose(derived.sums[c], direct.sums[c]) for c in direct.counts)
+
+
+def test_one_pass_summaries_split_training_into_fit_and_holdout():
+    x, y = blobs(500, 3, 4, 2.0)
+    splits = np.where(np.arange(500) < 400, "Training", "Test")
+    frame = pd.DataFrame(
+        {
+            "path": [f"/d/{i}.jpg" for i in range(500)],
+            "label": y,
+            "split": splits,
+            "features": [pack(v) for v in x],
+        }
+    )
+    result = summarize_frames([frame.iloc[:170], frame.iloc[170:]], 4)
+    assert result.total.n == 500 and np.allclose(
+        result.total.gram, x.astype(np.float32).astype(float).T @ x.astype(np.float32).astype(float)
+    )
+    fit, holdout = result.training["fit"], result.training["holdout"]
+    assert sum(fit.counts.values()) + sum(holdout.counts.values()) == 400
+    assert 40 < sum(holdout.counts.values()) < 120  # about one in five, by a hash of the path
+
+
+def frame_of(spark, x, y, splits):  # type: ignore[no-untyped-def]
+    rows = [
+        (f"/data/{s}/{label}/{i}.jpg", str(label), s, pack(v))
+        for i, (label, s, v) in enumerate(zip(y, splits, x, strict=True))
+    ]
+    return spark.createDataFrame(rows, "path string, label string, split string, features binary")
+
+
 @pytest.mark.spark
 def test_report_scores_every_test_row_and_each_class(spark):
     x, y = blobs(600, 3, 8, 3.0)
     splits = ["Training"] * 450 + ["Test"] * 150
     y[-5:] = "only in test"  # a class Training never saw: counted, and always wrong
-    rows = [
-        (
-            f"/data/{split}/{label}/{i}.jpg",
-            str(label),
-            split,
-            pack(vector),
-            *vector[:2].tolist(),
-        )
-        for i, (label, split, vector) in enumerate(zip(y, splits, x, strict=True))
-    ]
-    frame = spark.createDataFrame(
-        rows, "path string, label string, split string, features binary, pc_1 double, pc_2 double"
-    )
-    result = report(frame, 2, 8)
+    frame = frame_of(spark, x, y, splits)
+    sums = summarize(frame, 8)
+    mean = sums.total.total / sums.total.n
+    result = report(frame, sums.training, mean, np.eye(8)[:, :2])
     assert result["train_images"] == 450 and result["test_images"] == 150 and result["classes"] == 3
     assert result["test_labels_unseen_in_training"] == ["only in test"]
     assert result["per_class"]["only in test"]["accuracy_full_features"] == 0.0
     assert sum(c["test_images"] for c in result["per_class"].values()) == 150
     assert result["test_accuracy_full_features"] > 0.9
     assert 0 <= result["test_accuracy_pca"] <= 1
-    assert set(result["shrinkage"]) == {"full", "pca"}
+    assert set(result["shrinkage"]) == {"full", "pca"} and result["k"] == 2
 
 
 @pytest.mark.spark
 def test_no_report_without_both_splits(spark):
-    frame = spark.createDataFrame(
-        [("/a/Apple/1.jpg", "Apple", None, pack(np.array([1.0, 2.0])), 0.5)],
-        "path string, label string, split string, features binary, pc_1 double",
-    )
-    assert report(frame, 1, 2) is None
+    x, y = blobs(40, 2, 3, 3.0)
+    frame = frame_of(spark, x, y, [None] * 40)
+    sums = summarize(frame, 3)
+    assert report(frame, sums.training, np.zeros(3), np.eye(3)[:, :1]) is None

@@ -1,6 +1,8 @@
 """The feature store: featurized vectors kept by content id, so a run featurizes only what is new.
 
-Layout: ``<store>/<model_key>/batch=<run_id>/part-*.parquet`` with columns ``id, features, reason``. A batch
+Layout: ``<store>/<model_key>/batch=<run_id>/part-*.parquet`` with columns ``id, features, reason``
+(``features``: float32 bytes, :func:`fruits.linalg.pack`); a batch written in one pass by a run that read and
+featurized everything at once also keeps each row's provenance (``path, label, split, length``). A batch
 counts only once Spark has written its ``_SUCCESS`` marker (at job commit), so a run killed while writing
 leaves a batch that readers ignore, and the next run featurizes those images again. Batches are never
 modified; rejections are stored too, so a corrupt file is not decoded again by every run.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import re
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from fruits.storage import Store
 
@@ -36,8 +39,23 @@ def read_features(spark: SparkSession, store: Store, key: str, batches: list[str
     if not batches:
         return spark.createDataFrame([], STORE_SCHEMA)
     paths = [store.uri_for(f"{key}/{name}") for name in batches]
-    # Two batches can hold the same id only if two runs featurized it concurrently; either row is right.
-    return spark.read.schema(STORE_SCHEMA).parquet(*paths).dropDuplicates(["id"])
+    # One id twice: identical bytes under two paths in a one-pass batch, or two runs featurizing at once. Either
+    # row is right. Rows without an id are files a one-pass run could not read: they are not features.
+    rows = spark.read.schema(STORE_SCHEMA).parquet(*paths)
+    return rows.where(F.col("id").isNotNull()).dropDuplicates(["id"])
+
+
+def write_rows(rows: DataFrame, store: Store, key: str, run_id: str) -> str:
+    """Write a one-pass run's rows as its new batch, provenance included (``path, label, split, length`` beside
+    ``id, features, reason``); returns the batch name. Readers of features see only the store's columns."""
+    name = f"batch={run_id}"
+    rows.write.mode("errorifexists").parquet(store.uri_for(f"{key}/{name}"))
+    return name
+
+
+def read_rows(spark: SparkSession, store: Store, key: str, batch: str) -> DataFrame:
+    """Every row :func:`write_rows` wrote into ``batch``, with its provenance."""
+    return spark.read.parquet(store.uri_for(f"{key}/{batch}"))
 
 
 def write_batch(frame: DataFrame, store: Store, key: str, run_id: str) -> str:

@@ -35,7 +35,18 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits import commits, feature_store, layout, manifest, models, plots, quality, reduce, writing
+from fruits import (
+    commits,
+    feature_store,
+    layout,
+    manifest,
+    models,
+    plots,
+    quality,
+    reduce,
+    summaries,
+    writing,
+)
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
@@ -47,6 +58,7 @@ from fruits.progress import StageTimer, report_progress
 from fruits.reading import read_images
 from fruits.session import get_session, ship_package_to_local_workers
 from fruits.storage import Store, StoreError, open_store, s3_region
+from fruits.summaries import ClassSums
 
 __all__ = [
     "PUBLISHED",
@@ -218,7 +230,7 @@ class Featurized:
     """The feature store's batches this run reads, and how many distinct images it featurized itself."""
 
     batches: list[str]
-    newly: int
+    newly: int | None  # None: every id read was new (a one-pass run); reconcile_stage counts them
     new_ids: DataFrame  # ``id`` of each image featurized by this run
     feature_dim: int | None  # known when this run prepared the model
     model_source: str | None  # where the model came from: "local cache", "feature store", "built", or None
@@ -262,21 +274,6 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     return Featurized(batches, todo_count, todo, artifact.feature_dim, source)
 
 
-def _one_row_per_id(rows: DataFrame) -> DataFrame:
-    """``id, features, reason`` of ``rows`` with one row per content id (identical bytes under two paths: the
-    first path's), without shuffling the features: only the ids that repeat are gathered."""
-    repeated = (
-        rows.where(F.col("id").isNotNull())
-        .groupBy("id")
-        .agg(F.count("*").alias("copies"), F.min("path").alias("first_path"))
-        .where(F.col("copies") > 1)
-        .select("id", "first_path")
-    )
-    kept = rows.where(F.col("id").isNotNull()).join(F.broadcast(repeated), "id", "left")
-    kept = kept.where(F.col("first_path").isNull() | (F.col("path") == F.col("first_path")))
-    return kept.select("id", "features", "reason")
-
-
 def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) -> Featurized:
     """A first run for this model: read, hash, decode and featurize every image in one pass, into a new batch."""
     spark, options, store, key = ctx.spark, ctx.options, ctx.store, ctx.model_key
@@ -298,15 +295,15 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
             threads=ctx.threads,
             max_bytes=options.max_file_mb * 1024 * 1024,
             max_pixels=options.max_pixels,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        # One action featurizes every image (into the cache) and says whether any bytes came twice.
-        tally = rows.agg(F.count("id").alias("read"), F.countDistinct("id").alias("distinct")).first()
-        unique = rows.where(F.col("id").isNotNull()).select("id", "features", "reason")
-        batch_rows = unique if tally["read"] == tally["distinct"] else _one_row_per_id(rows)
-        batch = feature_store.write_batch(batch_rows, store, key, ctx.run_id)
-    new_ids = rows.where(F.col("id").isNotNull()).select("id").distinct()
+        )
+        # Written as they are made, straight into the new batch (no cache, no second pass over the images);
+        # the rest of the run reads them back from there.
+        batch = feature_store.write_rows(rows, store, key, ctx.run_id)
+        rows = feature_store.read_rows(spark, store, key, batch)
     lease.check()
-    return Featurized([batch], int(tally["distinct"]), new_ids, artifact.feature_dim, source, rows)
+    # How many distinct images were new is counted with the other counts (reconcile_stage): one pass fewer.
+    distinct = rows.where(F.col("id").isNotNull()).select("id").distinct()
+    return Featurized([batch], None, distinct, artifact.feature_dim, source, rows)
 
 
 @dataclass(frozen=True)
@@ -352,7 +349,11 @@ def reconcile_stage(ctx: RunContext, listing: Listing, rows: DataFrame, featuriz
             rejected = rejected.unionByName(
                 ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
             )
-        tally = rows.agg(F.count("*").alias("read"), F.count("features").alias("featurized")).first()
+        wanted = [F.count("*").alias("read"), F.count("features").alias("featurized")]
+        if featurized.newly is None:  # a one-pass run: each distinct id it read was new
+            wanted.append(F.countDistinct("id").alias("ids"))
+        tally = rows.agg(*wanted).first()
+        newly = int(tally["ids"]) if featurized.newly is None else featurized.newly
         good = rows.where(F.col("features").isNotNull())
         if featurized.rows is not None or not featurized.newly:
             # One pass over an empty store reused nothing; with nothing new, everything was reused.
@@ -364,7 +365,7 @@ def reconcile_stage(ctx: RunContext, listing: Listing, rows: DataFrame, featuriz
             "featurized": int(tally["featurized"]),
             "rejected": len(listed_rejects) + int(tally["read"]) - int(tally["featurized"]),
             "reused": int(reused),
-            "newly_featurized": featurized.newly,
+            "newly_featurized": newly,
         }
     if counts["featurized"] == 0:
         raise NothingFeaturized(
@@ -385,25 +386,35 @@ class Reduced:
     explained: list[float]
     fitted_here: bool
     feature_dim: int
+    training: dict[str, ClassSums]  # the Training rows' class sums, gathered in the same pass for the report
 
 
 def reduce_stage(
     ctx: RunContext, good: DataFrame, feature_dim: int, previous: dict[str, Any] | None
 ) -> Reduced:
-    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); saved in the run's prefix."""
+    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); saved in the run's prefix.
+
+    One pass over the featurized rows gathers the sums of both the PCA and the quality report
+    (:mod:`fruits.summaries`).
+    """
     options = ctx.options
     with ctx.timer.stage("PCA"):
         checkpoint("pca")
+        sums = summaries.summarize(good, feature_dim)
         if options.reuse_pca and previous:
             pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
             explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
             projection = reduce.projection_of(pipeline)
-            reduced = Reduced(pipeline, projection, projection.k, explained, False, feature_dim)
+            reduced = Reduced(
+                pipeline, projection, projection.k, explained, False, feature_dim, sums.training
+            )
         else:
             if options.reuse_pca:
                 log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
-            fit = reduce.fit(good, feature_dim=feature_dim, k=options.k, variance=options.variance)
-            reduced = Reduced(fit.model, fit.projection, fit.k, fit.explained, True, feature_dim)
+            fit = reduce.fit_moments(ctx.spark, sums.total, k=options.k, variance=options.variance)
+            reduced = Reduced(
+                fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training
+            )
         reduced.pipeline.write().overwrite().save(ctx.out.uri_for(ctx.key_for("pca_model")))
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance",
@@ -437,14 +448,11 @@ def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k
     return results
 
 
-def quality_stage(ctx: RunContext, projected: DataFrame, reduced: Reduced) -> dict[str, Any] | None:
+def quality_stage(ctx: RunContext, good: DataFrame, reduced: Reduced) -> dict[str, Any] | None:
     """Test accuracy with PCA and with all features when the input has Training/ and Test/."""
     with ctx.timer.stage("quality report"):
-        report = quality.report(
-            projected.select("path", "label", "split", "features", *reduce.pc_columns(reduced.k)),
-            reduced.k,
-            reduced.feature_dim,
-        )
+        projection = reduced.projection
+        report = quality.report(good, reduced.training, projection.mean, projection.components)
     if report:
         log.info(
             "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
@@ -594,11 +602,12 @@ def _extract_transform_load(
         feature_dim = featurized.feature_dim or int(good.select(F.length("features")).first()[0]) // 4
         reduced = reduce_stage(ctx, good, feature_dim, previous)
         lease.check()
-        # Written, reported on and plotted: projected once, kept until the run ends.
-        projected = reduce.project(reduced.projection, good).persist(StorageLevel.MEMORY_AND_DISK)
+        # Written and plotted: projected once (without the 5 KB of features a row unless they are kept).
+        projected = reduce.project(reduced.projection, good, ctx.options.keep_features)
+        projected = projected.persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(projected)
         results = write_stage(ctx, projected, reconciled, reduced.k)  # load
-        report = quality_stage(ctx, projected, reduced)
+        report = quality_stage(ctx, good, reduced)
         plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
     finally:
         for frame in reversed(persisted):

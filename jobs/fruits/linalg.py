@@ -138,8 +138,11 @@ def add_moments(a: Moments, b: Moments) -> Moments:
     return a + b
 
 
-def projecting(names: list[str], mean: np.ndarray, components: np.ndarray):  # type: ignore[no-untyped-def]
-    """mapInPandas function: each batch's rows with ``(x - mean) @ components`` added as the columns ``names``."""
+def projecting(  # type: ignore[no-untyped-def]
+    names: list[str], mean: np.ndarray, components: np.ndarray, keep_features: bool = True
+):
+    """mapInPandas function: each batch's rows with ``(x - mean) @ components`` added as the columns ``names``
+    (and without ``features`` unless ``keep_features``: what follows seldom needs 5 KB a row)."""
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
@@ -147,6 +150,7 @@ def projecting(names: list[str], mean: np.ndarray, components: np.ndarray):  # t
                 continue
             x = unpack(frame["features"]).astype(np.float64)
             pcs = (x - mean) @ components
-            yield frame.assign(**{name: pcs[:, i] for i, name in enumerate(names)})
+            kept = frame if keep_features else frame.drop(columns=["features"])
+            yield kept.assign(**{name: pcs[:, i] for i, name in enumerate(names)})
 
     return run

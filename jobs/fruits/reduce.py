@@ -117,12 +117,20 @@ def with_vectors(frame: DataFrame) -> DataFrame:
 
 
 def fit(features: DataFrame, *, feature_dim: int, k: int | None, variance: float | None) -> Reduction:
-    """Fit center + PCA on ``features`` (a ``features`` array column); k given or chosen by ``variance``."""
-    mean, components, explained = principal_components(distributed_moments(features, feature_dim))
+    """Fit center + PCA on ``features`` (a packed ``features`` column); k given or chosen by ``variance``."""
+    return fit_moments(
+        features.sparkSession, distributed_moments(features, feature_dim), k=k, variance=variance
+    )
+
+
+def fit_moments(spark: SparkSession, sums: Moments, *, k: int | None, variance: float | None) -> Reduction:
+    """Center + PCA from the rows' :class:`Moments` (gathered by the caller, e.g. with other sums in one pass)."""
+    mean, components, explained = principal_components(sums)
     curve = [float(v) for v in explained]
-    chosen = min(k, feature_dim) if k is not None else choose_k(curve, variance or 0.95)
+    dim = len(mean)
+    chosen = min(k, dim) if k is not None else choose_k(curve, variance or 0.95)
     projection = Projection(mean, components[:, :chosen])
-    model = pipeline_model(features.sparkSession, projection.mean, projection.components)
+    model = pipeline_model(spark, projection.mean, projection.components)
     return Reduction(model=model, projection=projection, k=chosen, explained=curve)
 
 
@@ -144,7 +152,7 @@ def project_with_pipeline(model: PipelineModel, features: DataFrame, k: int) -> 
     return projected.select(*features.columns, *columns)
 
 
-def project(projection: Projection, features: DataFrame) -> DataFrame:
+def project(projection: Projection, features: DataFrame, keep_features: bool = True) -> DataFrame:
     """Rows of ``features`` with ``pc_1..pc_k`` double columns added: ``(x - mean) @ components`` per batch.
 
     A batch at a time with NumPy (one matrix product) rather than row by row in the JVM: the same numbers as the
@@ -153,9 +161,10 @@ def project(projection: Projection, features: DataFrame) -> DataFrame:
     names = pc_columns(projection.k)
     mean, components = projection.mean, projection.components
     # A new schema: DataFrame.schema is cached, and StructType.add would change it in place.
-    schema = StructType([*features.schema.fields, *(StructField(name, DoubleType()) for name in names)])
+    fields = [f for f in features.schema.fields if keep_features or f.name != "features"]
+    schema = StructType([*fields, *(StructField(name, DoubleType()) for name in names)])
 
-    return features.mapInPandas(projecting(names, mean, components), schema)
+    return features.mapInPandas(projecting(names, mean, components, keep_features), schema)
 
 
 def loaded_k(model: PipelineModel) -> int:

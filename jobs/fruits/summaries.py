@@ -1,0 +1,155 @@
+"""One pass of sums over the featurized rows: everything the PCA and the quality report need from them.
+
+The PCA needs the count, sum and Gram matrix ``X^T X`` of every vector; the quality report's classifier (LDA)
+needs, for the Training rows, per-class counts and sums and their Gram matrix, apart for the rows held out to
+choose its shrinkage. All of these are sums, so each task computes them for its rows with NumPy (one matrix
+product per batch) and the partial sums meet in a tree on the executors: the driver receives a few d x d
+matrices, never the rows, after ONE pass over the data instead of one per consumer.
+
+Nothing here imports ``pyspark.ml``: these functions run in the Python workers.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from fruits.linalg import Moments, unpack
+
+HOLDOUT_BUCKETS = 5  # one Training row in five helps choose the LDA's shrinkage
+ROLES = ("fit", "holdout")
+
+
+@dataclass
+class ClassSums:
+    """Per-class counts and vector sums, and the Gram matrix of every vector: all LDA needs. Additive."""
+
+    dim: int
+    counts: dict[str, int] = field(default_factory=dict)
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    gram: np.ndarray | None = None
+
+    def add(self, labels: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Add a batch of (label, vector) rows; returns the batch's own Gram matrix."""
+        x = np.asarray(vectors, dtype=np.float64)
+        batch_gram = x.T @ x
+        self.gram = batch_gram if self.gram is None else self.gram + batch_gram
+        for label in np.unique(labels):
+            rows = x[labels == label]
+            self.counts[label] = self.counts.get(label, 0) + len(rows)
+            self.sums[label] = self.sums.get(label, np.zeros(self.dim)) + rows.sum(axis=0)
+        return batch_gram
+
+    def __add__(self, other: ClassSums) -> ClassSums:
+        merged = ClassSums(self.dim, dict(self.counts), dict(self.sums), self.gram)
+        for label, count in other.counts.items():
+            merged.counts[label] = merged.counts.get(label, 0) + count
+            merged.sums[label] = merged.sums.get(label, np.zeros(self.dim)) + other.sums[label]
+        if other.gram is not None:
+            merged.gram = other.gram if merged.gram is None else merged.gram + other.gram
+        return merged
+
+    def projected(self, mean: np.ndarray, components: np.ndarray) -> ClassSums:
+        """The same sums for the vectors ``(x - mean) @ components``, computed from these sums alone."""
+        k = components.shape[1]
+        result = ClassSums(k)
+        total_n = sum(self.counts.values())
+        total = sum(self.sums.values(), np.zeros(self.dim))
+        for label, count in self.counts.items():
+            result.counts[label] = count
+            result.sums[label] = (self.sums[label] - count * mean) @ components
+        if self.gram is not None:
+            centred = (
+                self.gram - np.outer(total, mean) - np.outer(mean, total) + total_n * np.outer(mean, mean)
+            )
+            result.gram = components.T @ centred @ components
+        return result
+
+
+@dataclass
+class Summaries:
+    """The sums of one pass: all featurized rows (``total``) and the Training rows by role and class."""
+
+    total: Moments
+    training: dict[str, ClassSums]  # "fit" and "holdout"
+
+    def __add__(self, other: Summaries) -> Summaries:
+        return Summaries(
+            self.total + other.total, {role: self.training[role] + other.training[role] for role in ROLES}
+        )
+
+
+def holdout_roles(paths: pd.Series) -> np.ndarray:
+    """'holdout' for one path in five (a stable hash, the same on every run), else 'fit'."""
+    buckets = np.array([zlib.crc32(path.encode("utf-8")) % HOLDOUT_BUCKETS for path in paths])
+    return np.where(buckets == 0, "holdout", "fit")
+
+
+def empty(dim: int) -> Summaries:
+    """Sums of no rows."""
+    return Summaries(
+        Moments(0, np.zeros(dim), np.zeros((dim, dim))), {role: ClassSums(dim) for role in ROLES}
+    )
+
+
+def summarize_frames(frames: Iterable[pd.DataFrame], dim: int) -> Summaries:
+    """The :class:`Summaries` of ``path, label, split, features`` frames (features packed by fruits.linalg)."""
+    result = empty(dim)
+    for frame in frames:
+        if not len(frame):
+            continue
+        x = unpack(frame["features"]).astype(np.float64)
+        training = (frame["split"] == "Training").to_numpy()
+        roles = np.full(len(frame), "other", dtype=object)
+        if training.any():
+            roles[training] = holdout_roles(frame["path"][training])
+        labels = frame["label"].to_numpy(dtype=object)
+        gram = np.zeros((dim, dim))
+        for role in ("other", *ROLES):
+            chosen = roles == role
+            if not chosen.any():
+                continue
+            # The total's Gram matrix is the sum of the parts': no row is multiplied twice.
+            if role == "other":
+                gram += x[chosen].T @ x[chosen]
+            else:
+                gram += result.training[role].add(labels[chosen], x[chosen])
+        result.total = result.total + Moments(len(x), x.sum(axis=0), gram)
+    return result
+
+
+def _partition(dim: int):  # type: ignore[no-untyped-def]
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        summary = summarize_frames(frames, dim)
+        yield pd.DataFrame({"summary": [pickle.dumps(summary, protocol=pickle.HIGHEST_PROTOCOL)]})
+
+    return run
+
+
+def _load(row: object) -> Summaries:
+    return pickle.loads(row["summary"])  # type: ignore[index]  # written by this module's own tasks
+
+
+def _add(a: Summaries, b: Summaries) -> Summaries:
+    return a + b
+
+
+def summarize(rows: DataFrame, dim: int) -> Summaries:
+    """:class:`Summaries` of the featurized ``rows`` (``path, label, split, features``), in one distributed pass.
+
+    One partial per task slot, not per partition (each holds up to three d x d matrices: 13 MB each at
+    d = 1,280), summed in a tree on the executors as MLlib's treeAggregate does.
+    """
+    slots = rows.sparkSession.sparkContext.defaultParallelism
+    if rows.rdd.getNumPartitions() > slots:
+        rows = rows.coalesce(slots)
+    partials = rows.select("path", "label", "split", "features").mapInPandas(
+        _partition(dim), "summary binary"
+    )
+    return partials.rdd.map(_load).treeReduce(_add, depth=2)
