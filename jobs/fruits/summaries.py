@@ -98,29 +98,50 @@ def empty(dim: int) -> Summaries:
     )
 
 
-def summarize_frames(frames: Iterable[pd.DataFrame], dim: int) -> Summaries:
-    """The :class:`Summaries` of ``path, label, split, features`` frames (features packed by fruits.linalg)."""
-    result = empty(dim)
+CHUNK_ROWS = 4096  # rows gathered before the products: big products, few passes over the d x d sums
+
+
+def _chunks(frames: Iterable[pd.DataFrame], rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Arrow's small batches regrouped into chunks of about ``rows`` rows."""
+    pending: list[pd.DataFrame] = []
+    count = 0
     for frame in frames:
         if not len(frame):
             continue
+        pending.append(frame)
+        count += len(frame)
+        if count >= rows:
+            yield pd.concat(pending, ignore_index=True)
+            pending, count = [], 0
+    if pending:
+        yield pd.concat(pending, ignore_index=True)
+
+
+def summarize_frames(frames: Iterable[pd.DataFrame], dim: int) -> Summaries:
+    """The :class:`Summaries` of ``path, label, split, features`` frames (features packed by fruits.linalg)."""
+    result = empty(dim)
+    n, total, gram = 0, np.zeros(dim), np.zeros((dim, dim))
+    for frame in _chunks(frames):
         x = unpack(frame["features"]).astype(np.float64)
         training = (frame["split"] == "Training").to_numpy()
         roles = np.full(len(frame), "other", dtype=object)
         if training.any():
             roles[training] = holdout_roles(frame["path"][training])
         labels = frame["label"].to_numpy(dtype=object)
-        gram = np.zeros((dim, dim))
         for role in ("other", *ROLES):
             chosen = roles == role
             if not chosen.any():
                 continue
-            # The total's Gram matrix is the sum of the parts': no row is multiplied twice.
+            # The total's Gram matrix is the sum of the parts': no row is multiplied twice. One array for
+            # part.T @ part, which NumPy computes as a symmetric rank-k update (half the work of a product).
+            part = x[chosen]
             if role == "other":
-                gram += x[chosen].T @ x[chosen]
+                gram += part.T @ part
             else:
-                gram += result.training[role].add(labels[chosen], x[chosen])
-        result.total = result.total + Moments(len(x), x.sum(axis=0), gram)
+                gram += result.training[role].add(labels[chosen], part)
+        n += len(x)
+        total += x.sum(axis=0)
+    result.total = Moments(n, total, gram)
     return result
 
 
