@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.storage import Store
@@ -26,6 +26,12 @@ def model_key(model: str, alpha: float, image_size: int, decode_size: int, weigh
     """Folder name for the settings that decide a feature vector (the engine does not: they agree)."""
     raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
+
+
+def _writer(frame: DataFrame) -> DataFrameWriter:
+    """A batch is written once, never over another; its 5 KB feature values are all distinct, so Parquet's
+    dictionary encoding would only be tried and dropped (measured: 0.5 s of 1.3 at 20,000 rows)."""
+    return frame.write.mode("errorifexists").option("parquet.enable.dictionary", "false")
 
 
 def committed_batches(store: Store, key: str) -> list[str]:
@@ -49,7 +55,7 @@ def write_rows(rows: DataFrame, store: Store, key: str, run_id: str) -> str:
     """Write a one-pass run's rows as its new batch, provenance included (``path, label, split, length`` beside
     ``id, features, reason``); returns the batch name. Readers of features see only the store's columns."""
     name = f"batch={run_id}"
-    rows.write.mode("errorifexists").parquet(store.uri_for(f"{key}/{name}"))
+    _writer(rows).parquet(store.uri_for(f"{key}/{name}"))
     return name
 
 
@@ -61,7 +67,5 @@ def read_rows(spark: SparkSession, store: Store, key: str, batch: str) -> DataFr
 def write_batch(frame: DataFrame, store: Store, key: str, run_id: str) -> str:
     """Append ``frame`` as a new batch named after the run; returns the batch name."""
     name = f"batch={run_id}"
-    frame.select("id", "features", "reason").write.mode("errorifexists").parquet(
-        store.uri_for(f"{key}/{name}")
-    )
+    _writer(frame.select("id", "features", "reason")).parquet(store.uri_for(f"{key}/{name}"))
     return name
