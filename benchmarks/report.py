@@ -440,7 +440,7 @@ def rows(report: dict) -> list[tuple]:
             out.append(
                 (
                     "pca",
-                    f"MLlib fit + project, width {case['width']}",
+                    f"fruits.reduce fit + project, width {case['width']}",
                     case["n"],
                     _num(case["seconds"], 1),
                     "",

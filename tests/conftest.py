@@ -8,7 +8,10 @@ Shared files are reached through settings, never through a fixed path:
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,11 @@ from PIL import Image
 pytest_plugins = ["tests.moto_server", "tests.ops_stack"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Exported models go to a cache of this test session, not the user's ~/.cache/fruits: shared by every test of the
+# session (one export per model), gone afterwards.
+if "FRUITS_CACHE" not in os.environ:
+    os.environ["FRUITS_CACHE"] = tempfile.mkdtemp(prefix="fruits-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["FRUITS_CACHE"], True)
 
 # The smallest model on 32-pixel images with random weights: the job's whole path in seconds, not minutes.
 FAST_MODEL = [
