@@ -74,6 +74,7 @@ def test_parquet_manifest_model_and_plots_are_written_and_parse(first_run, spark
     assert on_disk["model"]["feature_dim"] == 256
     assert set(on_disk["timings_seconds"]) >= {"list", "featurize", "reconcile", "PCA", "write results"}
     assert on_disk["versions"]["spark"] == spark.version
+    assert "openblas" in on_disk["versions"]["blas"]  # the PCA ran on an optimized BLAS, not a reference one
     for name in ("explained_variance.png", "pca_scatter.png"):
         assert (output / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from pyspark.ml import PipelineModel

@@ -36,7 +36,20 @@ def versions(spark_version: str) -> dict[str, str]:
                 break
             except PackageNotFoundError:
                 continue
+    found["blas"] = numpy_blas()
     return found
+
+
+def numpy_blas() -> str:
+    """The BLAS/LAPACK that NumPy was built with (the PCA's products and ``eigh`` run there, not in MLlib's JNI
+    BLAS): e.g. ``scipy-openblas 0.3.31.188.0``, bundled in the pinned numpy wheel on every node alike."""
+    import numpy as np
+
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        return f"{blas['name']} {blas['version']}"
+    except (AttributeError, KeyError, TypeError):
+        return "unknown"
 
 
 def cumulative(explained: list[float]) -> list[float]:

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
 
 MAX_BARS = 60
 MAX_LEGEND = 20
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot on the Agg backend, with a config folder it can write.
+
+    A service user's home is often read-only (YARN containers on EMR): matplotlib would then warn and build its
+    font cache in a new temporary folder on every run. A stable per-user folder under the temp dir is built once.
+    """
+    if "MPLCONFIGDIR" not in os.environ:
+        home_config = os.path.join(os.path.expanduser("~"), ".config")
+        if not os.access(home_config if os.path.isdir(home_config) else os.path.expanduser("~"), os.W_OK):
+            folder = os.path.join(tempfile.gettempdir(), f"fruits-matplotlib-{os.getuid()}")
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.environ["MPLCONFIGDIR"] = folder
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _figure_bytes(figure: object) -> bytes:
@@ -21,10 +44,7 @@ def explained_variance_png(
     explained: list[float], k: int, variance: float | None, title_note: str = ""
 ) -> bytes:
     """Bars per component, the cumulative curve, the target and the chosen k, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     shown = min(len(explained), max(MAX_BARS, k + 5))
     values = np.asarray(explained[:shown]) * 100
@@ -57,10 +77,7 @@ def explained_variance_png(
 
 def scatter_png(points: pd.DataFrame, title_note: str = "") -> bytes:
     """``pc_1`` against ``pc_2`` coloured by ``label`` (a bounded sample of rows), as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     figure, axis = plt.subplots(figsize=(7.5, 6))
     labels = sorted(points["label"].unique())
