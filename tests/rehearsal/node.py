@@ -81,16 +81,46 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+STAGED_PACKAGES = Path("/var/lib/fruits-rehearsal/site-packages")
+
+
+def _open_to_others(path: Path) -> bool:
+    """True when a user who is neither owner nor in the group can reach ``path`` and list it."""
+    if not os.stat(path).st_mode & stat.S_IROTH:
+        return False
+    return all(os.stat(parent).st_mode & stat.S_IXOTH for parent in [path, *path.parents])
+
+
 def site_packages() -> str:
-    """Where the project's pinned packages are installed (this interpreter's venv)."""
-    return sysconfig.get_paths()["purelib"]
+    """Where the cluster user finds the project's pinned packages: this interpreter's venv when others can reach
+    it, else a hard-linked copy under /var/lib (a clone inside a private home such as /root, mode 0700)."""
+    venv = Path(sysconfig.get_paths()["purelib"])
+    if _open_to_others(venv):
+        return str(venv)
+    stamp = STAGED_PACKAGES / ".staged-from"
+    source = f"{venv} {venv.stat().st_mtime_ns}"
+    if not (stamp.exists() and stamp.read_text() == source):
+        shutil.rmtree(STAGED_PACKAGES, ignore_errors=True)
+        STAGED_PACKAGES.parent.mkdir(parents=True, exist_ok=True)
+        # Hard links cost nothing on the same file system; a copy otherwise. Files keep their (world-readable)
+        # modes; the new folders are 0755.
+        linked = subprocess.run(["cp", "-al", str(venv), str(STAGED_PACKAGES)], capture_output=True)
+        if linked.returncode != 0:
+            shutil.rmtree(STAGED_PACKAGES, ignore_errors=True)
+            shutil.copytree(venv, STAGED_PACKAGES, symlinks=True)
+        for folder in [
+            STAGED_PACKAGES,
+            *(p for p in STAGED_PACKAGES.rglob("*") if p.is_dir() and not p.is_symlink()),
+        ]:
+            folder.chmod(folder.stat().st_mode | 0o755)
+        stamp.write_text(source)
+    return str(STAGED_PACKAGES)
 
 
 def spark_home() -> Path:
-    """The pyspark installation's Spark home (bin/spark-class, bin/spark-submit, jars/)."""
-    import pyspark
-
-    return Path(pyspark.__file__).parent
+    """The pyspark installation's Spark home (bin/spark-class, bin/spark-submit, jars/), as the cluster user
+    reaches it."""
+    return Path(site_packages()) / "pyspark"
 
 
 @dataclass
