@@ -53,6 +53,18 @@ _SSM_MESSAGES_ACTIONS = [
 _INSTANCE_ARNS = f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"
 
 
+def emr_service_principal() -> iam.ServicePrincipal:
+    """EMR as the principal of a service role, only on behalf of this account's EMR resources in this region
+    (``aws:SourceAccount`` / ``aws:SourceArn``: the confused-deputy guard AWS recommends for EMR's service roles)."""
+    return iam.ServicePrincipal(
+        "elasticmapreduce.amazonaws.com",
+        conditions={
+            "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+            "ArnLike": {"aws:SourceArn": _EMR_CLUSTER_ARNS},
+        },
+    )
+
+
 def _prefix_pattern(prefix: str) -> str:
     return prefix if prefix.endswith("/") else f"{prefix}/"
 
@@ -101,13 +113,7 @@ class EmrRoles(Construct):
         self.service_role = iam.Role(
             self,
             "ServiceRole",
-            assumed_by=iam.ServicePrincipal(
-                "elasticmapreduce.amazonaws.com",
-                conditions={
-                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
-                    "ArnLike": {"aws:SourceArn": _EMR_CLUSTER_ARNS},
-                },
-            ),
+            assumed_by=emr_service_principal(),
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(EMR_SERVICE_POLICY)],
             description="EMR service role (AmazonEMRServicePolicy_v2; acts only on resources tagged for it)",
         )

@@ -45,6 +45,7 @@ from constructs import Construct
 from fruits_infra.artifacts import REPO_ROOT
 from fruits_infra.nag import acknowledge, acknowledge_bucket_deployment, finding_name
 from fruits_infra.network import EMR_MANAGED_TAG
+from fruits_infra.roles import emr_service_principal
 
 #: Where the Studio keeps Workspaces (its default S3 location) and where the notebooks are deployed.
 STUDIO_PREFIX = "studio/"
@@ -220,15 +221,7 @@ class FruitsStudio(Construct):
         self.service_role = iam.Role(
             self,
             "ServiceRole",
-            assumed_by=iam.ServicePrincipal(
-                "elasticmapreduce.amazonaws.com",
-                conditions={
-                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
-                    "ArnLike": {
-                        "aws:SourceArn": f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"
-                    },
-                },
-            ),
+            assumed_by=emr_service_principal(),
             description="EMR Studio service role: Workspace network channel to the cluster, studio/ in the "
             "artifacts bucket",
         )
