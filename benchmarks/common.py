@@ -139,9 +139,9 @@ def child_session():
     """A local Spark session like the job's, for the sections that run Spark in a child process."""
     from pyspark.sql import SparkSession
 
-    from fruits.session import ship_package_to_local_workers
+    from fruits.session import prepare_local_mode
 
-    ship_package_to_local_workers()
+    prepare_local_mode()
     session = (
         SparkSession.builder.master("local[*]")
         .config("spark.driver.memory", "4g")

@@ -21,6 +21,8 @@ from PIL import Image
 pytest_plugins = ["tests.moto_server", "tests.ops_stack"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every Spark the tests start (here, in subprocesses, in the notebook's kernel) listens on loopback only.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # Exported models go to a cache of this test session, not the user's ~/.cache/fruits: shared by every test of the
 # session (one export per model), gone afterwards.
 if "FRUITS_CACHE" not in os.environ:
@@ -47,9 +49,9 @@ def spark():
     """A local Spark session with two task slots, shared by every Spark test."""
     from pyspark.sql import SparkSession
 
-    from fruits.job import ship_package_to_local_workers
+    from fruits.session import prepare_local_mode
 
-    ship_package_to_local_workers()
+    prepare_local_mode()
     session = (
         SparkSession.builder.master("local[2]")
         .appName("fruits-tests")

@@ -56,7 +56,7 @@ from fruits.model_export import prepare_model
 from fruits.options import JobOptions, UsageError, build_parser, check_output, parse_options
 from fruits.progress import StageTimer, report_progress
 from fruits.reading import read_images
-from fruits.session import get_session, ship_package_to_local_workers
+from fruits.session import get_session
 from fruits.storage import Store, StoreError, open_store, s3_region
 from fruits.summaries import ClassSums
 
@@ -67,7 +67,6 @@ __all__ = [
     "main",
     "reentrant_key",
     "run",
-    "ship_package_to_local_workers",
 ]
 
 log = logging.getLogger(__name__)

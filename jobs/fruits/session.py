@@ -12,7 +12,7 @@ def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
     """The session spark-submit configured, or a local one using every core: the embedded default."""
     builder = SparkSession.builder.appName(app_name)
     if not _master_chosen():
-        ship_package_to_local_workers()
+        prepare_local_mode()
         builder = (
             builder.master("local[*]")
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
@@ -30,6 +30,15 @@ def _master_chosen() -> bool:
     if os.environ.get("PYSPARK_GATEWAY_PORT"):  # started by spark-submit, whose JVM already has a master
         return True
     return "--master" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+
+
+def prepare_local_mode() -> None:
+    """The environment of a local-mode session, set before its JVM starts: loopback only, and Python workers
+    that import ``fruits`` from this checkout."""
+    # Local mode needs no network: listen and talk on loopback only, not on the machine's first interface
+    # (Spark's choice when the host name resolves to 127.0.0.1). An explicit SPARK_LOCAL_IP wins.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    ship_package_to_local_workers()
 
 
 def ship_package_to_local_workers() -> None:
