@@ -38,7 +38,9 @@ def _jvm_arguments(env: dict[str, str]) -> list[str]:
 
 
 def test_local_driver_jvm_runs_without_the_optimizing_compiler_unless_told_otherwise() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("FRUITS_DRIVER_JAVA_OPTIONS", "PYSPARK_SUBMIT_ARGS")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("FRUITS_DRIVER_JAVA_OPTIONS", "PYSPARK_SUBMIT_ARGS")
+    }
     env["PYTHONPATH"] = str(Path("jobs").resolve())
     assert LOCAL_DRIVER_JAVA_OPTIONS in _jvm_arguments(env)
     env["FRUITS_DRIVER_JAVA_OPTIONS"] = "-XX:+UseSerialGC"
