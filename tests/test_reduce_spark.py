@@ -92,3 +92,22 @@ def test_the_curve_equals_mllib_pca(spark):
     scaled = StandardScaler(inputCol="features_vec", outputCol="c", withMean=True, withStd=False).fit(arrays)
     mllib = PCA(k=10, inputCol="c", outputCol="p").fit(scaled.transform(arrays))
     assert np.allclose(ours, mllib.explainedVariance.toArray(), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("at_once", [32, 8, 3, 2])
+def test_partials_add_up_the_same_through_any_tree(spark, monkeypatch, at_once):
+    from fruits import summaries
+
+    monkeypatch.setattr(summaries, "GATHER_AT_ONCE", at_once)
+    blocks = np.array_split(low_rank(230, 5, 2, seed=at_once).astype(np.float64), 23)
+    expected = moments(blocks, 5)
+    # 23 partials in 23 partitions: straight to the driver when at_once >= 23, else one or more levels of groups.
+    frame = spark.createDataFrame(
+        [(summaries.pickled(moments([block], 5))["summary"][0],) for block in blocks],
+        summaries.PARTIALS_SCHEMA,
+    ).repartition(23)
+    total = summaries.add_up(frame)
+    assert total.n == expected.n == 230
+    np.testing.assert_allclose(total.total, expected.total, rtol=1e-12)
+    np.testing.assert_allclose(total.gram, expected.gram, rtol=1e-12)
+    assert summaries.add_up(frame.limit(0)) is None

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-_GRAM_SCHEMA = "n long, total binary, gram binary"
 #: How a feature vector travels and is stored inside the job: little-endian float32 bytes in a binary column.
 #: (An array<float> column costs Spark a per-element conversion on every pass: 3.5x slower in and out of Python.)
 FEATURE_DTYPE = np.dtype("<f4")
@@ -96,46 +95,6 @@ def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray
     total = values.sum()
     explained = values / total if total > 0 else np.zeros_like(values)
     return mean, vectors, explained
-
-
-def partition_moments(dim: int):  # type: ignore[no-untyped-def]
-    """mapInPandas function: one row holding the :class:`Moments` of all the partition's ``features``."""
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        def batches() -> Iterator[np.ndarray]:
-            for frame in frames:
-                if len(frame):
-                    yield unpack(frame["features"])
-
-        result = moments(batches(), dim)
-        yield pd.DataFrame(
-            {"n": [result.n], "total": [result.total.tobytes()], "gram": [result.gram.tobytes()]}
-        )
-
-    return run
-
-
-def _from_row(row: object) -> Moments:
-    return Moments(
-        int(row["n"]),  # type: ignore[index]
-        np.frombuffer(row["total"], dtype=np.float64),  # type: ignore[index]
-        np.frombuffer(row["gram"], dtype=np.float64).reshape(*(2 * [int(np.sqrt(len(row["gram"]) // 8))])),  # type: ignore[index]
-    )
-
-
-def _from_row(row: object) -> Moments:
-    gram = row["gram"]  # type: ignore[index]
-    dim = int(np.sqrt(len(gram) // 8))
-    return Moments(
-        int(row["n"]),  # type: ignore[index]
-        np.frombuffer(row["total"], dtype=np.float64),  # type: ignore[index]
-        np.frombuffer(gram, dtype=np.float64).reshape(dim, dim),
-    )
-
-
-def add_moments(a: Moments, b: Moments) -> Moments:
-    """The sum of two partial :class:`Moments` (for a tree reduce)."""
-    return a + b
 
 
 def projecting(  # type: ignore[no-untyped-def]

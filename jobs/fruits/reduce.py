@@ -15,9 +15,11 @@ is kept for choosing k and for the plot.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScalerModel
@@ -27,18 +29,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
-from fruits.linalg import (  # noqa: F401 - the reduction's pure parts, used here and re-exported
-    _GRAM_SCHEMA,
+from fruits.linalg import (  # the reduction's pure parts, used here and re-exported
     Moments,
-    _from_row,
-    add_moments,
     choose_k,
     moments,
-    partition_moments,
     pc_columns,
     principal_components,
     projecting,
+    unpack,
 )
+from fruits.summaries import PARTIALS_SCHEMA, add_up, pickled
 
 VECTOR_COL = "features_vec"
 CENTERED_COL = "centered"
@@ -46,14 +46,18 @@ PCA_COL = "pca"
 
 
 def distributed_moments(features: DataFrame, dim: int) -> Moments:
-    """:class:`Moments` of the ``features`` array column: one partial per task slot, summed in a tree on the
-    executors (as MLlib's treeAggregate does), so the driver receives one d x d matrix, never the rows."""
+    """:class:`Moments` of the packed ``features`` column: one partial per task slot, added up by
+    :func:`fruits.summaries.add_up`, so the driver receives a few d x d matrices, never the rows."""
     # One partial (a d x d matrix: 13 MB at d = 1,280) per task slot, not per partition: fewer bytes to sum.
     slots = features.sparkSession.sparkContext.defaultParallelism
     if features.rdd.getNumPartitions() > slots:
         features = features.coalesce(slots)
-    partials = features.select("features").mapInPandas(partition_moments(dim), _GRAM_SCHEMA)
-    return partials.rdd.map(_from_row).treeReduce(add_moments, depth=2)
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        yield pickled(moments((unpack(frame["features"]) for frame in frames if len(frame)), dim))
+
+    total = add_up(features.select("features").mapInPandas(run, PARTIALS_SCHEMA))
+    return total or Moments(0, np.zeros(dim), np.zeros((dim, dim)))
 
 
 @dataclass(frozen=True)
