@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from types import SimpleNamespace
+
+import pytest
 
 from fruits.progress import StageTimer, report_progress
 
@@ -61,3 +64,31 @@ def test_stage_timer_keeps_each_stage_and_logs_it(caplog):
     assert set(timer.seconds) == {"catalog"} and timer.seconds["catalog"] >= 0.01
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "catalog (120 images) ..." and messages[1].startswith("catalog done in")
+
+
+def test_background_work_is_timed_apart_and_its_failure_surfaces_at_join():
+    timer = StageTimer()
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow() -> None:
+        started.set()
+        release.wait(10)
+
+    timer.background("save", slow)
+    assert started.wait(10)
+    with timer.stage("next stage"):  # runs while the background work is still going
+        assert "save" not in timer.background_seconds
+    release.set()
+    timer.join()
+    assert set(timer.background_seconds) == {"save"} and set(timer.seconds) == {"next stage"}
+
+    def broken() -> None:
+        raise OSError("the store refused the write")
+
+    timer.background("save again", broken)
+    with pytest.raises(OSError, match="refused"):
+        timer.join()
+    timer.background("save again", broken)
+    timer.join(raise_failure=False)  # a run already failing keeps its own error
+    timer.join()  # nothing is left pending

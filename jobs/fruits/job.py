@@ -414,7 +414,11 @@ def reduce_stage(
             reduced = Reduced(
                 fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training
             )
-        reduced.pipeline.write().overwrite().save(ctx.out.uri_for(ctx.key_for("pca_model")))
+        # Nothing in the run loads the saved pipeline (it projects with the NumPy projection), so its writer,
+        # seven small Spark jobs that keep the driver waiting ~1 s, runs beside the next stages; the commit
+        # waits for it (StageTimer.join).
+        uri = ctx.out.uri_for(ctx.key_for("pca_model"))
+        ctx.timer.background("save PCA model", lambda: reduced.pipeline.write().overwrite().save(uri))
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance (products and eigh in NumPy on %s)",
         reduced.k,
@@ -609,7 +613,9 @@ def _extract_transform_load(
         results = write_stage(ctx, projected, reconciled, reduced.k)  # load
         report = quality_stage(ctx, good, reduced)
         plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
+        ctx.timer.join()  # before anything is committed: a failed save fails the run
     finally:
+        ctx.timer.join(raise_failure=False)  # a failing run stops no writer halfway, and keeps its own error
         for frame in reversed(persisted):
             frame.unpersist()
     document = manifest.build(
@@ -635,6 +641,7 @@ def _extract_transform_load(
             name: ctx.out.uri_for(ctx.key_for(name)) for name in [*PUBLISHED, "results.parquet", "pca_model"]
         },
         timings=ctx.timer.seconds,
+        background_timings=ctx.timer.background_seconds,
         versions=manifest.versions(ctx.spark.version),
         spark_master=ctx.spark.sparkContext.master,
         started_at=ctx.started.isoformat(),

@@ -79,6 +79,7 @@ def build(
     feature_store: dict[str, Any],
     outputs: dict[str, str],
     timings: dict[str, float],
+    background_timings: dict[str, float],
     versions: dict[str, str],
     spark_master: str,
     started_at: str,
@@ -126,7 +127,8 @@ def build(
         "quality": quality,
         "feature_store": feature_store,
         "outputs": outputs,
-        "timings_seconds": timings,
+        "timings_seconds": timings,  # one after another: they add up to the run
+        "background_seconds": background_timings,  # beside the stages above, not in their sum
         "versions": versions,
         "host": socket.gethostname(),
         "spark_master": spark_master,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 
 from pyspark import SparkContext
@@ -14,10 +15,16 @@ log = logging.getLogger(__name__)
 
 
 class StageTimer:
-    """Times named stages, logs each with its duration, and keeps them for the manifest."""
+    """Times named stages, logs each with its duration, and keeps them for the manifest.
+
+    Stages run one after another (their seconds add up to the run); work that nothing downstream reads can
+    run in the background beside them (:meth:`background`), timed apart in ``background_seconds``.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.background_seconds: dict[str, float] = {}
+        self._pending: list[tuple[str, Future[None]]] = []
 
     @contextmanager
     def stage(self, name: str, detail: str = "") -> Iterator[None]:
@@ -30,6 +37,33 @@ class StageTimer:
             elapsed = time.perf_counter() - started
             self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 3)
             log.info("%s done in %.1f s", name, elapsed)
+
+    def background(self, name: str, work: Callable[[], None]) -> None:
+        """Start ``work`` in a thread beside the stages that follow; :meth:`join` waits for it.
+
+        For work whose only reader is the commit, such as saving a model that the rest of the run does not
+        load: the stages go on while the driver waits on its small Spark jobs.
+        """
+
+        def timed() -> None:
+            started = time.perf_counter()
+            work()
+            elapsed = time.perf_counter() - started
+            self.background_seconds[name] = round(elapsed, 3)
+            log.info("%s (in the background) done in %.1f s", name, elapsed)
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fruits-{name.replace(' ', '-')}")
+        self._pending.append((name, pool.submit(timed)))
+        pool.shutdown(wait=False)
+
+    def join(self, *, raise_failure: bool = True) -> None:
+        """Wait for every background work; then raise the first failure (unless told not to: a run that is
+        already failing keeps its own error)."""
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for _, future in pending]
+        failures = [error for error in errors if error is not None]
+        if failures and raise_failure:
+            raise failures[0]
 
 
 def _format_eta(seconds: float) -> str:
