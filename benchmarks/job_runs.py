@@ -32,6 +32,8 @@ def summarise(manifest: dict, watched: dict) -> dict[str, object]:
         "featurized": counts["featurized"],
         "k": manifest["pca"]["k"],
         "timings_seconds": timings,
+        # Beside the stages (the commit waits for them): in the wall time, not in the stage sum.
+        "background_seconds": manifest.get("background_seconds", {}),
         "stage_sum_seconds": round(stage_sum, 2),
         # Process start (JVM, imports, session) and teardown: what the manifest's stages do not see.
         "overhead_seconds": round(watched["wall_seconds"] - stage_sum, 2),

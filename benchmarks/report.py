@@ -237,6 +237,13 @@ def _stages(timings: dict[str, float]) -> str:
     return ", ".join(f"{SHORT_STAGE.get(n, n)} {timings[n]:.1f}" for n in names)
 
 
+def _background(seconds: dict[str, float] | None) -> str:
+    """ "; beside them: plots 0.5, ...": work the stages did not wait for (in the wall time, not the sum)."""
+    if not seconds:
+        return ""
+    return "; beside them: " + ", ".join(f"{SHORT_STAGE.get(n, n)} {v:.1f}" for n, v in seconds.items())
+
+
 def others_note(entry: dict) -> str:
     """ "; others N% of the CPUs": what the rest of the machine used during a measurement (procwatch)."""
     share = entry.get("others_share")
@@ -280,7 +287,7 @@ def _job_rows(
             _num(sum(run["timings_seconds"].values()), 1),
             _num(e2e),
             _num(ratio(e2e, limit), 2),
-            f"stages s: {_stages(run['timings_seconds'])}",
+            f"stages s: {_stages(run['timings_seconds'])}" + _background(run.get("background_seconds")),
         ),
         (
             section,

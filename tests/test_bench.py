@@ -180,6 +180,14 @@ def test_one_table_as_text_and_as_markdown(state):
     assert "MISS 1.17 (N=20,000)" in text and "PASS 0.71 (N=20,000)" in text
     assert "start-up + teardown 13.5 s" in text  # 70 - 56.5
     assert "stages s: list 0.1, read 9.9, featurize 45.0, PCA 1.5" in text
+    assert "beside them" not in text
+    state["jobs"][1]["background_seconds"] = {"save PCA model": 1.2, "plots": 0.5}
+    text = report.text_table(state)  # work beside the stages is named, and stays out of their sum
+    assert (
+        "stages s: list 0.1, read 9.9, featurize 45.0, PCA 1.5; beside them: save PCA model 1.2, plots 0.5"
+        in text
+    )
+    assert "start-up + teardown 13.5 s" in text
     assert "MODEL FILE DIFFERS" not in text and "ran the limit's model file" not in text  # no export recorded
     state["model_files"] = {"litert": {"sha256": "0123456789abcdef" + "0" * 48}}
     assert report.text_table(state).count("workers ran the limit's model file") == 2

@@ -476,13 +476,20 @@ def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS)
 
 
 def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized: int) -> None:
-    """explained_variance.png and pca_scatter.png in the run's prefix."""
+    """explained_variance.png and pca_scatter.png in the run's prefix, drawn in the background.
+
+    Only the commit reads them: matplotlib's half second runs beside the quality report (the one thread that
+    draws; pyplot is not shared), and the commit waits for it (StageTimer.join).
+    """
     note = "" if ctx.weights.pretrained else "  [RANDOM WEIGHTS]"
-    with ctx.timer.stage("plots"):
+
+    def draw() -> None:
         variance_png = plots.explained_variance_png(reduced.explained, reduced.k, ctx.options.variance, note)
         ctx.out.write_bytes(ctx.key_for(layout.EXPLAINED_VARIANCE_PNG), variance_png, "image/png")
         scatter_png = plots.scatter_png(_scatter_sample(results, featurized), note)
         ctx.out.write_bytes(ctx.key_for(layout.PCA_SCATTER_PNG), scatter_png, "image/png")
+
+    ctx.timer.background("plots", draw)
 
 
 def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
@@ -611,8 +618,8 @@ def _extract_transform_load(
         projected = projected.persist(StorageLevel.MEMORY_AND_DISK)
         persisted.append(projected)
         results = write_stage(ctx, projected, reconciled, reduced.k)  # load
-        report = quality_stage(ctx, good, reduced)
         plot_stage(ctx, results, reduced, reconciled.counts["featurized"])
+        report = quality_stage(ctx, good, reduced)
         ctx.timer.join()  # before anything is committed: a failed save fails the run
     finally:
         ctx.timer.join(raise_failure=False)  # a failing run stops no writer halfway, and keeps its own error
