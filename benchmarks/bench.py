@@ -212,6 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     if "decode" in sections and not state.get("decode"):
         state["decode"] = decode.measure(args, read_images(images_from, 1000))
         save()
+    job_engines = {e for e, _ in job_plan(args)} if "jobs" in sections else set()
+    if {"alternatives", "incremental"} & set(sections):
+        job_engines.add("litert")  # both run the job with the default engine
+    for engine in sorted(job_engines):
+        if engine not in state.setdefault("warm_up_seconds", {}):
+            say(
+                f"warm-up: one {job_runs.WARM_UP_IMAGES}-image run ({engine}): model cache and JVM class archive"
+            )
+            state["warm_up_seconds"][engine] = job_runs.warm_up(args, engine)
+            save()
     if "jobs" in sections:
         for engine, count in job_plan(args):
             if job_runs.find(state, engine, count, args.model, args.alpha):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import time
 from pathlib import Path
 
 from benchmarks import procwatch
@@ -87,6 +88,24 @@ def run_size(args: argparse.Namespace, engine: str, count: int) -> dict[str, obj
     name = run_name(args.model, args.alpha, engine, count)
     result = run_job(args, engine, dataset(args, count), Path(args.out) / "runs" / name, name=name)
     return {"n": count, **result}
+
+
+WARM_UP_IMAGES = 64
+
+
+def warm_up(args: argparse.Namespace, engine: str) -> float:
+    """One small run before any measured one, so that every measured run meets a machine that has run the job
+    before: the model exported into the local cache and the driver JVM's class archive written (the first run
+    on a machine pays for both, about 20 s). Returns its wall seconds."""
+    output = Path(args.out) / "warm-up"
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    procwatch.watch(
+        job_command(args, engine, dataset(args, min(args.sizes)), output, limit=WARM_UP_IMAGES),
+        Path(args.out) / "logs" / f"job-warm-up-{engine}.txt",
+        cwd=ROOT,
+    )
+    return round(time.perf_counter() - started, 1)
 
 
 def find(report: dict, engine: str, count: int, model: str, alpha: float) -> dict | None:

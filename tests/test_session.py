@@ -17,7 +17,8 @@ conf = spark.sparkContext.getConf()
 arguments = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
 print("jvm:", " ".join(str(a) for a in arguments))
 print(conf.get("spark.master"), conf.get("spark.driver.host"))
-spark.stop()
+from fruits import jvm_archive
+jvm_archive.finish(spark)  # stops it; a first run waits for its JVM to write the class archive
 """
 
 

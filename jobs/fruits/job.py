@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from fruits import (
     commits,
     feature_store,
+    jvm_archive,
     layout,
     manifest,
     models,
@@ -685,6 +686,7 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     if any(arg in ("-h", "--help") for arg in argv):
         build_parser().print_help()
         return 0
+    session = None
     try:
         if spark is None and not _cluster_conf_needed(argv):
             check_output(parse_options(argv))  # fail fast, before a JVM starts
@@ -712,6 +714,11 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
             file=sys.stderr,
         )
         return 1
+    finally:
+        if spark is None and session is not None:
+            jvm_archive.finish(
+                session
+            )  # the first local run on a machine: let its JVM write the class archive
     return 0
 
 

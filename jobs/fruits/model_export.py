@@ -26,21 +26,11 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from fruits import engines, models
+from fruits.local_cache import local_cache_dir
 from fruits.storage import NotFound, Store
 
 log = logging.getLogger(__name__)
 ENGINES_DIR = "engines"
-
-
-def local_cache_dir() -> str | None:
-    """The machine's model cache folder, or None when there is no writable one."""
-    folder = os.environ.get("FRUITS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fruits")
-    folder = os.path.join(folder, "models")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return None
-    return folder if os.access(folder, os.W_OK) else None
 
 
 def _pointer_key(key: str, engine: str) -> str:
@@ -127,7 +117,7 @@ def prepare_model(
     ``folder`` is a scratch folder that must outlive the Spark jobs using the artifact (Spark copies the file
     when it is added, but the path must stay valid while this session runs).
     """
-    cache = local_cache_dir()
+    cache = local_cache_dir("models")
     found, source = _from_local(cache, key, options.engine), "local cache"
     if found is None:
         found, source = _from_store(store, key, options.engine, folder), "feature store"

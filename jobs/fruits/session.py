@@ -7,10 +7,14 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from fruits import jvm_archive
+from fruits.local_cache import local_cache_dir
+
 #: The local driver JVM's options. It lives for one run (seconds to minutes) on the cores the Python workers
 #: need, so C2, the optimizing compiler, costs more than it returns: with C1 only, a 20,000-image run took
 #: 48 s instead of 53 s on 2 cores (C2 compiled on about a third of a core for the first half of the run).
-#: A cluster's long-lived executors keep the JVM's defaults. FRUITS_DRIVER_JAVA_OPTIONS replaces these.
+#: A cluster's long-lived executors keep the JVM's defaults. FRUITS_DRIVER_JAVA_OPTIONS replaces these (and
+#: the class archive's options, see local_driver_java_options).
 LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
@@ -22,14 +26,19 @@ def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
         builder = (
             builder.master("local[*]")
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
-            .config(
-                "spark.driver.extraJavaOptions",
-                os.environ.get("FRUITS_DRIVER_JAVA_OPTIONS", LOCAL_DRIVER_JAVA_OPTIONS),
-            )
+            .config("spark.driver.extraJavaOptions", local_driver_java_options())
             .config("spark.ui.showConsoleProgress", "true")
             .config("spark.sql.shuffle.partitions", "8")
         )
     return builder.getOrCreate()
+
+
+def local_driver_java_options() -> str:
+    """FRUITS_DRIVER_JAVA_OPTIONS if set, else C1 only and the class archive (:mod:`fruits.jvm_archive`)."""
+    if "FRUITS_DRIVER_JAVA_OPTIONS" in os.environ:
+        return os.environ["FRUITS_DRIVER_JAVA_OPTIONS"]
+    archive = jvm_archive.options_for_this_run(local_cache_dir(jvm_archive.CACHE_NAME))
+    return f"{LOCAL_DRIVER_JAVA_OPTIONS} {archive}".strip()
 
 
 def _master_chosen() -> bool:
