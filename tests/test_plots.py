@@ -28,3 +28,19 @@ def test_plots_draw_with_an_unwritable_home_without_warnings(tmp_path: Path) -> 
         assert "matplotlib" not in run.stderr, run.stderr  # no "mkdir -p failed", no temporary cache
     folders = {run.stdout.strip() for run in runs}
     assert folders == {str(tmp_path / f"fruits-matplotlib-{os.getuid()}")}  # one stable folder, reused
+
+
+PRELOAD = """
+import sys
+from fruits import plots
+assert "matplotlib.pyplot" not in sys.modules
+plots.preload().join(60)
+assert "matplotlib.pyplot" in sys.modules and sys.modules["matplotlib"].get_backend().lower() == "agg"
+print("ok")
+"""
+
+
+def test_preload_imports_pyplot_in_a_thread_on_the_agg_backend() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path("jobs").resolve())}
+    run = subprocess.run([sys.executable, "-c", PRELOAD], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -690,6 +690,8 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     try:
         if spark is None and not _cluster_conf_needed(argv):
             check_output(parse_options(argv))  # fail fast, before a JVM starts
+        if spark is None:
+            plots.preload()  # while the JVM starts
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
         check_output(options)
