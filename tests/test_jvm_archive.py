@@ -93,3 +93,27 @@ def test_the_first_local_run_writes_a_valid_archive_and_the_next_maps_it(tmp_pat
     # -Xshare:on refuses to start unless the archive maps: it is a valid archive for this JDK and classpath.
     env["FRUITS_DRIVER_JAVA_OPTIONS"] = f"-Xshare:on -XX:SharedArchiveFile={archives[0]}"
     assert "-Xshare:on" in _probe(env)
+
+
+REUSED = """
+from pyspark.sql import SparkSession
+from fruits import jvm_archive
+from fruits.session import get_session
+mine = SparkSession.builder.master("local[1]").appName("mine").getOrCreate()
+again = get_session("fruits-archive-probe")
+assert again is mine
+jvm_archive.finish(again)  # must leave a session it did not start alone
+assert mine.range(3).count() == 3
+print("ok")
+"""
+
+
+@pytest.mark.spark
+def test_a_session_that_already_runs_is_neither_given_archive_options_nor_stopped(tmp_path: Path):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("FRUITS_DRIVER_JAVA_OPTIONS", "PYSPARK_SUBMIT_ARGS")
+    }
+    env.update(PYTHONPATH=str(Path("jobs").resolve()), FRUITS_CACHE=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", REUSED], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+    assert not list((tmp_path / jvm_archive.CACHE_NAME).glob("*.tmp"))

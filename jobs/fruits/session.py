@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from fruits import jvm_archive
@@ -26,10 +27,11 @@ def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
         builder = (
             builder.master("local[*]")
             .config("spark.driver.memory", os.environ.get("FRUITS_DRIVER_MEMORY", "4g"))
-            .config("spark.driver.extraJavaOptions", local_driver_java_options())
             .config("spark.ui.showConsoleProgress", "true")
             .config("spark.sql.shuffle.partitions", "8")
         )
+        if SparkContext._gateway is None:  # JVM options only mean something to a JVM about to start
+            builder = builder.config("spark.driver.extraJavaOptions", local_driver_java_options())
     return builder.getOrCreate()
 
 
