@@ -152,15 +152,23 @@ def _scoring(models: dict[tuple[str, str], Candidates], mean: np.ndarray, compon
     return run
 
 
-def report(
-    rows: DataFrame, training: dict[str, ClassSums], mean: np.ndarray, components: np.ndarray
-) -> dict[str, Any] | None:
-    """Test accuracy with the k components and with all features, or None without two classes in Training or
-    any Test row.
+@dataclass(frozen=True)
+class Classifiers:
+    """Every LDA candidate the report scores, fitted on the driver from the class sums: the report's arithmetic
+    before its one pass over the rows."""
 
-    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``); ``training``: their Training
-    class sums by role (:func:`fruits.summaries.summarize`); ``mean``, ``components``: the PCA projection.
-    """
+    models: dict[tuple[str, str], Candidates]  # (space, fitted on) -> every shrinkage at once
+    shrinkages: tuple[float, ...]
+    can_choose: bool  # a holdout and two classes to fit on: the shrinkage is chosen, else the middle one
+    everything: ClassSums  # every Training row's sums
+    mean: np.ndarray
+    components: np.ndarray
+
+
+def fit_classifiers(
+    training: dict[str, ClassSums], mean: np.ndarray, components: np.ndarray
+) -> Classifiers | None:
+    """The candidates of :func:`report`, or None without two classes in Training (no report then)."""
     everything = training["fit"] + training["holdout"]
     if len(everything.counts) < 2:
         return None
@@ -174,12 +182,21 @@ def report(
         for space in SPACES
         for fitted in (("fit", "all") if can_choose else ("all",))
     }
+    return Classifiers(models, shrinkages, can_choose, everything, mean, components)
+
+
+def score(rows: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
+    """Score every holdout and Test row in one pass; the report, or None without any Test row.
+
+    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``).
+    """
+    models, shrinkages, can_choose = classifiers.models, classifiers.shrinkages, classifiers.can_choose
     names = [f"{space}_{fitted}_{i}" for (space, fitted) in models for i in range(len(shrinkages))]
     schema = "role string, label string, " + ", ".join(f"{name} long" for name in names)
     scored = (
         rows.where(F.col("split").isin("Training", "Test"))
         .select("path", "label", "split", "features")
-        .mapInPandas(_scoring(models, mean, components), schema)
+        .mapInPandas(_scoring(models, classifiers.mean, classifiers.components), schema)
     )
     table = (
         scored.groupBy("role", "label")
@@ -207,6 +224,7 @@ def report(
         }
         for label in test.index
     }
+    everything = classifiers.everything
     return {
         "classifier": CLASSIFIER,
         "shrinkage": {space: shrinkages[chosen[space]] for space in SPACES},
@@ -217,5 +235,18 @@ def report(
         "test_accuracy_pca": int(correct["pca"].sum()) / test_rows,
         "test_accuracy_full_features": int(correct["full"].sum()) / test_rows,
         "per_class": per_class,
-        "k": int(components.shape[1]),
+        "k": int(classifiers.components.shape[1]),
     }
+
+
+def report(
+    rows: DataFrame, training: dict[str, ClassSums], mean: np.ndarray, components: np.ndarray
+) -> dict[str, Any] | None:
+    """Test accuracy with the k components and with all features, or None without two classes in Training or
+    any Test row: :func:`fit_classifiers` then :func:`score`.
+
+    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``); ``training``: their Training
+    class sums by role (:func:`fruits.summaries.summarize`); ``mean``, ``components``: the PCA projection.
+    """
+    classifiers = fit_classifiers(training, mean, components)
+    return score(rows, classifiers) if classifiers else None
