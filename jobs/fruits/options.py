@@ -53,7 +53,9 @@ class JobOptions:
     batch_size: int = 64
     engine: str = "litert"
     threads: int = 0
-    images_per_task: int = 512
+    # Each task has a fixed cost (a Parquet file, a Python stream, the JVM's task): on 2 cores, 2,048 images a
+    # task featurized 20,000 images in 40.9-42.1 s against 43.7-43.9 s with 512 (and 2,500 in 6.5 against 6.9 s).
+    images_per_task: int = 2048
     limit: int | None = None
     overwrite: bool = False
     keep_features: bool = False
