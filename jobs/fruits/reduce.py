@@ -38,7 +38,7 @@ from fruits.linalg import (  # the reduction's pure parts, used here and re-expo
     projecting,
     unpack,
 )
-from fruits.summaries import PARTIALS_SCHEMA, add_up, pickled
+from fruits.summaries import PARTIALS_SCHEMA, add_up, one_partition_per_slot, pickled
 
 VECTOR_COL = "features_vec"
 CENTERED_COL = "centered"
@@ -48,10 +48,7 @@ PCA_COL = "pca"
 def distributed_moments(features: DataFrame, dim: int) -> Moments:
     """:class:`Moments` of the packed ``features`` column: one partial per task slot, added up by
     :func:`fruits.summaries.add_up`, so the driver receives a few d x d matrices, never the rows."""
-    # One partial (a d x d matrix: 13 MB at d = 1,280) per task slot, not per partition: fewer bytes to sum.
-    slots = features.sparkSession.sparkContext.defaultParallelism
-    if features.rdd.getNumPartitions() > slots:
-        features = features.coalesce(slots)
+    features = one_partition_per_slot(features)
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield pickled(moments((unpack(frame["features"]) for frame in frames if len(frame)), dim))

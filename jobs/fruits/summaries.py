@@ -188,15 +188,17 @@ def add_up(partials: DataFrame) -> Any:
     return functools.reduce(operator.add, parts) if parts else None
 
 
-def summarize(rows: DataFrame, dim: int) -> Summaries:
-    """:class:`Summaries` of the featurized ``rows`` (``path, label, split, features``), in one distributed pass.
-
-    One partial per task slot, not per partition (each holds up to three d x d matrices: 13 MB each at
-    d = 1,280), added up by :func:`add_up`.
-    """
+def one_partition_per_slot(rows: DataFrame) -> DataFrame:
+    """``rows`` in at most one partition per task slot: one partial per slot, not per partition, for
+    :func:`add_up` (a partial can hold several d x d matrices: 13 MB each at d = 1,280)."""
     slots = rows.sparkSession.sparkContext.defaultParallelism
-    if rows.rdd.getNumPartitions() > slots:
-        rows = rows.coalesce(slots)
+    return rows.coalesce(slots) if rows.rdd.getNumPartitions() > slots else rows
+
+
+def summarize(rows: DataFrame, dim: int) -> Summaries:
+    """:class:`Summaries` of the featurized ``rows`` (``path, label, split, features``), in one distributed pass,
+    one partial per task slot added up by :func:`add_up`."""
+    rows = one_partition_per_slot(rows)
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield pickled(summarize_frames(frames, dim))
