@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 from benchmarks import procwatch
@@ -97,15 +96,9 @@ def warm_up(args: argparse.Namespace, engine: str) -> float:
     """One small run before any measured one, so that every measured run meets a machine that has run the job
     before: the model exported into the local cache and the driver JVM's class archive written (the first run
     on a machine pays for both, about 20 s). Returns its wall seconds."""
+    data = dataset(args, min(args.sizes))
     output = Path(args.out) / "warm-up"
-    shutil.rmtree(output, ignore_errors=True)
-    started = time.perf_counter()
-    procwatch.watch(
-        job_command(args, engine, dataset(args, min(args.sizes)), output, limit=WARM_UP_IMAGES),
-        Path(args.out) / "logs" / f"job-warm-up-{engine}.txt",
-        cwd=ROOT,
-    )
-    return round(time.perf_counter() - started, 1)
+    return run_job(args, engine, data, output, name=f"warm-up-{engine}", limit=WARM_UP_IMAGES)["wall_seconds"]
 
 
 def find(report: dict, engine: str, count: int, model: str, alpha: float) -> dict | None:
