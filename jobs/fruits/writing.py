@@ -26,10 +26,11 @@ def result_columns(k: int) -> list[str]:
 
 
 def csv_frame(results: DataFrame, k: int) -> DataFrame:
-    """results.csv's rows: plain unquoted numbers with 9 significant digits, sorted by path."""
+    """results.csv's columns: plain unquoted numbers with 9 significant digits (:func:`write_single_csv`
+    sorts the rows)."""
     path, label, *pcs = result_columns(k)
     formatted = [F.format_string(f"%.{CSV_DIGITS}g", F.col(name)).alias(name) for name in pcs]
-    return results.select(path, label, *formatted).orderBy(path)
+    return results.select(path, label, *formatted)
 
 
 def features_as_arrays(frame: DataFrame) -> DataFrame:
@@ -49,14 +50,18 @@ def features_as_arrays(frame: DataFrame) -> DataFrame:
     return frame.mapInPandas(run, schema)
 
 
-def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int) -> None:
-    """Write ``frame`` (``rows`` long) as ONE CSV file with a header at ``key``, through a scratch folder."""
+def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int, order_by: str = "path") -> None:
+    """Write ``frame`` (``rows`` long) as ONE CSV file with a header at ``key``, its rows sorted by
+    ``order_by``, through a scratch folder."""
     if rows == 0:  # Spark writes no header for an empty frame
         store.write_bytes(key, (",".join(frame.columns) + "\n").encode(), content_type="text/csv")
         return
     scratch = f"{key}.parts"
     (
-        frame.coalesce(1)
+        # ONE task writes the file, so it sorts it too: a global orderBy would first sample every row in a job
+        # of its own to cut ranges that coalesce(1) then puts back together.
+        frame.repartition(1)
+        .sortWithinPartitions(order_by)
         .write.mode("overwrite")
         .option("header", True)
         .option("escape", '"')  # RFC 4180: a quote inside a quoted field is doubled
