@@ -316,3 +316,23 @@ def test_tasks_come_in_whole_waves(images, per_task, slots, tasks):
     from fruits.job import task_count
 
     assert task_count(images, per_task, slots) == tasks
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(("rows", "partitions"), [(2500, 2), (20000, 10), (4545, 4), (7, 4)])
+def test_the_listing_reaches_spark_in_its_partitions_without_a_shuffle(spark, rows, partitions):
+    import pandas as pd
+
+    from fruits.job import ARROW_BATCH_ROWS, ARROW_ENABLED, ARROW_LOCAL_RELATION, sliced_frame
+
+    keys = (ARROW_BATCH_ROWS, ARROW_ENABLED, ARROW_LOCAL_RELATION)
+    before = [spark.conf.get(key) for key in keys]
+    frame = pd.DataFrame({"path": [f"/d/{i:06d}.jpg" for i in range(rows)]})
+    listed = sliced_frame(spark, frame, "path string", partitions)
+    sizes = listed.rdd.glom().map(len).collect()
+    assert sum(sizes) == rows and len(sizes) <= partitions and max(sizes) - min(sizes) <= max(sizes) // 2 + 1
+    if rows >= 100 * partitions:
+        assert len(sizes) == partitions  # one slice per task: no repartition needed
+    assert "Exchange" not in listed._jdf.queryExecution().executedPlan().toString()
+    assert sorted(r.path for r in listed.collect()) == list(frame["path"])
+    assert [spark.conf.get(key) for key in keys] == before  # the settings are the call's only

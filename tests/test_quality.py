@@ -8,7 +8,7 @@ import pytest
 
 from fruits.linalg import pack
 from fruits.quality import fit_lda, report
-from fruits.summaries import ClassSums, summarize, summarize_frames
+from fruits.summaries import ClassSums, holdout_roles, summarize, summarize_frames
 
 
 def blobs(rows: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -115,3 +115,38 @@ def test_no_report_without_both_splits(spark):
     frame = frame_of(spark, x, y, [None] * 40)
     sums = summarize(frame, 3)
     assert report(frame, sums.training, np.zeros(3), np.eye(3)[:, :1]) is None
+
+
+@pytest.mark.spark
+def test_marks_made_in_the_projection_pass_give_the_same_report_as_a_pass_of_their_own(spark):
+    from fruits.quality import fit_classifiers, marking, score, tally
+    from fruits.reduce import Projection, project
+
+    x, y = blobs(700, 4, 8, 2.0)
+    splits = ["Training"] * 450 + ["Test"] * 200 + ["Validation"] * 50  # the last: no role, no marks
+    frame = frame_of(spark, x, y, splits)
+    sums = summarize(frame, 8)
+    mean = sums.total.total / sums.total.n
+    components = np.linalg.qr(np.random.default_rng(3).normal(size=(8, 3)))[0]
+    classifiers = fit_classifiers(sums.training, mean, components)
+    projected = project(Projection(mean, components), frame, False, marking(classifiers))
+    roles = {r.role for r in projected.select("role").collect()}
+    assert roles == {"holdout", "test", None}
+    assert projected.where("split = 'Validation' and role is not null").count() == 0
+    assert tally(projected, classifiers) == score(frame, classifiers)
+    assert 0.5 < score(frame, classifiers)["test_accuracy_full_features"] <= 1.0
+
+
+def test_marks_of_a_batch_without_holdout_or_test_rows_are_zeros():
+    from fruits.quality import fit_classifiers, mark_columns, marks
+
+    x, y = blobs(300, 3, 4, 3.0)
+    rows = pd.DataFrame(
+        {"path": [f"/d/{i}.jpg" for i in range(300)], "label": y, "split": ["Training"] * 300}
+    )
+    training = summarize_frames([rows.assign(features=[pack(v) for v in x])], 4).training
+    classifiers = fit_classifiers(training, x.mean(axis=0), np.eye(4)[:, :2])
+    fit_only = rows[holdout_roles(rows["path"]) == "fit"].head(20)
+    columns = marks(fit_only, x[fit_only.index], x[fit_only.index][:, :2], classifiers)
+    assert list(columns["role"]) == [None] * 20
+    assert all(not columns[name].any() for name in mark_columns(classifiers))

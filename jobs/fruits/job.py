@@ -24,7 +24,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -210,7 +210,37 @@ def listed_frame(ctx: RunContext, listing: Listing) -> DataFrame:
         }
     )
     partitions = task_count(len(entries), ctx.options.images_per_task, spark.sparkContext.defaultParallelism)
-    return spark.createDataFrame(frame, LISTING_SCHEMA).repartition(partitions)
+    listed = sliced_frame(spark, frame, LISTING_SCHEMA, partitions)
+    # Rarely (a few images over many slots) equal slices make fewer partitions than slots: spread them then.
+    return listed if listed.rdd.getNumPartitions() >= partitions else listed.repartition(partitions)
+
+
+ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+ARROW_LOCAL_RELATION = "spark.sql.execution.arrow.localRelationThreshold"
+ARROW_ENABLED = "spark.sql.execution.arrow.pyspark.enabled"
+
+
+def sliced_frame(spark: SparkSession, frame: pd.DataFrame, schema: str, partitions: int) -> DataFrame:
+    """``frame`` as a DataFrame of about ``partitions`` contiguous partitions, without a shuffle.
+
+    ``createDataFrame`` sends a pandas frame to the JVM in Arrow batches cut every ``maxRecordsPerBatch`` rows;
+    above ``localRelationThreshold`` bytes it makes one partition per batch (below, a local relation of as many
+    partitions as task slots). Both set for the call give the partitions directly, where ``repartition`` would
+    cost a shuffle job before the first task of the run (0.3-0.4 s).
+    """
+    settings = {
+        ARROW_ENABLED: "true",
+        ARROW_BATCH_ROWS: str(max(1, math.ceil(len(frame) / max(partitions, 1)))),
+        ARROW_LOCAL_RELATION: "0",
+    }
+    previous = {key: spark.conf.get(key) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        return spark.createDataFrame(frame, schema)  # the rows reach the JVM here, under these settings
+    finally:
+        for key, value in previous.items():
+            spark.conf.set(key, value)
 
 
 def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
@@ -415,11 +445,6 @@ def reduce_stage(
             reduced = Reduced(
                 fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training
             )
-        # Nothing in the run loads the saved pipeline (it projects with the NumPy projection), so its writer,
-        # seven small Spark jobs that keep the driver waiting ~1 s, runs beside the next stages; the commit
-        # waits for it (StageTimer.join).
-        uri = ctx.out.uri_for(ctx.key_for("pca_model"))
-        ctx.timer.background("save PCA model", lambda: reduced.pipeline.write().overwrite().save(uri))
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance (products and eigh in NumPy on %s)",
         reduced.k,
@@ -429,11 +454,23 @@ def reduce_stage(
     return reduced
 
 
+def save_pipeline_stage(ctx: RunContext, reduced: Reduced) -> None:
+    """Save the Spark ML pipeline in the run's prefix, in the background.
+
+    Nothing in the run loads it (the run projects with the NumPy projection), so its writer, seven small Spark
+    jobs that keep the driver waiting ~1 s, runs beside the next stages; the commit waits for it
+    (StageTimer.join). Started after the report's classifiers are fitted: their eigendecompositions ran 60 %
+    slower beside it.
+    """
+    uri = ctx.out.uri_for(ctx.key_for("pca_model"))
+    ctx.timer.background("save PCA model", lambda: reduced.pipeline.write().overwrite().save(uri))
+
+
 # --- load ----------------------------------------------------------------------------------------------
 
 
-def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k: int) -> DataFrame:
-    """results.parquet, results.csv and rejected.csv in the run's prefix; returns the parquet rows."""
+def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k: int) -> None:
+    """results.parquet, results.csv and rejected.csv in the run's prefix, each sorted by path."""
     with ctx.timer.stage("write results"):
         checkpoint("write")
         keep = ["path", "label", "split", "id"] + (["features"] if ctx.options.keep_features else [])
@@ -442,31 +479,41 @@ def write_stage(ctx: RunContext, projected: DataFrame, reconciled: Reconciled, k
         if ctx.options.keep_features:  # the public format: an array of floats, as array_to_vector reads it
             table = writing.features_as_arrays(table)
         table.orderBy("path").write.parquet(parquet)
-        results = ctx.spark.read.parquet(parquet)
         counts = reconciled.counts
+        # From the persisted projection, not a re-read of the Parquet just written.
         writing.write_single_csv(
-            writing.csv_frame(results, k), ctx.out, ctx.key_for(layout.RESULTS_CSV), counts["featurized"]
+            writing.csv_frame(projected, k), ctx.out, ctx.key_for(layout.RESULTS_CSV), counts["featurized"]
         )
         writing.write_single_csv(
-            reconciled.rejected.orderBy("path"), ctx.out, ctx.key_for(layout.REJECTED_CSV), counts["rejected"]
+            reconciled.rejected, ctx.out, ctx.key_for(layout.REJECTED_CSV), counts["rejected"]
         )
-    return results
+
+
+def fit_quality_stage(ctx: RunContext, reduced: Reduced) -> quality.Classifiers | None:
+    """The quality report's classifiers, fitted on the driver from the pass of sums (None: no report); its
+    scoring happens in the projection's pass (:func:`project_stage`), its tally in :func:`quality_stage`."""
+    with ctx.timer.stage("quality report", "(fit)"):
+        projection = reduced.projection
+        return quality.fit_classifiers(reduced.training, projection.mean, projection.components)
+
+
+def project_stage(
+    ctx: RunContext, good: DataFrame, reduced: Reduced, classifiers: quality.Classifiers | None
+) -> DataFrame:
+    """The PCs of every featurized row, and the quality report's marks from the same vectors (one pass over the
+    features for both), kept for the writers, the report and the plots; computed by the first writer."""
+    beside = quality.marking(classifiers) if classifiers else None
+    projected = reduce.project(reduced.projection, good, ctx.options.keep_features, beside)
+    return projected.persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def quality_stage(
-    ctx: RunContext, good: DataFrame, reduced: Reduced, beside: Callable[[], None]
+    ctx: RunContext, projected: DataFrame, reduced: Reduced, classifiers: quality.Classifiers | None
 ) -> dict[str, Any] | None:
-    """Test accuracy with PCA and with all features when the input has Training/ and Test/.
-
-    ``beside`` (background work: the plots) starts once the classifiers are fitted, so that it shares the
-    machine with the scoring pass, where the driver only waits, and not with the classifiers' eigendecompositions
-    (OpenBLAS on two threads took 0.55 s instead of 0.18 s for a 1,280-wide one with one core busy).
-    """
-    with ctx.timer.stage("quality report"):
-        projection = reduced.projection
-        classifiers = quality.fit_classifiers(reduced.training, projection.mean, projection.components)
-        beside()
-        report = quality.score(good, classifiers) if classifiers else None
+    """Test accuracy with PCA and with all features when the input has Training/ and Test/: the tally of the marks
+    the projection's pass made."""
+    with ctx.timer.stage("quality report", "(tally)"):
+        report = quality.tally(projected, classifiers) if classifiers else None
     if report:
         log.info(
             "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
@@ -572,10 +619,10 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
         region, source = s3_region()
         log.info("AWS region for S3: %s (%s)", region, source)
-    if spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000":
+    if spark.conf.get(ARROW_BATCH_ROWS) == "10000":
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(max(options.batch_size * 4, 256)))
-    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")  # listings and samples via Arrow
+        spark.conf.set(ARROW_BATCH_ROWS, str(max(options.batch_size * 4, 256)))
+    spark.conf.set(ARROW_ENABLED, "true")  # listings and samples via Arrow
     ctx = RunContext.start(spark, options)
 
     listing = list_stage(ctx)  # extract (1): nothing is read yet
@@ -623,13 +670,14 @@ def _extract_transform_load(
         feature_dim = featurized.feature_dim or int(good.select(F.length("features")).first()[0]) // 4
         reduced = reduce_stage(ctx, good, feature_dim, previous)
         lease.check()
-        # Written and plotted: projected once (without the 5 KB of features a row unless they are kept).
-        projected = reduce.project(reduced.projection, good, ctx.options.keep_features)
-        projected = projected.persist(StorageLevel.MEMORY_AND_DISK)
+        classifiers = fit_quality_stage(ctx, reduced)
+        save_pipeline_stage(ctx, reduced)
+        # Written, scored and plotted: projected once (without the 5 KB of features a row unless they are kept).
+        projected = project_stage(ctx, good, reduced, classifiers)
         persisted.append(projected)
-        results = write_stage(ctx, projected, reconciled, reduced.k)  # load
-        drawn = reconciled.counts["featurized"]
-        report = quality_stage(ctx, good, reduced, beside=lambda: plot_stage(ctx, results, reduced, drawn))
+        write_stage(ctx, projected, reconciled, reduced.k)  # load
+        plot_stage(ctx, projected, reduced, reconciled.counts["featurized"])
+        report = quality_stage(ctx, projected, reduced, classifiers)
         ctx.timer.join()  # before anything is committed: a failed save fails the run
     finally:
         ctx.timer.join(raise_failure=False)  # a failing run stops no writer halfway, and keeps its own error

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from fruits.linalg import unpack
+from fruits.linalg import Beside, unpack
 from fruits.summaries import ClassSums, holdout_roles
 
 CLASSIFIER = "shrinkage LDA: one shared covariance, fitted on every Training row, scored on every Test row"
@@ -121,37 +122,6 @@ class Candidates:
         return scores.argmax(axis=2) == truth[:, None]
 
 
-def _scoring(models: dict[tuple[str, str], Candidates], mean: np.ndarray, components: np.ndarray):  # type: ignore[no-untyped-def]
-    """mapInPandas function: per row its role (holdout or test), label, and per (space, fit) and shrinkage whether
-    the candidate got it right (holdout rows are scored by the candidates fitted without them, test rows by those
-    fitted on every Training row)."""
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in frames:
-            if not len(frame):
-                continue
-            training = (frame["split"] == "Training").to_numpy()
-            role = np.where(training, holdout_roles(frame["path"]), "test")
-            keep = role != "fit"
-            if not keep.any():
-                continue
-            frame, role = frame[keep], role[keep]
-            labels = frame["label"].to_numpy(dtype=object)
-            full = unpack(frame["features"]).astype(np.float64)
-            vectors = {"full": full, "pca": (full - mean) @ components}
-            out: dict[str, Any] = {"role": role, "label": labels}
-            for (space, fitted), candidates in models.items():
-                scored_role = "holdout" if fitted == "fit" else "test"
-                right = candidates.correct(vectors[space], labels)
-                for i in range(right.shape[1]):
-                    out[f"{space}_{fitted}_{i}"] = np.where(role == scored_role, right[:, i], False).astype(
-                        np.int64
-                    )
-            yield pd.DataFrame(out)
-
-    return run
-
-
 @dataclass(frozen=True)
 class Classifiers:
     """Every LDA candidate the report scores, fitted on the driver from the class sums: the report's arithmetic
@@ -185,30 +155,106 @@ def fit_classifiers(
     return Classifiers(models, shrinkages, can_choose, everything, mean, components)
 
 
-def score(rows: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
-    """Score every holdout and Test row in one pass; the report, or None without any Test row.
+ROLE = "role"  # "holdout" or "test" on the rows the report scores, null on the others
 
-    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``).
+
+def mark_columns(classifiers: Classifiers) -> list[str]:
+    """The 0/1 columns :func:`marks` adds: per (space, fit) and shrinkage, whether the candidate was right."""
+    return [
+        f"{space}_{fitted}_{i}"
+        for (space, fitted) in classifiers.models
+        for i in range(len(classifiers.shrinkages))
+    ]
+
+
+def mark_fields(classifiers: Classifiers) -> list[StructField]:
+    """The schema of :func:`marks`' columns."""
+    return [
+        StructField(ROLE, StringType()),
+        *(StructField(name, LongType()) for name in mark_columns(classifiers)),
+    ]
+
+
+def marks(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray, classifiers: Classifiers) -> dict[str, Any]:
+    """Per row of ``frame`` (``path, label, split``): its role in the report and, per candidate, whether it got
+    the row right; ``full`` and ``pcs`` are the rows' vectors in both spaces (float64).
+
+    Holdout rows are scored by the candidates fitted without them, test rows by those fitted on every Training
+    row; Training rows used to fit and rows of neither split get no role and zeros.
     """
-    models, shrinkages, can_choose = classifiers.models, classifiers.shrinkages, classifiers.can_choose
-    names = [f"{space}_{fitted}_{i}" for (space, fitted) in models for i in range(len(shrinkages))]
-    schema = "role string, label string, " + ", ".join(f"{name} long" for name in names)
-    scored = (
-        rows.where(F.col("split").isin("Training", "Test"))
-        .select("path", "label", "split", "features")
-        .mapInPandas(_scoring(models, classifiers.mean, classifiers.components), schema)
-    )
+    split = frame["split"].to_numpy(dtype=object)
+    training = split == "Training"
+    role = np.full(len(frame), None, dtype=object)
+    if training.any():
+        role[training] = holdout_roles(frame["path"][training])
+    role[split == "Test"] = "test"
+    scored = (role == "holdout") | (role == "test")
+    out: dict[str, Any] = {ROLE: np.where(scored, role, None)}
+    if not scored.any():
+        return {**out, **{name: np.zeros(len(frame), dtype=np.int64) for name in mark_columns(classifiers)}}
+    labels = frame["label"].to_numpy(dtype=object)[scored]
+    vectors = {"full": full[scored], "pca": pcs[scored]}
+    for (space, fitted), candidates in classifiers.models.items():
+        scored_role = "holdout" if fitted == "fit" else "test"
+        right = candidates.correct(vectors[space], labels) & (role[scored] == scored_role)[:, None]
+        for i in range(right.shape[1]):
+            column = np.zeros(len(frame), dtype=np.int64)
+            column[scored] = right[:, i]
+            out[f"{space}_{fitted}_{i}"] = column
+    return out
+
+
+def marking(classifiers: Classifiers) -> tuple[Beside, list[StructField]]:
+    """:func:`marks` as columns of the projection's own pass (:func:`fruits.reduce.project`), and their fields."""
+
+    def mark(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray) -> dict[str, Any]:
+        return marks(frame, full, pcs, classifiers)
+
+    return mark, mark_fields(classifiers)
+
+
+def _marking(classifiers: Classifiers):  # type: ignore[no-untyped-def]
+    """mapInPandas function: ``path, label, split, features`` rows -> ``label`` and :func:`marks`' columns."""
+    mean, components = classifiers.mean, classifiers.components
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for frame in frames:
+            if len(frame):
+                full = unpack(frame["features"]).astype(np.float64)
+                yield pd.DataFrame(
+                    {"label": frame["label"], **marks(frame, full, (full - mean) @ components, classifiers)}
+                )
+
+    return run
+
+
+def score(rows: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
+    """Score every holdout and Test row in one pass of its own; the report, or None without any Test row.
+
+    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``). A run marks its rows in the
+    projection's pass instead (:func:`marks`) and calls :func:`tally`.
+    """
+    schema = StructType([StructField("label", StringType()), *mark_fields(classifiers)])
+    marked = rows.select("path", "label", "split", "features").mapInPandas(_marking(classifiers), schema)
+    return tally(marked, classifiers)
+
+
+def tally(marked: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
+    """The report from rows carrying ``label`` and :func:`marks`' columns: one small aggregation."""
+    shrinkages, can_choose = classifiers.shrinkages, classifiers.can_choose
+    names = mark_columns(classifiers)
     table = (
-        scored.groupBy("role", "label")
+        marked.where(F.col(ROLE).isNotNull())
+        .groupBy(ROLE, "label")
         .agg(F.count("*").alias("rows"), *[F.sum(name).alias(name) for name in names])
         .toPandas()  # one row per (role, class)
     )
-    test = table[table["role"] == "test"].set_index("label")
+    test = table[table[ROLE] == "test"].set_index("label")
     test_rows = int(test["rows"].sum()) if len(test) else 0
     if not test_rows:
         return None
     chosen: dict[str, int] = {}
-    holdout = table[table["role"] == "holdout"]
+    holdout = table[table[ROLE] == "holdout"]
     for space in SPACES:
         if can_choose and len(holdout):
             right = [int(holdout[f"{space}_fit_{i}"].sum()) for i in range(len(shrinkages))]

@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, StructField, StructType
 
 from fruits.linalg import (  # the reduction's pure parts, used here and re-exported
+    Beside,
     Moments,
     choose_k,
     moments,
@@ -153,19 +154,25 @@ def project_with_pipeline(model: PipelineModel, features: DataFrame, k: int) -> 
     return projected.select(*features.columns, *columns)
 
 
-def project(projection: Projection, features: DataFrame, keep_features: bool = True) -> DataFrame:
+def project(
+    projection: Projection,
+    features: DataFrame,
+    keep_features: bool = True,
+    beside: tuple[Beside, list[StructField]] | None = None,
+) -> DataFrame:
     """Rows of ``features`` with ``pc_1..pc_k`` double columns added: ``(x - mean) @ components`` per batch.
 
     A batch at a time with NumPy (one matrix product) rather than row by row in the JVM: the same numbers as the
-    saved pipeline's ``transform`` (tests check it), without Spark's per-row vector conversions.
+    saved pipeline's ``transform`` (tests check it), without Spark's per-row vector conversions. ``beside``: more
+    columns from the same vectors and their fields (:data:`fruits.linalg.Beside`).
     """
     names = pc_columns(projection.k)
     mean, components = projection.mean, projection.components
     # A new schema: DataFrame.schema is cached, and StructType.add would change it in place.
     fields = [f for f in features.schema.fields if keep_features or f.name != "features"]
-    schema = StructType([*fields, *(StructField(name, DoubleType()) for name in names)])
-
-    return features.mapInPandas(projecting(names, mean, components, keep_features), schema)
+    more, more_fields = beside or (None, [])
+    schema = StructType([*fields, *(StructField(name, DoubleType()) for name in names), *more_fields])
+    return features.mapInPandas(projecting(names, mean, components, keep_features, more), schema)
 
 
 def loaded_k(model: PipelineModel) -> int:
