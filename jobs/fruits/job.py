@@ -535,8 +535,9 @@ def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS)
 def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized: int) -> None:
     """explained_variance.png and pca_scatter.png in the run's prefix, drawn in the background.
 
-    Only the commit reads them: matplotlib's half second runs beside the quality report's scoring pass (the one
-    thread that draws; pyplot is not shared), and the commit waits for it (StageTimer.join).
+    Only the commit reads them: matplotlib's half second runs beside the quality report's tally and the manifest
+    (the one thread that draws; pyplot is not shared), and the commit waits for it (StageTimer.join). Started
+    before the writers, it slowed them more than it saved (measured).
     """
     note = "" if ctx.weights.pretrained else "  [RANDOM WEIGHTS]"
 

@@ -5,7 +5,8 @@ linear discriminant analysis (LDA): each class a Gaussian with its own mean and 
 towards a multiple of the identity. It is fitted from sums alone — per class the count and the sum of the
 vectors, and one Gram matrix — which the PCA's own pass over the rows gathers at the same time
 (:mod:`fruits.summaries`), over EVERY Training row; the k-component version follows from the same sums and the
-projection, without another pass. The report then scores every Test row in one pass. (Multinomial logistic
+projection, without another pass. Every holdout and Test row is then scored (:func:`marks`) in the pass that
+projects the rows for the results, from the same vectors, and the report is the tally. (Multinomial logistic
 regression in MLlib needed dozens of passes and grew with the number of classes: 66 s at 20,000 images and 103
 classes.)
 
