@@ -20,11 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "jobs"))
 
+from fruits.local_cache import cache_root  # noqa: E402  (the package sits in jobs/)
+
 SAMPLE_URL = (
     "https://github.com/FarshidNooshi/Fruits-360-Dataset-Classifier/archive/"
     "26f66ea0bdfdbbfe8f590ce8919660ec181a7179.zip"
 )
-CACHE = Path(os.environ.get("FRUITS_CACHE", Path.home() / ".cache" / "fruits"))
+CACHE = Path(cache_root())
 
 
 def _online(host: str = "storage.googleapis.com") -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fruits.local_cache import local_cache_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -132,18 +134,13 @@ def sha256_file(path: str) -> str:
 
 
 def _writable_cache(name: str) -> str:
-    """``~/.cache/fruits/<name>``, or a folder in the temp dir when the home is not writable (YARN's users)."""
-    for base in (os.path.join(os.path.expanduser("~"), ".cache", "fruits"), tempfile.gettempdir()):
-        folder = os.path.join(base, f"fruits-{name}" if base == tempfile.gettempdir() else name)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise WeightsError(
-        "no writable folder to keep the downloaded weights in (home and temp dir are read-only)"
-    )
+    """The local cache's ``name`` folder, or one in the temp dir when the home is not writable (YARN's users)."""
+    folder = local_cache_dir(name, temp_fallback=True)
+    if folder is None:
+        raise WeightsError(
+            "no writable folder to keep the downloaded weights in (home and temp dir are read-only)"
+        )
+    return folder
 
 
 def _download_s3(uri: str, cache_dir: str) -> str:
