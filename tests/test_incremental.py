@@ -136,3 +136,35 @@ def test_reuse_pca_projects_with_the_saved_pipeline(history):
     after = run3["parquet"].loc[unchanged, ["pc_1", "pc_2"]]
     assert (before.abs().to_numpy() > 0).all()
     pd.testing.assert_frame_equal(after, before, rtol=1e-9, atol=0)
+
+
+@pytest.mark.spark
+def test_rows_of_a_later_run_carry_a_reason_only_without_features(spark, tmp_path):
+    from types import SimpleNamespace
+
+    from fruits.job import Catalog, Featurized, joined_rows
+
+    store = open_store(str(tmp_path / "store"))
+    stored = spark.createDataFrame(
+        [("a", b"\x00" * 8, None), ("b", None, "corrupt image: broken data")], feature_store.STORE_SCHEMA
+    )
+    batch = feature_store.write_batch(stored, store, "m", "r1")
+    images = spark.createDataFrame(
+        [
+            ("/i/a.jpg", "x", "Training", 3, "a", None, None),
+            ("/i/b.jpg", "x", "Training", 3, "b", None, None),
+            ("/i/c.jpg", "x", "Training", 3, "c", None, None),  # read, never featurized
+            ("/i/d.jpg", "x", "Training", 0, None, None, "empty file (0 bytes)"),
+        ],
+        "path string, label string, split string, length long, id string, content binary, reason string",
+    )
+    ctx = SimpleNamespace(spark=spark, store=store, model_key="m")
+    featurized = Featurized([batch], 0, images.select("id"), None, None)
+    rows = joined_rows(ctx, Catalog(images, 4), featurized)  # type: ignore[arg-type]
+    reasons = {r.path: r.reason for r in rows.collect()}
+    assert reasons == {
+        "/i/a.jpg": None,
+        "/i/b.jpg": "corrupt image: broken data",
+        "/i/c.jpg": "not featurized",
+        "/i/d.jpg": "empty file (0 bytes)",
+    }

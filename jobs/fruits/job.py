@@ -359,7 +359,10 @@ def joined_rows(ctx: RunContext, catalog: Catalog, featurized: Featurized) -> Da
             "length",
             "id",
             "features",
-            F.coalesce("read_reason", "reason", F.lit("not featurized")).alias("reason"),
+            # A reason only where there are no features, as in a one-pass batch.
+            F.when(
+                F.col("features").isNull(), F.coalesce("read_reason", "reason", F.lit("not featurized"))
+            ).alias("reason"),
         )
         .cache()
     )
