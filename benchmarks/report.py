@@ -29,6 +29,14 @@ class Target:
     where: str
 
     @property
+    def shown(self) -> str:
+        """The value with two decimals, or three when two would print the threshold itself (0.846 vs 0.85)."""
+        if self.value is None:
+            return ""
+        two = f"{self.value:.2f}"
+        return f"{self.value:.3f}" if two == f"{self.threshold:.2f}" and self.value != self.threshold else two
+
+    @property
     def status(self) -> str:
         if self.value is None or not self.judged:
             return "n/a"
@@ -473,7 +481,7 @@ def rows(report: dict) -> list[tuple]:
     for run in report.get("realdata", []):
         out += _job_rows("real data", run, limit, Path(run["input"]).name, report.get("model_files"))
     for target in targets(report):
-        value = "" if target.value is None else f"{target.value:.2f}"
+        value = target.shown
         out.append(
             (
                 "target",

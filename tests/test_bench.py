@@ -406,3 +406,18 @@ def test_the_limit_measures_only_the_engines_the_sections_run():
     assert bench.engines_needed(args, ["limit", "incremental", "pca"]) == {"litert"}
     assert bench.engines_needed(args, ["limit", "realdata"]) == {"litert"}
     assert bench.engines_needed(args, ["limit"]) == {"litert", "keras"}
+
+
+@pytest.mark.parametrize(
+    ("value", "threshold", "shown"),
+    [
+        (0.846, 0.85, "0.846"),
+        (0.853, 0.85, "0.853"),
+        (0.85, 0.85, "0.85"),
+        (0.72, 0.70, "0.72"),
+        (None, 1.0, ""),
+    ],
+)
+def test_a_target_at_the_edge_shows_the_digit_that_decides_it(value, threshold, shown):
+    target = report.Target("t", value, threshold, ">=", True, "here")
+    assert target.shown == shown
