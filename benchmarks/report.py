@@ -30,11 +30,15 @@ class Target:
 
     @property
     def shown(self) -> str:
-        """The value with two decimals, or three when two would print the threshold itself (0.846 vs 0.85)."""
+        """The value with two decimals, or as many more as it takes not to print the threshold itself when it is
+        not (0.846 against 0.85, 0.8496 against 0.85)."""
         if self.value is None:
             return ""
-        two = f"{self.value:.2f}"
-        return f"{self.value:.3f}" if two == f"{self.threshold:.2f}" and self.value != self.threshold else two
+        for digits in range(2, 7):
+            shown = f"{self.value:.{digits}f}"
+            if self.value == self.threshold or shown != f"{self.threshold:.{digits}f}":
+                return shown
+        return shown
 
     @property
     def status(self) -> str:

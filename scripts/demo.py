@@ -1,8 +1,9 @@
 """`make demo`: featurize + PCA a Fruits-360 sample into out/demo and say where everything is.
 
 Data: FRUITS_DATA (a folder with Training/ and Test/), else a small public Fruits-360 sample downloaded once
-into ~/.cache/fruits (needs internet). Weights: FRUITS_WEIGHTS (a Keras .h5/.keras file or s3:// URI; the model
-is read from Keras' file name, or FRUITS_MODEL / FRUITS_ALPHA), else ImageNet weights through Keras' cache
+into $FRUITS_CACHE, else ~/.cache/fruits (needs internet). Weights: FRUITS_WEIGHTS (a Keras .h5/.keras file or
+s3:// URI; the model is read from Keras' file name, or FRUITS_MODEL / FRUITS_ALPHA), else ImageNet weights
+through Keras' cache
 when the machine can download them, else random weights (and every output says so).
 """
 

@@ -412,6 +412,7 @@ def test_the_limit_measures_only_the_engines_the_sections_run():
     ("value", "threshold", "shown"),
     [
         (0.846, 0.85, "0.846"),
+        (0.8496, 0.85, "0.8496"),
         (0.853, 0.85, "0.853"),
         (0.85, 0.85, "0.85"),
         (0.72, 0.70, "0.72"),

@@ -336,3 +336,47 @@ def test_the_listing_reaches_spark_in_its_partitions_without_a_shuffle(spark, ro
     assert "Exchange" not in listed._jdf.queryExecution().executedPlan().toString()
     assert sorted(r.path for r in listed.collect()) == list(frame["path"])
     assert [spark.conf.get(key) for key in keys] == before  # the settings are the call's only
+
+
+def test_a_split_input_gets_its_report_and_exactly_the_result_columns_with_or_without_reuse_pca(
+    spark, tmp_path
+):
+    """The report's rows are scored in the projection's pass: its columns must not reach the results."""
+    from tests.conftest import write_image
+
+    root = tmp_path / "images"
+    colours = {"Red Apple": (200, 30, 30), "Lemon": (230, 220, 40), "Lime": (60, 200, 60)}
+    for split, count in (("Training", 10), ("Test", 4)):
+        for c, (label, colour) in enumerate(colours.items()):
+            for i in range(count):
+                write_image(root / split / label / f"{i}.jpg", colour, seed=100 * c + 10 * len(split) + i)
+    output = tmp_path / "out"
+    first = run(spark, job_options(root, output, "--k", "2"))
+    second = run(spark, job_options(root, output, "--k", "2", "--overwrite", "--reuse-pca"))
+    for manifest in (first, second):
+        quality = manifest["quality"]
+        assert quality["test_images"] == 12 and quality["train_images"] == 30 and quality["classes"] == 3
+        assert sum(c["test_images"] for c in quality["per_class"].values()) == 12
+        run_dir = Path(manifest["outputs"]["results.parquet"]).parent
+        assert list(pd.read_parquet(run_dir / "results.parquet").columns) == [
+            "path", "label", "split", "id", "pc_1", "pc_2"
+        ]  # fmt: skip
+        with open(output / "results.csv", newline="") as handle:
+            assert next(csv.reader(handle)) == ["path", "label", "pc_1", "pc_2"]
+    assert second["pca"]["fitted_in_this_run"] is False and second["quality"] == first["quality"]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(("images", "per_task", "tasks"), [(9, 1, 10), (4000, 1000, 4)])
+def test_the_listed_frame_has_one_task_per_share_of_images(spark, images, per_task, tasks):
+    from types import SimpleNamespace
+
+    from fruits.job import listed_frame
+    from fruits.listing import Entry, Listing
+
+    entries = [Entry(f"file:/d/{i:05d}.jpg", 10, "x", "Training", "v") for i in range(images)]
+    ctx = SimpleNamespace(spark=spark, options=SimpleNamespace(images_per_task=per_task))
+    listed = listed_frame(ctx, Listing("file:/d", entries))  # type: ignore[arg-type]
+    # 9 images in 10 tasks: equal slices make 9 partitions, so the frame is spread by a shuffle instead.
+    assert listed.rdd.getNumPartitions() == tasks
+    assert sorted(r.path for r in listed.collect()) == [e.path for e in entries]

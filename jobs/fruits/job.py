@@ -233,10 +233,11 @@ def sliced_frame(spark: SparkSession, frame: pd.DataFrame, schema: str, partitio
         ARROW_BATCH_ROWS: str(max(1, math.ceil(len(frame) / max(partitions, 1)))),
         ARROW_LOCAL_RELATION: "0",
     }
+    # Session-wide settings: this runs before any background work of the run starts.
     previous = {key: spark.conf.get(key) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
     try:
+        for key, value in settings.items():
+            spark.conf.set(key, value)
         return spark.createDataFrame(frame, schema)  # the rows reach the JVM here, under these settings
     finally:
         for key, value in previous.items():
@@ -425,7 +426,8 @@ class Reduced:
 def reduce_stage(
     ctx: RunContext, good: DataFrame, feature_dim: int, previous: dict[str, Any] | None
 ) -> Reduced:
-    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); saved in the run's prefix.
+    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); :func:`save_pipeline_stage` saves
+    it in the run's prefix.
 
     One pass over the featurized rows gathers the sums of both the PCA and the quality report
     (:mod:`fruits.summaries`).

@@ -4,7 +4,7 @@ Building the Keras model and converting it for LiteRT costs seconds and a Tensor
 although the exported file depends only on what decides the features (model, alpha, image size, decode size,
 weights: the feature store's model key) and on the engine. So the export is kept, named by its SHA-256:
 
-1. in a local cache, ``$FRUITS_CACHE`` or ``~/.cache/fruits/models`` (skipped when it is not writable, as for
+1. in a local cache, ``$FRUITS_CACHE/models`` or ``~/.cache/fruits/models`` (skipped when it is not writable, as for
    YARN's users on a cluster);
 2. in the feature store, beside the features it produced: ``<store>/<model key>/engines/<engine>.json`` names
    ``<engine>-<sha>.<ext>`` there, for every run on any node.

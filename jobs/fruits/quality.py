@@ -113,6 +113,11 @@ class Candidates:
             gaussian.classes, np.hstack([m.weights for m in models]), np.concatenate([m.bias for m in models])
         )
 
+    @property
+    def count(self) -> int:
+        """How many candidates (shrinkages) are stacked."""
+        return len(self.bias) // len(self.classes)
+
     def correct(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """(rows, shrinkages) booleans: whether each candidate classifies each row right."""
         index = {label: i for i, label in enumerate(self.classes)}
@@ -161,11 +166,11 @@ ROLE = "role"  # "holdout" or "test" on the rows the report scores, null on the 
 
 def mark_columns(classifiers: Classifiers) -> list[str]:
     """The 0/1 columns :func:`marks` adds: per (space, fit) and shrinkage, whether the candidate was right."""
-    return [
-        f"{space}_{fitted}_{i}"
-        for (space, fitted) in classifiers.models
-        for i in range(len(classifiers.shrinkages))
-    ]
+    return _columns(classifiers.models)
+
+
+def _columns(models: dict[tuple[str, str], Candidates]) -> list[str]:
+    return [f"{space}_{fitted}_{i}" for (space, fitted), c in models.items() for i in range(c.count)]
 
 
 def mark_fields(classifiers: Classifiers) -> list[StructField]:
@@ -176,9 +181,12 @@ def mark_fields(classifiers: Classifiers) -> list[StructField]:
     ]
 
 
-def marks(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray, classifiers: Classifiers) -> dict[str, Any]:
-    """Per row of ``frame`` (``path, label, split``): its role in the report and, per candidate, whether it got
-    the row right; ``full`` and ``pcs`` are the rows' vectors in both spaces (float64).
+def marks(
+    frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray, models: dict[tuple[str, str], Candidates]
+) -> dict[str, Any]:
+    """Per row of ``frame`` (``path, label, split``): its role in the report and, per candidate of ``models``
+    (:attr:`Classifiers.models`), whether it got the row right; ``full`` and ``pcs`` are the rows' vectors in both
+    spaces (float64).
 
     Holdout rows are scored by the candidates fitted without them, test rows by those fitted on every Training
     row; Training rows used to fit and rows of neither split get no role and zeros.
@@ -192,10 +200,10 @@ def marks(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray, classifiers: C
     scored = (role == "holdout") | (role == "test")
     out: dict[str, Any] = {ROLE: np.where(scored, role, None)}
     if not scored.any():
-        return {**out, **{name: np.zeros(len(frame), dtype=np.int64) for name in mark_columns(classifiers)}}
+        return {**out, **{name: np.zeros(len(frame), dtype=np.int64) for name in _columns(models)}}
     labels = frame["label"].to_numpy(dtype=object)[scored]
     vectors = {"full": full[scored], "pca": pcs[scored]}
-    for (space, fitted), candidates in classifiers.models.items():
+    for (space, fitted), candidates in models.items():
         scored_role = "holdout" if fitted == "fit" else "test"
         right = candidates.correct(vectors[space], labels) & (role[scored] == scored_role)[:, None]
         for i in range(right.shape[1]):
@@ -208,22 +216,24 @@ def marks(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray, classifiers: C
 def marking(classifiers: Classifiers) -> tuple[Beside, list[StructField]]:
     """:func:`marks` as columns of the projection's own pass (:func:`fruits.reduce.project`), and their fields."""
 
+    models = classifiers.models  # what the workers need: not the class sums' d x d Gram matrix
+
     def mark(frame: pd.DataFrame, full: np.ndarray, pcs: np.ndarray) -> dict[str, Any]:
-        return marks(frame, full, pcs, classifiers)
+        return marks(frame, full, pcs, models)
 
     return mark, mark_fields(classifiers)
 
 
 def _marking(classifiers: Classifiers):  # type: ignore[no-untyped-def]
     """mapInPandas function: ``path, label, split, features`` rows -> ``label`` and :func:`marks`' columns."""
-    mean, components = classifiers.mean, classifiers.components
+    mean, components, models = classifiers.mean, classifiers.components, classifiers.models
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in frames:
             if len(frame):
                 full = unpack(frame["features"]).astype(np.float64)
                 yield pd.DataFrame(
-                    {"label": frame["label"], **marks(frame, full, (full - mean) @ components, classifiers)}
+                    {"label": frame["label"], **marks(frame, full, (full - mean) @ components, models)}
                 )
 
     return run

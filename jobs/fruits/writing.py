@@ -1,7 +1,8 @@
 """Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv.
 
-Spark writes CSV as a folder of part files; with ``coalesce(1)`` there is one part, which is then copied to its
-final name inside the run's own prefix, so the file analysts open is a single plain CSV.
+Spark writes CSV as a folder of part files; with ``repartition(1)`` there is one part, sorted and written by one
+task, which is then copied to its final name inside the run's own prefix, so the file analysts open is a single
+plain CSV.
 """
 
 from __future__ import annotations
