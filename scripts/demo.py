@@ -3,8 +3,7 @@
 Data: FRUITS_DATA (a folder with Training/ and Test/), else a small public Fruits-360 sample downloaded once
 into $FRUITS_CACHE, else ~/.cache/fruits (needs internet). Weights: FRUITS_WEIGHTS (a Keras .h5/.keras file or
 s3:// URI; the model is read from Keras' file name, or FRUITS_MODEL / FRUITS_ALPHA), else ImageNet weights
-through Keras' cache
-when the machine can download them, else random weights (and every output says so).
+through Keras' cache when the machine can download them, else random weights (and every output says so).
 """
 
 from __future__ import annotations

@@ -781,9 +781,8 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
         return 1
     finally:
         if spark is None and session is not None:
-            jvm_archive.finish(
-                session
-            )  # the first local run on a machine: let its JVM write the class archive
+            # The first local run on a machine: let its JVM write the class archive.
+            jvm_archive.finish(session)
     return 0
 
 

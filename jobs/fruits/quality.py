@@ -19,7 +19,6 @@ with all features, the classifier's name and the shrinkages chosen.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +26,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType
+from pyspark.sql.types import LongType, StringType, StructField
 
-from fruits.linalg import Beside, unpack
+from fruits.linalg import Beside
 from fruits.summaries import ClassSums, holdout_roles
 
 CLASSIFIER = "shrinkage LDA: one shared covariance, fitted on every Training row, scored on every Test row"
@@ -224,29 +223,19 @@ def marking(classifiers: Classifiers) -> tuple[Beside, list[StructField]]:
     return mark, mark_fields(classifiers)
 
 
-def _marking(classifiers: Classifiers):  # type: ignore[no-untyped-def]
-    """mapInPandas function: ``path, label, split, features`` rows -> ``label`` and :func:`marks`' columns."""
-    mean, components, models = classifiers.mean, classifiers.components, classifiers.models
-
-    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in frames:
-            if len(frame):
-                full = unpack(frame["features"]).astype(np.float64)
-                yield pd.DataFrame(
-                    {"label": frame["label"], **marks(frame, full, (full - mean) @ components, models)}
-                )
-
-    return run
-
-
 def score(rows: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
-    """Score every holdout and Test row in one pass of its own; the report, or None without any Test row.
+    """Score every holdout and Test row in a pass of its own; the report, or None without any Test row.
 
-    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``). A run marks its rows in the
-    projection's pass instead (:func:`marks`) and calls :func:`tally`.
+    ``rows``: the featurized rows (``path``, ``label``, ``split``, ``features``). The same pass as a run's: the
+    projection with :func:`marking` beside it, then :func:`tally` (a run keeps the projection for its writers).
     """
-    schema = StructType([StructField("label", StringType()), *mark_fields(classifiers)])
-    marked = rows.select("path", "label", "split", "features").mapInPandas(_marking(classifiers), schema)
+    # Here, not at the top: workers unpickle marks() from this module and must not load pyspark.ml with it.
+    from fruits.reduce import Projection, project
+
+    projection = Projection(classifiers.mean, classifiers.components)
+    marked = project(
+        projection, rows.select("path", "label", "split", "features"), False, marking(classifiers)
+    )
     return tally(marked, classifiers)
 
 
