@@ -21,7 +21,10 @@ import sys
 # Run from a checkout without installing: the package sits beside this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from fruits.job import main
+from fruits.session import start_early
 
 if __name__ == "__main__":
+    start_early(sys.argv[1:])  # a local run's JVM boots while the job's modules import
+    from fruits.job import main
+
     sys.exit(main())

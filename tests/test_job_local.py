@@ -319,11 +319,11 @@ def test_tasks_come_in_whole_waves(images, per_task, slots, tasks):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize(("rows", "partitions"), [(2500, 2), (20000, 10), (4545, 4), (7, 4)])
+@pytest.mark.parametrize(("rows", "partitions"), [(2500, 2), (20000, 10), (4545, 4), (7, 4), (9, 10)])
 def test_the_listing_reaches_spark_in_its_partitions_without_a_shuffle(spark, rows, partitions):
     import pandas as pd
 
-    from fruits.job import ARROW_BATCH_ROWS, ARROW_ENABLED, ARROW_LOCAL_RELATION, sliced_frame
+    from fruits.job import ARROW_BATCH_ROWS, ARROW_ENABLED, ARROW_LOCAL_RELATION, arrow_slices, sliced_frame
 
     keys = (ARROW_BATCH_ROWS, ARROW_ENABLED, ARROW_LOCAL_RELATION)
     before = [spark.conf.get(key) for key in keys]
@@ -331,6 +331,8 @@ def test_the_listing_reaches_spark_in_its_partitions_without_a_shuffle(spark, ro
     listed = sliced_frame(spark, frame, "path string", partitions)
     sizes = listed.rdd.glom().map(len).collect()
     assert sum(sizes) == rows and len(sizes) <= partitions and max(sizes) - min(sizes) <= max(sizes) // 2 + 1
+    # listed_frame relies on this count without asking Spark: one partition per Arrow batch.
+    assert len(sizes) == arrow_slices(rows, partitions)[1]
     if rows >= 100 * partitions:
         assert len(sizes) == partitions  # one slice per task: no repartition needed
     assert "Exchange" not in listed._jdf.queryExecution().executedPlan().toString()

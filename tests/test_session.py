@@ -47,3 +47,55 @@ def test_local_driver_jvm_runs_without_the_optimizing_compiler_unless_told_other
     env["FRUITS_DRIVER_JAVA_OPTIONS"] = "-XX:+UseSerialGC"
     chosen = _jvm_arguments(env)
     assert "-XX:+UseSerialGC" in chosen and LOCAL_DRIVER_JAVA_OPTIONS not in chosen
+
+
+EARLY_PROBE = """
+import signal, sys, threading
+from fruits.session import get_session, start_early
+start_early(sys.argv[1:])
+starting = [t.name for t in threading.enumerate() if t.name == "fruits-start-session"]
+print("starting:", len(starting))
+try:
+    spark = get_session("not-the-early-one")
+except Exception as error:
+    print("error:", type(error).__name__)
+    raise SystemExit(0)
+print("app:", spark.sparkContext.appName)
+print("sigint:", signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+spark.stop()
+"""
+
+
+def _early(tmp_path: Path, *argv: str, **extra_env: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT")}
+    env.update(PYTHONPATH=str(Path("jobs").resolve()), **extra_env)
+    run = subprocess.run(
+        [sys.executable, "-c", EARLY_PROBE, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return dict(line.split(": ", 1) for line in run.stdout.splitlines() if ": " in line)
+
+
+def test_a_valid_local_command_starts_its_session_early_and_the_job_gets_that_one(tmp_path: Path) -> None:
+    seen = _early(tmp_path, "--input", str(tmp_path), "--output", str(tmp_path / "out"))
+    assert seen["starting"] == "1" and seen["app"] == "fruits-featurize-pca"
+    assert seen["sigint"] == "True"  # Ctrl-C still cancels the jobs, as a main-thread SparkContext arranges
+
+
+def test_an_invalid_or_incomplete_command_starts_no_jvm_early(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    assert _early(tmp_path, "--input", str(tmp_path), "--output", out, "--k", "0")["starting"] == "0"
+    assert _early(tmp_path, "--input", str(tmp_path), "--output", out, "--help")["starting"] == "0"
+    assert _early(tmp_path, "--input", str(tmp_path))["app"] == "not-the-early-one"  # conf may bring --output
+
+
+def test_a_session_that_fails_to_start_early_fails_in_the_callers_thread(tmp_path: Path) -> None:
+    seen = _early(
+        tmp_path,
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+        FRUITS_DRIVER_JAVA_OPTIONS="-Xmx1k",  # too small a heap: the JVM exits at once
+    )
+    assert seen["starting"] == "1" and seen["error"] == "PySparkRuntimeError"

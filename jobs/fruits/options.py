@@ -356,6 +356,23 @@ def parse_options(
     return options
 
 
+def needs_spark_conf(argv: Sequence[str]) -> bool:
+    """Whether the options may come from Spark's conf (spark-submit, a cluster): then they are parsed after Spark
+    starts, not before."""
+    return os.environ.get("PYSPARK_GATEWAY_PORT") is not None or not {"--input", "--output"} <= set(argv)
+
+
+def valid_local_command(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` alone is a complete, valid run (no ``--help``), whose Spark may start right away."""
+    if needs_spark_conf(argv) or any(arg in ("-h", "--help") for arg in argv):
+        return False
+    try:
+        check_output(parse_options(argv))
+    except UsageError:
+        return False
+    return True
+
+
 def check_output(options: JobOptions) -> None:
     """Refuse an output (or feature store) that cannot be written, before Spark starts: one UsageError.
 
