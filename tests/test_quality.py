@@ -83,6 +83,28 @@ def test_one_pass_summaries_split_training_into_fit_and_holdout():
     assert 40 < sum(holdout.counts.values()) < 120  # about one in five, by a hash of the path
 
 
+def test_rows_without_features_are_counted_by_the_pass_of_sums_and_summed_nowhere():
+    x, y = blobs(300, 3, 4, 2.0)
+    features = [pack(v) for v in x]
+    rejected = [7, 8, 150, 299]  # read but not decodable: a reason, no features
+    for i in rejected:
+        features[i] = None
+    frame = pd.DataFrame(
+        {"path": [f"/d/{i}.jpg" for i in range(300)], "label": y, "split": "Training", "features": features}
+    )
+    kept = np.setdiff1d(np.arange(300), rejected)
+    whole = summarize_frames([frame.iloc[:100], frame.iloc[100:]], 4)
+    clean = summarize_frames([frame.iloc[kept]], 4)
+    assert whole.unfeaturized == len(rejected) and clean.unfeaturized == 0
+    assert whole.total.n == clean.total.n == len(kept)
+    assert np.allclose(whole.total.gram, clean.total.gram) and np.allclose(
+        whole.total.total, clean.total.total
+    )
+    assert whole.training["fit"].counts == clean.training["fit"].counts
+    assert (whole + clean).unfeaturized == len(rejected)  # partials add their counts too
+    assert summarize_frames([frame.iloc[[7, 8]]], 4).total.n == 0  # a chunk of rejected rows only
+
+
 def frame_of(spark, x, y, splits):  # type: ignore[no-untyped-def]
     rows = [
         (f"/data/{s}/{label}/{i}.jpg", str(label), s, pack(v))

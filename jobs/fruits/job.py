@@ -349,7 +349,7 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
         batch = feature_store.write_rows(rows, store, key, ctx.run_id)
         rows = feature_store.read_rows(spark, store, key, batch)
     lease.check()
-    # How many distinct images were new is counted with the other counts (reconcile_stage): one pass fewer.
+    # How many distinct images were new is counted by reconcile_stage, from the id column alone.
     distinct = rows.where(F.col("id").isNotNull()).select("id").distinct()
     return Featurized([batch], None, distinct, artifact.feature_dim, source, rows)
 
@@ -386,10 +386,27 @@ def joined_rows(ctx: RunContext, catalog: Catalog, featurized: Featurized) -> Da
     )
 
 
-def reconcile_stage(ctx: RunContext, listing: Listing, rows: DataFrame, featurized: Featurized) -> Reconciled:
+def sums_stage(ctx: RunContext, rows: DataFrame, feature_dim: int) -> summaries.Summaries:
+    """The one pass over every row read: the sums of the PCA and the quality report, and the rows counted."""
+    with ctx.timer.stage("PCA", "(pass of sums)"):
+        checkpoint("pca")
+        return summaries.summarize(rows, feature_dim)
+
+
+def stored_width(good: DataFrame) -> int:
+    """The width of the stored vectors themselves (a custom .keras model may not be the spec's width); 0 when
+    no row has features (the run then stops at reconcile_stage)."""
+    first = good.select(F.length("features")).first()
+    return int(first[0]) // 4 if first else 0
+
+
+def reconcile_stage(
+    ctx: RunContext, listing: Listing, rows: DataFrame, featurized: Featurized, sums: summaries.Summaries
+) -> Reconciled:
     """Count featurized and rejected files and check that they make ``found``; the rejected rows with reasons.
 
-    ``rows`` holds every image read (``path, label, split, length, id, features, reason``).
+    ``rows`` holds every image read (``path, label, split, length, id, features, reason``); ``sums``, the pass
+    over them, counted them.
     """
     with ctx.timer.stage("reconcile"):
         listed_rejects = [(entry.path, entry.reason) for entry in listing.rejected]
@@ -400,23 +417,21 @@ def reconcile_stage(ctx: RunContext, listing: Listing, rows: DataFrame, featuriz
             rejected = rejected.unionByName(
                 ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
             )
-        wanted = [F.count("*").alias("read"), F.count("features").alias("featurized")]
-        if featurized.newly is None:  # a one-pass run: each distinct id it read was new
-            wanted.append(F.countDistinct("id").alias("ids"))
-        tally = rows.agg(*wanted).first()
-        newly = int(tally["ids"]) if featurized.newly is None else featurized.newly
+        featurized_rows, read = sums.total.n, sums.total.n + sums.unfeaturized
+        # A one-pass run (newly None): each distinct id it read was new.
+        newly = featurized.new_ids.count() if featurized.newly is None else featurized.newly
         good = rows.where(F.col("features").isNotNull())
         if featurized.rows is not None or not featurized.newly:
             # One pass over an empty store reused nothing; with nothing new, everything was reused.
-            reused = 0 if featurized.rows is not None else tally["featurized"]
+            reused = 0 if featurized.rows is not None else featurized_rows
         else:  # images whose features the store already held (identical bytes under a new path too)
             reused = good.join(featurized.new_ids, "id", "left_anti").count()
         counts = {
             "found": len(listing.entries),
-            "featurized": int(tally["featurized"]),
-            "rejected": len(listed_rejects) + int(tally["read"]) - int(tally["featurized"]),
+            "featurized": int(featurized_rows),
+            "rejected": len(listed_rejects) + int(read) - int(featurized_rows),
             "reused": int(reused),
-            "newly_featurized": newly,
+            "newly_featurized": int(newly),
         }
     if counts["featurized"] == 0:
         raise NothingFeaturized(
@@ -441,18 +456,12 @@ class Reduced:
 
 
 def reduce_stage(
-    ctx: RunContext, good: DataFrame, feature_dim: int, previous: dict[str, Any] | None
+    ctx: RunContext, sums: summaries.Summaries, feature_dim: int, previous: dict[str, Any] | None
 ) -> Reduced:
-    """Fit center + PCA (or load the previous run's pipeline with --reuse-pca); :func:`save_pipeline_stage` saves
-    it in the run's prefix.
-
-    One pass over the featurized rows gathers the sums of both the PCA and the quality report
-    (:mod:`fruits.summaries`).
-    """
+    """Fit center + PCA from the pass of sums (or load the previous run's pipeline with --reuse-pca);
+    :func:`save_pipeline_stage` saves it in the run's prefix."""
     options = ctx.options
-    with ctx.timer.stage("PCA"):
-        checkpoint("pca")
-        sums = summaries.summarize(good, feature_dim)
+    with ctx.timer.stage("PCA", "(fit)"):
         if options.reuse_pca and previous:
             pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
             explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
@@ -687,11 +696,11 @@ def _extract_transform_load(
             featurized = featurize_stage(ctx, catalog, lease)  # transform
             rows = joined_rows(ctx, catalog, featurized)
         persisted.append(rows)
-        reconciled = reconcile_stage(ctx, listing, rows, featurized)
         good = rows.where(F.col("features").isNotNull())
-        # The width of the stored vectors themselves (a custom .keras model may not be the spec's width).
-        feature_dim = featurized.feature_dim or int(good.select(F.length("features")).first()[0]) // 4
-        reduced = reduce_stage(ctx, good, feature_dim, previous)
+        feature_dim = featurized.feature_dim or stored_width(good)
+        sums = sums_stage(ctx, rows, feature_dim)
+        reconciled = reconcile_stage(ctx, listing, rows, featurized, sums)
+        reduced = reduce_stage(ctx, sums, feature_dim, previous)
         lease.check()
         classifiers = fit_quality_stage(ctx, reduced)
         save_pipeline_stage(ctx, reduced)

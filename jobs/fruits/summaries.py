@@ -1,10 +1,11 @@
-"""One pass of sums over the featurized rows: everything the PCA and the quality report need from them.
+"""One pass of sums over a run's rows: everything the PCA, the quality report and the run's counts need from them.
 
 The PCA needs the count, sum and Gram matrix ``X^T X`` of every vector; the quality report's classifier (LDA)
 needs, for the Training rows, per-class counts and sums and their Gram matrix, apart for the rows held out to
 choose its shrinkage. All of these are sums, so each task computes them for its rows with NumPy (one matrix
 product per batch) and the driver adds up a few partials (:func:`add_up`), never the rows, after ONE pass
-over the data instead of one per consumer.
+over the data instead of one per consumer. The rows without features (rejected) are only counted, so the same
+pass also tells how many rows were read and featurized.
 
 Nothing here imports ``pyspark.ml``: these functions run in the Python workers.
 """
@@ -82,10 +83,13 @@ class Summaries:
 
     total: Moments
     training: dict[str, ClassSums]  # "fit" and "holdout"
+    unfeaturized: int = 0  # rows seen without features (rejected while read or decoded): counted, not summed
 
     def __add__(self, other: Summaries) -> Summaries:
         return Summaries(
-            self.total + other.total, {role: self.training[role] + other.training[role] for role in ROLES}
+            self.total + other.total,
+            {role: self.training[role] + other.training[role] for role in ROLES},
+            self.unfeaturized + other.unfeaturized,
         )
 
 
@@ -122,10 +126,16 @@ def _chunks(frames: Iterable[pd.DataFrame], rows: int = CHUNK_ROWS) -> Iterator[
 
 
 def summarize_frames(frames: Iterable[pd.DataFrame], dim: int) -> Summaries:
-    """The :class:`Summaries` of ``path, label, split, features`` frames (features packed by fruits.linalg)."""
+    """The :class:`Summaries` of ``path, label, split, features`` frames (features packed by fruits.linalg);
+    rows without features are only counted (``unfeaturized``)."""
     result = empty(dim)
     n, total, gram = 0, np.zeros(dim), np.zeros((dim, dim))
-    for frame in _chunks(frames):
+    for chunk in _chunks(frames):
+        present = chunk["features"].notna().to_numpy()
+        result.unfeaturized += int(len(chunk) - present.sum())
+        if not present.any():
+            continue
+        frame = chunk if present.all() else chunk[present].reset_index(drop=True)
         x = unpack(frame["features"]).astype(np.float64)
         training = (frame["split"] == "Training").to_numpy()
         roles = np.full(len(frame), "other", dtype=object)
@@ -196,8 +206,8 @@ def one_partition_per_slot(rows: DataFrame) -> DataFrame:
 
 
 def summarize(rows: DataFrame, dim: int) -> Summaries:
-    """:class:`Summaries` of the featurized ``rows`` (``path, label, split, features``), in one distributed pass,
-    one partial per task slot added up by :func:`add_up`."""
+    """:class:`Summaries` of ``rows`` (``path, label, split, features``; the rows without features are counted),
+    in one distributed pass, one partial per task slot added up by :func:`add_up`."""
     rows = one_partition_per_slot(rows)
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
