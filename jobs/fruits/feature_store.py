@@ -14,6 +14,7 @@ import re
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from fruits.storage import Store
 
@@ -59,9 +60,10 @@ def write_rows(rows: DataFrame, store: Store, key: str, run_id: str) -> str:
     return name
 
 
-def read_rows(spark: SparkSession, store: Store, key: str, batch: str) -> DataFrame:
-    """Every row :func:`write_rows` wrote into ``batch``, with its provenance."""
-    return spark.read.parquet(store.uri_for(f"{key}/{batch}"))
+def read_rows(spark: SparkSession, store: Store, key: str, batch: str, schema: StructType) -> DataFrame:
+    """Every row :func:`write_rows` wrote into ``batch``, with its provenance; ``schema``: the written rows' own,
+    so that Spark does not infer it from a file's footer (a job of its own, and a read of S3)."""
+    return spark.read.schema(schema).parquet(store.uri_for(f"{key}/{batch}"))
 
 
 def write_batch(frame: DataFrame, store: Store, key: str, run_id: str) -> str:

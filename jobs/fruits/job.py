@@ -336,7 +336,7 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
         report_progress(sc, "featurize", images),
     ):
         checkpoint("featurize")
-        rows = read_and_featurize(
+        made = read_and_featurize(
             listed,
             artifact,
             batch_size=options.batch_size,
@@ -346,8 +346,8 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
         )
         # Written as they are made, straight into the new batch (no cache, no second pass over the images);
         # the rest of the run reads them back from there.
-        batch = feature_store.write_rows(rows, store, key, ctx.run_id)
-        rows = feature_store.read_rows(spark, store, key, batch)
+        batch = feature_store.write_rows(made, store, key, ctx.run_id)
+        rows = feature_store.read_rows(spark, store, key, batch, made.schema)
     lease.check()
     # How many distinct images were new is counted by reconcile_stage, from the id column alone.
     distinct = rows.where(F.col("id").isNotNull()).select("id").distinct()
