@@ -22,9 +22,11 @@ import sys
 # Run from a checkout without installing: the package sits beside this script.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from fruits.logs import configure_logging
 from fruits.session import start_early
 
 if __name__ == "__main__":
+    configure_logging()  # before the session's start, which logs
     start_early(sys.argv[1:])  # a local run's JVM boots while the job's modules import
     from fruits.job import main
 

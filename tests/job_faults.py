@@ -42,23 +42,24 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def run_job_process(
-    args: list[str], log: Path, *, master: str = "local[2]", env: dict[str, str] | None = None
+    args: list[str], log: Path, *, master: str | None = "local[2]", env: dict[str, str] | None = None
 ) -> int:
     """Run ``jobs/featurize_pca.py`` in its own process (its own SparkContext); returns its exit status.
 
+    ``master`` None: none given, as a user's local run (the job's embedded default, its session started early).
     The process runs in a new session; whatever of it is left when the driver dies (the JVM, its Python
     workers) is killed with it, as when a whole driver container is lost.
     """
-    submit = f"--master {master} --driver-memory 1g --conf spark.ui.enabled=false "
-    submit += "--conf spark.sql.shuffle.partitions=4 pyspark-shell"
     child_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in ("PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT")},
         "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_SUBMIT_ARGS": submit,
         "PYTHONPATH": str(ROOT / "jobs"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         **(env or {}),
     }
+    if master is not None:
+        submit = f"--master {master} --driver-memory 1g --conf spark.ui.enabled=false "
+        child_env["PYSPARK_SUBMIT_ARGS"] = submit + "--conf spark.sql.shuffle.partitions=4 pyspark-shell"
     with open(log, "wb") as handle:
         process = subprocess.Popen(
             [sys.executable, str(SCRIPT), *args],

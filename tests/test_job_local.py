@@ -45,6 +45,50 @@ def test_counts_reconcile_found_equals_featurized_plus_rejected(first_run):
     assert reasons["notes.txt"].startswith("unsupported file type")
 
 
+def test_a_second_run_over_the_same_tree_reuses_every_image_and_rejects_the_same_files(spark, tmp_path):
+    """The two-pass path: the store answers for every image, and the files it cannot hold are counted again."""
+    root = make_image_tree(tmp_path / "images")
+    output = tmp_path / "out"
+    first = run(spark, job_options(root, output, "--k", "2"))
+    second = run(spark, job_options(root, output, "--k", "2", "--overwrite"))
+    assert first["counts"] == {
+        "found": 18,
+        "featurized": 14,
+        "rejected": 4,
+        "reused": 0,
+        "newly_featurized": 16,
+    }
+    # The store also remembers the two undecodable files (their content ids, with the reason): nothing goes
+    # through the model again, and they are rejected with the same reasons.
+    reused = {"found": 18, "featurized": 14, "rejected": 4, "reused": 14, "newly_featurized": 0}
+    assert second["counts"] == reused
+    rejected = pd.read_csv(output / "rejected.csv")
+    reasons = dict(zip(rejected["path"].str.rsplit("/", n=1).str[-1], rejected["reason"], strict=True))
+    assert reasons["truncated.jpg"].startswith("corrupt image") and reasons["empty.jpg"].startswith(
+        "empty file"
+    )
+
+
+def test_a_later_run_that_can_featurize_nothing_fails_in_one_line_and_commits_nothing(
+    spark, tmp_path, capsys
+):
+    """The two-pass path with a store but no image to summarize: the feature width is unknown (no stored row
+    matches), the pass of sums has nothing to add, and the run stops before the PCA."""
+    from tests.conftest import write_image
+
+    good, bad, output = tmp_path / "good", tmp_path / "bad", tmp_path / "out"
+    for i in range(4):
+        write_image(good / ("A" if i % 2 else "B") / f"{i}.jpg", (200, 40 * i, 10), seed=i)
+    run(spark, job_options(good, output, "--k", "1"))
+    (bad / "A").mkdir(parents=True)
+    (bad / "A" / "bad.jpg").write_bytes(b"not a jpeg")
+    commits_before = sorted(p.name for p in (output / "_commits").iterdir())
+    argv = ["--input", str(bad), "--output", str(output), *FAST, "--k", "1", "--overwrite"]
+    assert main(argv, spark) == 2
+    assert "could be featurized" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(p.name for p in (output / "_commits").iterdir()) == commits_before
+
+
 def test_results_csv_is_one_plain_file_with_path_label_and_k_components(first_run):
     _, output, _ = first_run
     with open(output / "results.csv", newline="") as handle:

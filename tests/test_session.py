@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def test_local_driver_jvm_runs_without_the_optimizing_compiler_unless_told_other
 
 EARLY_PROBE = """
 import signal, sys, threading
+from fruits.logs import configure_logging
 from fruits.session import get_session, start_early
+configure_logging()
 start_early(sys.argv[1:])
 starting = [t.name for t in threading.enumerate() if t.name == "fruits-start-session"]
 print("starting:", len(starting))
@@ -62,6 +65,7 @@ except Exception as error:
     raise SystemExit(0)
 print("app:", spark.sparkContext.appName)
 print("sigint:", signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+print("active:", spark._jvm.SparkSession.getActiveSession().isDefined())
 spark.stop()
 """
 
@@ -73,13 +77,34 @@ def _early(tmp_path: Path, *argv: str, **extra_env: str) -> dict[str, str]:
         [sys.executable, "-c", EARLY_PROBE, *argv], env=env, capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    return dict(line.split(": ", 1) for line in run.stdout.splitlines() if ": " in line)
+    seen = dict(line.split(": ", 1) for line in run.stdout.splitlines() if ": " in line)
+    return {**seen, "stderr": run.stderr}
 
 
 def test_a_valid_local_command_starts_its_session_early_and_the_job_gets_that_one(tmp_path: Path) -> None:
-    seen = _early(tmp_path, "--input", str(tmp_path), "--output", str(tmp_path / "out"))
+    # A fresh cache: the session's start plans a class archive and says so in the log.
+    cache = tmp_path / "cache"
+    seen = _early(
+        tmp_path, "--input", str(tmp_path), "--output", str(tmp_path / "out"), FRUITS_CACHE=str(cache)
+    )
     assert seen["starting"] == "1" and seen["app"] == "fruits-featurize-pca"
     assert seen["sigint"] == "True"  # Ctrl-C still cancels the jobs, as a main-thread SparkContext arranges
+    assert (
+        seen["active"] == "True"
+    )  # and the caller's thread sees the session as active, as getOrCreate's does
+    assert "writes a class archive" in seen["stderr"]  # logged during the early start, not lost before main()
+
+
+def test_the_entry_runs_a_whole_job_through_the_early_session(tmp_path: Path) -> None:
+    from tests.job_faults import add_images, job_args, run_job_process
+
+    add_images(tmp_path / "images", 6)
+    output, log = tmp_path / "out", tmp_path / "run.log"
+    assert run_job_process(job_args(tmp_path / "images", output), log, master=None) == 0, log.read_text()[
+        -3000:
+    ]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["counts"]["featurized"] == 6 and manifest["spark_master"] == "local[*]"
 
 
 def test_an_invalid_or_incomplete_command_starts_no_jvm_early(tmp_path: Path) -> None:

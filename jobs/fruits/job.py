@@ -53,6 +53,7 @@ from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
 from fruits.liveness import Probe, local_process_probe, yarn_application_probe
+from fruits.logs import configure_logging
 from fruits.model_export import prepare_model
 from fruits.options import (
     JobOptions,
@@ -228,6 +229,7 @@ def listed_frame(ctx: RunContext, listing: Listing) -> DataFrame:
 ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
 ARROW_LOCAL_RELATION = "spark.sql.execution.arrow.localRelationThreshold"
 ARROW_ENABLED = "spark.sql.execution.arrow.pyspark.enabled"
+ARROW_FALLBACK = "spark.sql.execution.arrow.pyspark.fallback.enabled"
 
 
 def arrow_slices(rows: int, partitions: int) -> tuple[int, int]:
@@ -247,6 +249,8 @@ def sliced_frame(spark: SparkSession, frame: pd.DataFrame, schema: str, partitio
     """
     settings = {
         ARROW_ENABLED: "true",
+        # Without Arrow the partitions would not be arrow_slices' (the run needs Arrow for mapInPandas anyway).
+        ARROW_FALLBACK: "false",
         ARROW_BATCH_ROWS: str(arrow_slices(len(frame), partitions)[0]),
         ARROW_LOCAL_RELATION: "0",
     }
@@ -768,9 +772,7 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     Options are checked before Spark starts (when no session is given); the full trace of an unexpected
     failure goes to the log, and stderr ends with one line saying what failed.
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(arg in ("-h", "--help") for arg in argv):
         build_parser().print_help()

@@ -22,6 +22,8 @@ from fruits.local_cache import local_cache_dir
 LOCAL_DRIVER_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
+APP_NAME = "fruits-featurize-pca"
+
 #: The local session being started by :func:`start_early`'s thread: {"thread": ..., "session" or "error": ...}.
 _EARLY: dict[str, object] = {}
 
@@ -38,10 +40,13 @@ def start_early(argv: Sequence[str]) -> None:
 
     if _EARLY or _master_chosen() or not valid_local_command(argv):
         return
+    # The environment and the JVM's options are settled here, in the caller's thread (setenv is not safe beside
+    # imports of C extensions in another thread); the thread only starts the JVM and the session.
+    builder = _builder(APP_NAME)
 
     def start() -> None:
         try:
-            _EARLY["session"] = _new_session("fruits-featurize-pca")
+            _EARLY["session"] = builder.getOrCreate()
         except BaseException as error:  # handed to get_session, raised there
             _EARLY["error"] = error
 
@@ -50,19 +55,22 @@ def start_early(argv: Sequence[str]) -> None:
     thread.start()
 
 
-def get_session(app_name: str = "fruits-featurize-pca") -> SparkSession:
+def get_session(app_name: str = APP_NAME) -> SparkSession:
     """The session spark-submit configured, or a local one using every core: the embedded default (the one
-    :func:`start_early` started, if it did)."""
+    :func:`start_early` started, under :data:`APP_NAME`, if it did)."""
     thread = _EARLY.pop("thread", None)
     if isinstance(thread, threading.Thread):
         thread.join()
         error, session = _EARLY.pop("error", None), _EARLY.pop("session", None)
         if isinstance(error, BaseException):
             raise error
-        assert isinstance(session, SparkSession)
+        if not isinstance(session, SparkSession):
+            raise RuntimeError("the early Spark session neither started nor failed")
+        # What getOrCreate does for the thread that calls it: this thread's JVM side sees the session as active.
+        session._jvm.SparkSession.setActiveSession(session._jsparkSession)
         _cancel_jobs_on_interrupt(session.sparkContext)
         return session
-    return _new_session(app_name)
+    return _builder(app_name).getOrCreate()
 
 
 def _cancel_jobs_on_interrupt(sc: SparkContext) -> None:
@@ -78,7 +86,8 @@ def _cancel_jobs_on_interrupt(sc: SparkContext) -> None:
     signal.signal(signal.SIGINT, interrupted)
 
 
-def _new_session(app_name: str) -> SparkSession:
+def _builder(app_name: str) -> SparkSession.Builder:
+    """The session's builder; for local mode, the environment and the JVM's options are set here."""
     builder = SparkSession.builder.appName(app_name)
     if not _master_chosen():
         prepare_local_mode()
@@ -90,7 +99,7 @@ def _new_session(app_name: str) -> SparkSession:
         )
         if SparkContext._gateway is None:  # JVM options only mean something to a JVM about to start
             builder = builder.config("spark.driver.extraJavaOptions", local_driver_java_options())
-    return builder.getOrCreate()
+    return builder
 
 
 def local_driver_java_options() -> str:

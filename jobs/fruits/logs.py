@@ -1,0 +1,14 @@
+"""How a run logs: one line per record on stderr, for the entry point and ``fruits.job.main`` alike."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging() -> None:
+    """INFO and above to stderr in :data:`FORMAT`; a no-op when logging is configured already (as
+    ``logging.basicConfig``), so the entry can call it before the session starts and ``main`` again."""
+    logging.basicConfig(level=logging.INFO, format=FORMAT, stream=sys.stderr)
