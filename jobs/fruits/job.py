@@ -59,9 +59,10 @@ from fruits.options import (
     JobOptions,
     UsageError,
     build_parser,
+    check_command_line,
     check_output,
-    needs_spark_conf,
     parse_options,
+    wants_help,
 )
 from fruits.progress import StageTimer, report_progress
 from fruits.reading import read_images
@@ -774,13 +775,13 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     """
     configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(arg in ("-h", "--help") for arg in argv):
+    if wants_help(argv):
         build_parser().print_help()
         return 0
     session = None
     try:
-        if spark is None and not needs_spark_conf(argv):
-            check_output(parse_options(argv))  # fail fast, before a JVM starts
+        if spark is None:
+            check_command_line(argv)  # fail fast, before a JVM starts
         if spark is None:
             plots.preload()  # while the JVM starts
         session = spark or get_session()

@@ -356,21 +356,34 @@ def parse_options(
     return options
 
 
+def wants_help(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for the help text (printed instead of a run)."""
+    return any(arg in ("-h", "--help") for arg in argv)
+
+
 def needs_spark_conf(argv: Sequence[str]) -> bool:
     """Whether the options may come from Spark's conf (spark-submit, a cluster): then they are parsed after Spark
     starts, not before."""
     return os.environ.get("PYSPARK_GATEWAY_PORT") is not None or not {"--input", "--output"} <= set(argv)
 
 
+def check_command_line(argv: Sequence[str]) -> bool:
+    """Check, before any JVM starts, a command line that is a whole run by itself: UsageError if it is not
+    valid. False, checking nothing, when the options may come from Spark's conf (:func:`needs_spark_conf`)."""
+    if needs_spark_conf(argv):
+        return False
+    check_output(parse_options(argv))
+    return True
+
+
 def valid_local_command(argv: Sequence[str]) -> bool:
     """Whether ``argv`` alone is a complete, valid run (no ``--help``), whose Spark may start right away."""
-    if needs_spark_conf(argv) or any(arg in ("-h", "--help") for arg in argv):
+    if wants_help(argv):
         return False
     try:
-        check_output(parse_options(argv))
+        return check_command_line(argv)
     except UsageError:
         return False
-    return True
 
 
 def check_output(options: JobOptions) -> None:
