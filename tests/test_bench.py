@@ -148,6 +148,12 @@ def test_wall_ratios_compare_the_job_with_each_alternative(state):
     assert row["ray_x_limit"] == pytest.approx(20000 / 80 / 500)
     assert row["job_end_to_end_x_limit"] == pytest.approx(20000 / 56.5 / 500)
     assert row["job_process_x_limit"] == pytest.approx(20000 / 70 / 500)
+    # Without its own stages (here only PCA, 1.5 s: list, read and featurize are what the Pool script does too)
+    # the job takes 68.5 s: 1.14 x the Pool script, past 1.10 x 60 = 66 s before any of its own stages ran.
+    assert row["own_stage_seconds"] == pytest.approx(1.5)
+    assert row["floor_over_pool"] == pytest.approx(68.5 / 60)
+    assert row["floor_over_ray"] == pytest.approx(68.5 / 80)
+    assert row["room_for_own_stages_seconds"] == pytest.approx(66 - 68.5)
 
 
 def test_targets_pass_miss_or_cannot_be_judged(state):
@@ -179,6 +185,12 @@ def test_one_table_as_text_and_as_markdown(state):
     assert sum(1 for line in lines if line.startswith("target")) == 7
     assert "MISS 1.17 (N=20,000)" in text and "PASS 0.71 (N=20,000)" in text
     assert "start-up + teardown 13.5 s" in text  # 70 - 56.5
+    pool_row = next(line for line in lines if "multiprocessing.Pool script" in line)
+    assert (
+        "job wall / this = 1.17 (the job without its stages after featurize: 1.14; the 1.10 x target leaves "
+        "0.0 s for them, they took 1.5 s)" in pool_row
+    )
+    assert "stages after featurize" not in next(line for line in lines if "Ray Data" in line)
     assert "stages s: list 0.1, read 9.9, featurize 45.0, PCA 1.5" in text
     assert "beside them" not in text
     state["jobs"][1]["background_seconds"] = {"save PCA model": 1.2, "plots": 0.5}
