@@ -76,6 +76,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="venv for the alternatives' own requirements (installed on first use)",
     )
     add("--alt-sizes", type=ints, default=None, help="N for the alternatives (default: --sizes)")
+    add(
+        "--pairs",
+        type=int,
+        default=3,
+        help="job/Pool pairs run back to back at each --alt-sizes N; the Pool target takes their median ratio",
+    )
     add("--model", default="mobilenet_v2")
     add("--alpha", type=float, default=1.0)
     add("--weights", default="none", help="timing does not depend on weight values")
@@ -110,9 +116,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.sections = [s for s in (args.sections or DEFAULT_SECTIONS) if s not in args.skip]
     if args.quick:
         args.sizes, args.naive_count, args.pca_sizes, args.incremental_n = [1000], 128, [1000, 5000], 1100
+        args.pairs = 1
     args.big_engines = args.big_engines or args.engines
     args.out, args.cache = str(Path(args.out).resolve()), str(Path(args.cache).resolve())
     args.alt_sizes = args.alt_sizes if args.alt_sizes is not None else args.sizes
+    if args.pairs < 1:
+        parser.error("--pairs must be at least 1")
     if args.table:
         return args
     if "realdata" in args.sections and not args.input:
@@ -246,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 job = job_runs.run_size(args, "litert", count)
                 state["jobs"].append(job)
                 save()
-            say(f"alternatives: Pool script and Ray Data at N={count}")
+            say(f"alternatives: {args.pairs} job/Pool pair(s), then Ray Data, at N={count}")
             state.setdefault("alternatives", []).append(alternatives.run_size(args, count, job, files))
             save()
     if "incremental" in sections and not state.get("incremental"):

@@ -7,6 +7,7 @@ the best images/s of any engine measured, in the better of its two shapes (secti
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,28 @@ def overhead_seconds(run: dict) -> float:
     return run["wall_seconds"] - sum(run["timings_seconds"].values())
 
 
-def own_stage_seconds(run: dict) -> float:
-    """Seconds of the job's stages outside :data:`FEATURIZE_PHASE`: what it does that the Pool script does not."""
-    return sum(v for k, v in run["timings_seconds"].items() if k not in FEATURIZE_PHASE)
+def own_stage_seconds(timings: dict[str, float]) -> float:
+    """Seconds of a job's stages outside :data:`FEATURIZE_PHASE`: what it does that the Pool script does not."""
+    return sum(v for k, v in timings.items() if k not in FEATURIZE_PHASE)
+
+
+def against_pool(job_wall: float, job_timings: dict[str, float], pool_wall: float) -> dict[str, float]:
+    """One job run against one Pool run: the wall ratio; the job's floor (its wall without its own stages:
+    start-up, featurize, teardown) over the Pool's wall; its own stages' seconds; and the room the target leaves
+    them: ``POOL_TARGET`` x the Pool's wall minus that floor (negative: none)."""
+    own = own_stage_seconds(job_timings)
+    return {
+        "job_over_pool": job_wall / pool_wall,
+        "floor_over_pool": (job_wall - own) / pool_wall,
+        "own_stage_seconds": own,
+        "room_for_own_stages_seconds": POOL_TARGET * pool_wall - (job_wall - own),
+    }
+
+
+def pair_numbers(run: dict) -> dict[str, float]:
+    """:func:`against_pool` for a Pool run of a job/Pool pair (``run["pair"]``: the job run just before it)."""
+    pair = run["pair"]
+    return against_pool(pair["job_wall_seconds"], pair["job_timings_seconds"], run["wall_seconds"])
 
 
 def featurize_rate(run: dict) -> float | None:
@@ -110,8 +130,15 @@ def _at(runs: list[dict], n: int) -> dict | None:
     return next((r for r in runs if r["n"] == n), None)
 
 
+def _ok(run: dict) -> bool:
+    return "wall_seconds" in run and not run.get("error")
+
+
 def wall_ratios(report: dict) -> list[dict[str, object]]:
-    """Per N of the alternatives section: job wall / Pool wall, job wall / Ray wall, and each against the limit."""
+    """Per N of the alternatives section: job wall / Pool wall (the median of the job/Pool pairs, with their
+    range and the floor numbers of :func:`against_pool`), job wall / Ray wall, and each against the limit.
+
+    A bench.json from before the pairs has one Pool run, compared with the job-runs section's run."""
     limit = limit_rate(report)
     rows = []
     for section in report.get("alternatives", []):
@@ -124,17 +151,22 @@ def wall_ratios(report: dict) -> list[dict[str, object]]:
             "job_end_to_end_x_limit": ratio(end_to_end_rate(job), limit),
             "job_process_x_limit": ratio(job["featurized"] / job["wall_seconds"], limit),
         }
+        pairs = [r for r in section["runs"] if "pair" in r and _ok(r)]
         for run in section["runs"]:
-            if "wall_seconds" in run and not run.get("error"):
+            if _ok(run) and "pair" not in run:
                 row[f"job_over_{run['name']}"] = job["wall_seconds"] / run["wall_seconds"]
                 row[f"{run['name']}_x_limit"] = ratio(section["n"] / run["wall_seconds"], limit)
-                # The job without its own stages: start-up, featurize, teardown. What the Pool target leaves
-                # for those stages is 1.10 x the Pool's wall minus that floor (negative: nothing).
-                floor = job["wall_seconds"] - own_stage_seconds(job)
-                row[f"floor_over_{run['name']}"] = floor / run["wall_seconds"]
                 if run["name"] == "pool":
-                    row["own_stage_seconds"] = own_stage_seconds(job)
-                    row["room_for_own_stages_seconds"] = POOL_TARGET * run["wall_seconds"] - floor
+                    row.update(against_pool(job["wall_seconds"], job["timings_seconds"], run["wall_seconds"]))
+        if pairs:
+            numbers = [pair_numbers(r) for r in pairs]
+            for key in numbers[0]:
+                row[key] = statistics.median(n[key] for n in numbers)
+            ratios = [n["job_over_pool"] for n in numbers]
+            row["pairs"], row["job_over_pool_range"] = len(pairs), (min(ratios), max(ratios))
+            row["pool_x_limit"] = ratio(
+                section["n"] / statistics.median(r["wall_seconds"] for r in pairs), limit
+            )
         rows.append(row)
     return rows
 
@@ -151,14 +183,18 @@ def targets(report: dict) -> list[Target]:
     ):
         measured = [w for w in walls if f"job_over_{other}" in w]
         pick = next((w for w in measured if w["n"] == TARGET_N), measured[-1] if measured else None)
+        where = f"N={pick['n']:,}" if pick else "not run"
+        if pick and other == "pool" and pick.get("pairs", 1) > 1:
+            low, high = pick["job_over_pool_range"]  # type: ignore[misc]
+            where += f", median of {pick['pairs']} job/Pool pairs: {low:.2f}-{high:.2f}"
         found.append(
             Target(
                 f"{name} at N={TARGET_N:,}",
-                pick[f"job_over_{other}"] if pick else None,
+                pick[f"job_over_{other}"] if pick else None,  # type: ignore[arg-type]
                 threshold,
                 op,
                 bool(pick) and pick["n"] == TARGET_N,
-                f"N={pick['n']:,}" if pick else "not run",
+                where,
             )
         )
     for n, threshold in ((TARGET_N, 0.70), (SMALL_N, 0.40)):
@@ -425,12 +461,19 @@ def rows(report: dict) -> list[tuple]:
             measured = ratios.get(section["n"], {})
             wall = measured.get(f"job_over_{run['name']}")
             room = ""
-            if run["name"] == "pool" and "room_for_own_stages_seconds" in measured:
-                room = (
-                    f" (the job without its stages after featurize: {measured['floor_over_pool']:.2f}; the "
-                    f"{POOL_TARGET:.2f} x target leaves {max(measured['room_for_own_stages_seconds'], 0.0):.1f} s "
-                    f"for them, they took {measured['own_stage_seconds']:.1f} s)"
-                )
+            if run["name"] == "pool":
+                if "pair" in run:
+                    numbers: dict = pair_numbers(run)
+                    title = f"{title} (pair {run['pair']['index']}: right after a job run)"
+                    wall = numbers["job_over_pool"]
+                else:
+                    numbers = measured
+                if "room_for_own_stages_seconds" in numbers:
+                    room = (
+                        f" (the job without its stages after featurize: {numbers['floor_over_pool']:.2f}; the "
+                        f"{POOL_TARGET:.2f} x target leaves {max(numbers['room_for_own_stages_seconds'], 0.0):.1f} s "
+                        f"for them, they took {numbers['own_stage_seconds']:.1f} s)"
+                    )
             model = (
                 "same model file as the job"
                 if section["same_model_file"]
