@@ -388,6 +388,13 @@ def test_procwatch_sees_the_tree_its_memory_and_time(tmp_path):
         procwatch.watch([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "fail.txt", interval=0.1)
 
 
+def test_procwatch_wall_time_ends_when_the_process_does_not_at_the_next_poll(tmp_path):
+    # A 0.3 s process watched with a 5 s polling interval: its wall time is its own, not the interval's.
+    command = [sys.executable, "-c", "import time; time.sleep(0.3)"]
+    watched = procwatch.watch(command, tmp_path / "log.txt", interval=5.0)
+    assert 0.3 <= watched["wall_seconds"] < 2.0
+
+
 def test_command_line_sections_and_checks(monkeypatch):
     monkeypatch.delenv("FRUITS_DATA", raising=False)
     args = bench.parse(["--data", "/d", "--sizes", "2500", "--engines", "litert"])
