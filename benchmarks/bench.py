@@ -79,8 +79,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add(
         "--pairs",
         type=int,
-        default=3,
-        help="job/Pool pairs run back to back at each --alt-sizes N; the Pool target takes their median ratio",
+        default=None,
+        help="job/Pool pairs run back to back at each --alt-sizes N; the Pool target takes their median ratio "
+        "(default 3, with --quick 1)",
     )
     add("--model", default="mobilenet_v2")
     add("--alpha", type=float, default=1.0)
@@ -116,7 +117,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args.sections = [s for s in (args.sections or DEFAULT_SECTIONS) if s not in args.skip]
     if args.quick:
         args.sizes, args.naive_count, args.pca_sizes, args.incremental_n = [1000], 128, [1000, 5000], 1100
-        args.pairs = 1
+    if args.pairs is None:
+        args.pairs = 1 if args.quick else 3
     args.big_engines = args.big_engines or args.engines
     args.out, args.cache = str(Path(args.out).resolve()), str(Path(args.cache).resolve())
     args.alt_sizes = args.alt_sizes if args.alt_sizes is not None else args.sizes

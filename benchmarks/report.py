@@ -86,7 +86,8 @@ def overhead_seconds(run: dict) -> float:
 
 
 def own_stage_seconds(timings: dict[str, float]) -> float:
-    """Seconds of a job's stages outside :data:`FEATURIZE_PHASE`: what it does that the Pool script does not."""
+    """Seconds of a job's stages after featurize (outside :data:`FEATURIZE_PHASE`): its pass of sums, reconcile,
+    fit, report and outputs, where the Pool script has only an in-memory PCA and a CSV."""
     return sum(v for k, v in timings.items() if k not in FEATURIZE_PHASE)
 
 
@@ -136,7 +137,8 @@ def _ok(run: dict) -> bool:
 
 def wall_ratios(report: dict) -> list[dict[str, object]]:
     """Per N of the alternatives section: job wall / Pool wall (the median of the job/Pool pairs, with their
-    range and the floor numbers of :func:`against_pool`), job wall / Ray wall, and each against the limit.
+    range; each number of :func:`against_pool` is its own median over the pairs, so with an even count or a
+    spread they need not come from one pair), job wall / Ray wall, and each against the limit.
 
     A bench.json from before the pairs has one Pool run, compared with the job-runs section's run."""
     limit = limit_rate(report)

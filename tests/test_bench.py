@@ -404,9 +404,37 @@ def test_command_line_sections_and_checks(monkeypatch):
     assert bench.job_plan(args) == [("litert", 1000), ("keras", 1000), ("litert", 5000)]
     assert bench.parse(["realdata", "--input", "/x"]).sections == ["realdata"]
     assert args.pairs == 3 and bench.parse(["--data", "/d", "--quick"]).pairs == 1
-    for wrong in (["nosuch", "--data", "/d"], ["realdata"], ["jobs"], ["--data", "/d", "--pairs", "0"]):
+    assert bench.parse(["--data", "/d", "--quick", "--pairs", "2"]).pairs == 2  # given, not overridden
+    for wrong in (
+        ["nosuch", "--data", "/d"],
+        ["realdata"],
+        ["jobs"],
+        ["--data", "/d", "--pairs", "0"],
+        ["--quick", "--data", "/d", "--pairs", "0"],
+    ):
         with pytest.raises(SystemExit):
             bench.parse(wrong)
+
+
+def test_a_pair_whose_job_fails_is_an_error_to_measure_again_and_leaves_no_output(
+    state, tmp_path, monkeypatch
+):
+    from benchmarks import alternatives, job_runs
+
+    def failing_job(args, engine, data, output, *, name, **_):
+        output.mkdir(parents=True)
+        (output / "feature_store").write_text("half a run")
+        raise RuntimeError(f"job failed (1); see {name}.txt")
+
+    monkeypatch.setattr(job_runs, "run_job", failing_job)
+    args = bench.parse(["--data", "/d", "--out", str(tmp_path)])
+    run = alternatives.run_pair(args, 2500, tmp_path / "images", "model.tflite", 2)
+    assert run["name"] == "pool" and run["pair"] == {"index": 2}
+    assert run["error"].startswith("pair 2's job: job failed (1)")
+    assert not any((tmp_path / "pairs").iterdir())  # its output removed all the same
+    state["alternatives"][0]["runs"] = [run]
+    assert "job_over_pool" not in report.wall_ratios(state)[0]  # not judged on a failed pair
+    assert "FAILED: pair 2's job" in report.text_table(state)
 
 
 def test_table_of_an_earlier_run(state, tmp_path, capsys):

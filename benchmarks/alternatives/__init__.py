@@ -68,11 +68,19 @@ def script_output(log: Path) -> dict:
 
 
 def run_alternative(
-    args: argparse.Namespace, name: str, python: Path, data: Path, model: str, job: dict, count: int
+    args: argparse.Namespace,
+    name: str,
+    python: Path,
+    data: Path,
+    model: str,
+    job: dict,
+    count: int,
+    suffix: str = "",
 ) -> dict[str, object]:
-    """One alternative over ``data``: watched, then compared with the job's results.csv."""
+    """One alternative over ``data``: watched, then compared with the job's results.csv. ``suffix`` tells its CSV
+    and log apart from another run of the same alternative at the same N (a pair's)."""
     folder = Path(args.out) / "alternatives"
-    output = folder / f"{name}-n{count}.csv"
+    output = folder / f"{name}-n{count}{suffix}.csv"
     folder.mkdir(parents=True, exist_ok=True)
     output.unlink(missing_ok=True)
     script = HERE / ("pool_script.py" if name == "pool" else "ray_data.py")
@@ -85,7 +93,7 @@ def run_alternative(
     warm_page_cache(data)
     before = loadavg()
     watched = procwatch.watch(
-        command, Path(args.out) / "logs" / f"{name}-n{count}.txt", cwd=ROOT, check=False
+        command, Path(args.out) / "logs" / f"{name}-n{count}{suffix}.txt", cwd=ROOT, check=False
     )
     result: dict[str, object] = {
         "name": name,
@@ -116,21 +124,32 @@ def run_alternative(
 def run_pair(args: argparse.Namespace, count: int, data: Path, model: str, index: int) -> dict[str, object]:
     """Pair ``index``: the job over ``data``, then the Pool script right after it, compared with that job's output.
 
-    Returns the Pool run with ``pair``: the job's wall, its stage timings and name (its output is removed after
-    the comparison: a feature store per pair would fill the disk at large N)."""
+    Returns the Pool run with ``pair``: the job's wall, its stage timings and name; or, when the job failed, a
+    Pool run with ``error`` (measured again on ``--resume``). The job's output is removed either way: a feature
+    store per pair would fill the disk at large N."""
     name = f"{job_runs.run_name(args.model, args.alpha, 'litert', count)}-pair{index}"
     output = Path(args.out) / "pairs" / name
-    job = job_runs.run_job(args, "litert", data, output, name=name)
-    pool = run_alternative(args, "pool", Path(sys.executable), data, model, job, count)
-    pool["pair"] = {
-        "index": index,
-        "job": name,
-        "job_wall_seconds": job["wall_seconds"],
-        "job_timings_seconds": job["timings_seconds"],
-        "job_model_files": job.get("model_files", []),
-    }
-    shutil.rmtree(output, ignore_errors=True)
-    return pool
+    try:
+        try:
+            job = job_runs.run_job(args, "litert", data, output, name=name)
+        except RuntimeError as failed:  # the watcher's "failed (code); see log"
+            return {
+                "name": "pool",
+                "n": count,
+                "error": f"pair {index}'s job: {failed}",
+                "pair": {"index": index},
+            }
+        pool = run_alternative(args, "pool", Path(sys.executable), data, model, job, count, f"-pair{index}")
+        pool["pair"] = {
+            "index": index,
+            "job": name,
+            "job_wall_seconds": job["wall_seconds"],
+            "job_timings_seconds": job["timings_seconds"],
+            "job_model_files": job.get("model_files", []),
+        }
+        return pool
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
 
 
 def run_size(args: argparse.Namespace, count: int, job: dict, files: dict) -> dict[str, object]:
@@ -151,7 +170,7 @@ def run_size(args: argparse.Namespace, count: int, job: dict, files: dict) -> di
     data = dataset(args, count)
     pairs = [run_pair(args, count, data, model["path"], index) for index in range(1, args.pairs + 1)]
     section["runs"].extend(pairs)  # type: ignore[union-attr]
-    pair_files = [os.path.basename(f) for p in pairs for f in p["pair"]["job_model_files"]]  # type: ignore[index]
+    pair_files = [os.path.basename(f) for p in pairs for f in p["pair"].get("job_model_files", [])]  # type: ignore[attr-defined]
     section["same_model_file"] = section["same_model_file"] and all(f.endswith(expected) for f in pair_files)
     python, why = alt_python(args)
     if python is None:

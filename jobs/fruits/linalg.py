@@ -72,7 +72,10 @@ def _moments(n: int, total: np.ndarray, triangle: np.ndarray) -> Moments:
 
 @dataclass(frozen=True)
 class Moments:
-    """What the covariance needs from the rows: their count, their sum and their Gram matrix ``X^T X``."""
+    """What the covariance needs from the rows: their count, their sum and their Gram matrix ``X^T X``.
+
+    Pickled with the Gram matrix's upper triangle only: a ``gram`` that is not symmetric comes back symmetrized
+    (never the case for sums of ``X^T X``, which NumPy computes as a symmetric update)."""
 
     n: int
     total: np.ndarray  # (d,)

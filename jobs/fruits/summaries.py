@@ -33,7 +33,10 @@ ROLES = ("fit", "holdout")
 
 @dataclass
 class ClassSums:
-    """Per-class counts and vector sums, and the Gram matrix of every vector: all LDA needs. Additive."""
+    """Per-class counts and vector sums, and the Gram matrix of every vector: all LDA needs. Additive.
+
+    Pickled with the Gram matrix's upper triangle only, as :class:`fruits.linalg.Moments` is (partials travel to the
+    driver so); :meth:`projected`'s result is for the driver and is not pickled."""
 
     dim: int
     counts: dict[str, int] = field(default_factory=dict)
