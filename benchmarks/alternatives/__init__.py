@@ -155,23 +155,22 @@ def run_pair(args: argparse.Namespace, count: int, data: Path, model: str, index
 def run_size(args: argparse.Namespace, count: int, job: dict, files: dict) -> dict[str, object]:
     """``--pairs`` job/Pool pairs at ``count`` images, then Ray against the job run ``job`` (litert, same N)."""
     model = files["litert"]
-    expected = f"-{model['sha256'][:16]}.tflite"
+    data = dataset(args, count)
+    pairs = [run_pair(args, count, data, model["path"], index) for index in range(1, args.pairs + 1)]
+    # The job names the file it ships <model>-<sha256[:16]>.tflite; its workers map it. Every job compared here,
+    # the job-runs section's and each pair's, must have mapped the limit's file.
     job_files = [os.path.basename(f) for f in job.get("model_files", [])]
+    pair_files = [os.path.basename(f) for p in pairs for f in p["pair"].get("job_model_files", [])]  # type: ignore[attr-defined]
+    expected = f"-{model['sha256'][:16]}.tflite"
     section: dict[str, object] = {
         "n": count,
         "job": job["name"],
         "model_file": model["path"],
         "model_sha256": model["sha256"],
-        # The job names the file it ships <model>-<sha256[:16]>.tflite; its workers map it.
         "job_model_files": job_files,
-        "same_model_file": bool(job_files) and all(f.endswith(expected) for f in job_files),
-        "runs": [],
+        "same_model_file": bool(job_files) and all(f.endswith(expected) for f in job_files + pair_files),
+        "runs": pairs,
     }
-    data = dataset(args, count)
-    pairs = [run_pair(args, count, data, model["path"], index) for index in range(1, args.pairs + 1)]
-    section["runs"].extend(pairs)  # type: ignore[union-attr]
-    pair_files = [os.path.basename(f) for p in pairs for f in p["pair"].get("job_model_files", [])]  # type: ignore[attr-defined]
-    section["same_model_file"] = section["same_model_file"] and all(f.endswith(expected) for f in pair_files)
     python, why = alt_python(args)
     if python is None:
         print(f"alternatives: Ray Data skipped: {why}", file=sys.stderr, flush=True)

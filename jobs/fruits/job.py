@@ -782,7 +782,6 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     try:
         if spark is None:
             check_command_line(argv)  # fail fast, before a JVM starts
-        if spark is None:
             plots.preload()  # while the JVM starts
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
