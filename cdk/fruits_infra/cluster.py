@@ -63,13 +63,27 @@ def job_defaults(
     return defaults
 
 
-def bootstrap_args(config: FruitsConfig, requirements_uri: str) -> list[str]:
-    """The bootstrap's arguments: the pins, and the weights the job will load (custom, or Keras' ImageNet file)."""
+def bootstrap_args(
+    config: FruitsConfig, requirements_uri: str, wheelhouse_uri: str | None = None
+) -> list[str]:
+    """The bootstrap's arguments: the pins and where their wheels come from (``wheelhouse_uri`` with context
+    ``wheelhouse``, ``pipIndexUrl``, else PyPI), and the weights the job will load (custom, or Keras' ImageNet
+    file) with the SHA-256 they must have when it is known."""
     args = ["--requirements", requirements_uri]
+    if config.wheelhouse:
+        if not wheelhouse_uri:
+            raise ValueError("context wheelhouse needs the wheelhouse's URI")
+        args += ["--wheelhouse", wheelhouse_uri]
+    elif config.pip_index_url:
+        args += ["--index-url", config.pip_index_url]
     if config.weights_uri:
-        return [*args, "--weights-uri", config.weights_uri]
-    imagenet = imagenet_weights_file(config.model, config.job_alpha, config.image_size)
-    return [*args, "--weights-url", imagenet.url, "--weights-file", imagenet.file_name]
+        args += ["--weights-uri", config.weights_uri]
+        sha256 = config.weights_sha256
+    else:
+        imagenet = imagenet_weights_file(config.model, config.job_alpha, config.image_size)
+        args += ["--weights-url", imagenet.url, "--weights-file", imagenet.file_name]
+        sha256 = config.weights_sha256 or imagenet.sha256
+    return [*args, "--weights-sha256", sha256] if sha256 else args
 
 
 def _environment() -> dict[str, str]:
@@ -168,6 +182,7 @@ class FruitsCluster(Construct):
         log_uri: str,
         bootstrap_uri: str,
         requirements_uri: str,
+        wheelhouse_uri: str,
         py_files_uri: str,
         job_defaults_uri: str,
     ) -> None:
@@ -237,7 +252,7 @@ class FruitsCluster(Construct):
                 emr.CfnCluster.BootstrapActionConfigProperty(
                     name="install-python-runtime",
                     script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
-                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri)
+                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri, wheelhouse_uri)
                     ),
                 )
             ],

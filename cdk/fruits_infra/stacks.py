@@ -155,6 +155,7 @@ class FruitsEmrStack(Stack):
             log_uri=storage.emr_log_uri,
             bootstrap_uri=artifacts.uri(artifacts.bootstrap_key, via=storage.artifacts_bucket),
             requirements_uri=artifacts.uri(artifacts.requirements_key, via=storage.artifacts_bucket),
+            wheelhouse_uri=artifacts.wheelhouse_uri(via=storage.artifacts_bucket),
             py_files_uri=py_files_uri,
             job_defaults_uri=job_defaults_uri,
         )
@@ -205,6 +206,13 @@ class FruitsEmrStack(Stack):
         assert tuple(outputs) == OUTPUT_KEYS
         for key, (value, description) in outputs.items():
             CfnOutput(self, key, value=value, description=description)
+        if config.wheelhouse:
+            CfnOutput(
+                self,
+                "WheelhouseUri",
+                value=artifacts.wheelhouse_uri(via=storage.artifacts_bucket),
+                description="Upload the cluster's wheels here before the cluster starts: make wheelhouse",
+            )
         self.studio = _studio(self, config, storage) if config.studio else None
         _tag(self, config)
 
