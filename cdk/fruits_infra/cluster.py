@@ -19,6 +19,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from fruits_infra.config import FruitsConfig
+from fruits_infra.hadoop_conf import s3a_commit_conf, yarn_configurations
 from fruits_infra.instances import spark_memory
 from fruits_infra.job_contract import DEFAULTS_CONF_KEY, imagenet_weights_file
 from fruits_infra.nag import acknowledge
@@ -131,6 +132,7 @@ def spark_configurations(
         **spark_memory((*config.core_instance_types, *config.task_instance_types)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_max_records_per_batch),
         "spark.python.worker.reuse": "true",
+        **s3a_commit_conf(),
         DEFAULTS_CONF_KEY: job_defaults_uri,
     }
     studio = (
@@ -256,9 +258,10 @@ class FruitsCluster(Construct):
                     ),
                 )
             ],
-            configurations=spark_configurations(
-                config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri
-            ),
+            configurations=[
+                *spark_configurations(config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri),
+                *yarn_configurations(),
+            ],
             auto_termination_policy=emr.CfnCluster.AutoTerminationPolicyProperty(
                 idle_timeout=config.idle_timeout_seconds
             ),
