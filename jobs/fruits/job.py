@@ -52,7 +52,7 @@ from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
-from fruits.liveness import Probe, local_process_probe, yarn_application_probe
+from fruits.liveness import Probe, local_process_probe, resource_manager_url, yarn_application_probe
 from fruits.logs import configure_logging
 from fruits.model_export import prepare_model
 from fruits.options import (
@@ -617,10 +617,9 @@ def _lease_probes(spark: SparkSession) -> list[Probe]:
     """How a run recognises a dead holder: its process on this host, or (on YARN) its ended application."""
     probes: list[Probe] = [local_process_probe]
     if str(spark.sparkContext.master or "").startswith("yarn"):
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-        address = hadoop.get("yarn.resourcemanager.webapp.address")
-        if address:
-            probes.append(yarn_application_probe(address))
+        url = resource_manager_url(spark.sparkContext._jsc.hadoopConfiguration().get)
+        if url:
+            probes.append(yarn_application_probe(url))
     return probes
 
 

@@ -39,4 +39,3 @@ def test_spark_defaults_pin_emrs_magic_commit_protocol_and_the_success_marker(fu
         "spark.hadoop.fs.s3a.committer.magic.enabled": "true",
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "true",
     }
-
