@@ -61,4 +61,6 @@ def s3a_commit_conf() -> dict[str, str]:
 
 def yarn_configurations() -> list[emr.CfnCluster.ConfigurationProperty]:
     """The cluster's ``yarn-site`` classification."""
-    return [emr.CfnCluster.ConfigurationProperty(classification="yarn-site", configuration_properties=yarn_site())]
+    return [
+        emr.CfnCluster.ConfigurationProperty(classification="yarn-site", configuration_properties=yarn_site())
+    ]
