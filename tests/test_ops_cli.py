@@ -190,8 +190,7 @@ def test_wait_for_step_gives_up_after_the_timeout(emr: Any, dep: Deployment) -> 
 def test_submit_to_an_ended_cluster_prints_the_redeploy_command(
     emr: Any, dep: Deployment, capsys, state: str
 ) -> None:
-    outputs = dep.outputs()
-    outputs[aws.GENERATION_OUTPUT] = "3"
+    outputs = dep.outputs()  # the real stack's outputs: RedeployCommand as the CDK app spells it
     dep.make_stack("Generations", outputs)
     set_cluster_state(dep.cluster_id, state)
 
@@ -199,9 +198,36 @@ def test_submit_to_an_ended_cluster_prints_the_redeploy_command(
 
     line = one_error_line(capsys.readouterr().err)
     assert f"cluster {dep.cluster_id} is {state}" in line
-    assert "npx cdk deploy Generations -c clusterGeneration=4" in line
-    assert '"clusterGeneration": 4 in cdk.json' in line
+    assert "without a new cluster generation would roll back" in line
+    assert f"as: {outputs[aws.REDEPLOY_OUTPUT]}  (" in line
+    assert outputs[aws.REDEPLOY_OUTPUT].endswith(
+        f"-c clusterGeneration={int(outputs[aws.GENERATION_OUTPUT]) + 1}"
+    )
+    assert f'"clusterGeneration": {int(outputs[aws.GENERATION_OUTPUT]) + 1} in cdk.json' in line
     assert job_steps(emr, dep.cluster_id) == []
+
+
+@pytest.mark.parametrize(
+    ("stack", "command"),
+    [
+        ("Generations", "npx cdk deploy Generations -c clusterGeneration=4"),
+        # A stage's stack: without -c stage=dev, cdk would find no stack of that name.
+        ("FruitsEmrStack-dev", "npx cdk deploy FruitsEmrStack-dev -c stage=dev -c clusterGeneration=4"),
+    ],
+)
+def test_a_stack_without_the_redeploy_output_gets_the_command_built(
+    emr: Any, dep: Deployment, capsys, stack: str, command: str
+) -> None:
+    outputs = dep.outputs()
+    outputs.pop(aws.REDEPLOY_OUTPUT)  # deployed before the output existed
+    outputs[aws.GENERATION_OUTPUT] = "3"
+    dep.make_stack(stack, outputs)
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
+
+    assert main(["submit", "--stack", stack]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert f"as: {command}  (" in line and '"clusterGeneration": 4 in cdk.json' in line
 
 
 def test_without_a_generation_output_the_advice_says_where_n_is(emr: Any, dep: Deployment, capsys) -> None:

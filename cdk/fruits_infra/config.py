@@ -257,6 +257,16 @@ class FruitsConfig:
         """``FruitsEmrStack`` for the default stage, ``FruitsEmrStack-<stage>`` otherwise."""
         return f"{base}-{self.stage}" if self.stage else base
 
+    def next_generation_deploy(self, stack_name: str) -> str:
+        """The one deploy command that works once this cluster has terminated: the same stage, the next generation.
+
+        A terminated cluster cannot be restarted, and a deploy that changes the cluster or its step makes
+        CloudFormation call EMR on it and roll back; the next ``clusterGeneration`` (replacement-only, in the
+        cluster's Name) makes it create a new cluster instead, with any other change in the same deploy.
+        """
+        stage = f" -c stage={self.stage}" if self.stage else ""
+        return f"npx cdk deploy {stack_name}{stage} -c clusterGeneration={self.cluster_generation + 1}"
+
     @property
     def task_capacity(self) -> bool:
         """True when Spot task capacity is requested."""

@@ -34,6 +34,12 @@ from fruits_infra.storage import (
 from fruits_infra.studio import FruitsStudio
 
 PROJECT_TAGS = {"project": "fruits-featurize", "managed-by": "cdk"}
+#: Where operators look first (the console's stack list): the one rule that keeps a deploy from rolling back.
+EMR_STACK_DESCRIPTION = (
+    "Fruits featurize: EMR cluster and job step. Once the cluster has terminated (idle timeout), deploy this "
+    "stack only with the next clusterGeneration (output RedeployCommand): a deploy that changes the terminated "
+    "cluster or its step calls EMR on it and rolls back."
+)
 DATA_STACK = "FruitsDataStack"
 EMR_STACK = "FruitsEmrStack"
 
@@ -41,6 +47,7 @@ EMR_STACK = "FruitsEmrStack"
 OUTPUT_KEYS = (
     "ClusterId",
     "ClusterGeneration",
+    "RedeployCommand",
     "InputUri",
     "ResultsUri",
     "FeatureStoreUri",
@@ -115,9 +122,7 @@ class FruitsEmrStack(Stack):
         artifacts: JobArtifacts,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            scope, construct_id, description="Fruits featurize: EMR cluster and job step", **kwargs
-        )
+        super().__init__(scope, construct_id, description=EMR_STACK_DESCRIPTION, **kwargs)
         storage = _ImportedStorage(self, storage)
         self.network = FruitsNetwork(
             self,
@@ -176,6 +181,11 @@ class FruitsEmrStack(Stack):
             "ClusterGeneration": (
                 str(config.cluster_generation),
                 "Context clusterGeneration of this cluster; after it terminated, deploy with this number + 1",
+            ),
+            "RedeployCommand": (
+                config.next_generation_deploy(self.stack_name),
+                "After the cluster terminated, the deploy that works (a new cluster, with any other change); "
+                "a deploy without it rolls back. Then record the new clusterGeneration in cdk.json",
             ),
             "InputUri": (storage.input_uri, "Upload images here (one folder per label)"),
             "ResultsUri": (storage.results_uri, "Where the job writes its PCA results"),
