@@ -235,7 +235,8 @@ def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStora
         name=f"fruits{'-' + config.stage if config.stage else ''}",
         vpc=stack.network.vpc,
         subnet_ids=stack.network.subnet_ids,
-        artifacts_bucket=storage.artifacts_bucket,
+        logs_bucket=storage.logs_bucket,
+        ephemeral=config.ephemeral,
     )
     # EMR Studio attaches the engine group to the cluster's primary node: delete the groups after the cluster.
     for group in (studio.engine_sg, studio.workspace_sg):
@@ -247,6 +248,24 @@ def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStora
         "StudioNotebooksUri",
         value=studio.notebooks_uri,
         description="The analysts' notebook, to upload into a Workspace",
+    )
+    CfnOutput(
+        stack,
+        "StudioUserPolicyArn",
+        value=studio.user_policy.managed_policy_arn,
+        description="Attach to the analysts' IAM users, groups or roles: opens this Studio (IAM authentication)",
+    )
+    CfnOutput(
+        stack,
+        "StudioServiceRoleArn",
+        value=studio.service_role.role_arn,
+        description="EMR Studio's service role (Workspace network channel, the Studio bucket's workspaces/)",
+    )
+    CfnOutput(
+        stack,
+        "StudioBucketName",
+        value=studio.bucket.bucket_name,
+        description="Workspaces and the deployed notebook (apart from the artifacts bucket)",
     )
     return studio
 
