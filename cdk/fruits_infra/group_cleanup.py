@@ -48,8 +48,10 @@ class ManagedGroupsCleanup(Construct):
 
     def __init__(self, scope: Construct, construct_id: str, *, group_ids: list[str]) -> None:
         super().__init__(scope, construct_id)
+        # Kept when the stack is deleted: the function's last lines are the teardown's (what it revoked), and
+        # they are read after the stack is gone. Its events expire after a month; the empty group stays.
         log_group = logs.LogGroup(
-            self, "Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
+            self, "Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.RETAIN
         )
         role = iam.Role(
             self,
