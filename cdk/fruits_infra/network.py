@@ -1,7 +1,8 @@
 """Network for the cluster: a new VPC (default) or an existing VPC and subnet(s) from context.
 
-New VPC: private subnets (with egress through one NAT gateway, which the bootstrap's pip install and the
-ImageNet weights download need), public subnets for the NAT only, an S3 gateway endpoint (S3 traffic never
+New VPC: private subnets in two zones (with egress through one NAT gateway, in the first zone, which the
+bootstrap's pip install and the ImageNet weights download need: one, not one per zone, is a cost choice the
+README's "One NAT gateway, and instanceMode=fleets" explains), public subnets for the NAT only, an S3 gateway endpoint (S3 traffic never
 crosses the NAT), and flow logs (:data:`FLOW_LOG_FORMAT`) to the logs bucket, or, in an ephemeral environment, to
 a log group that goes with this stack. Either way the three EMR-managed security groups are
 created here. The VPC, the private (cluster) subnets and the groups carry the tag that lets
