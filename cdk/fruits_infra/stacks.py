@@ -173,7 +173,7 @@ class FruitsEmrStack(Stack):
                 cluster_id=self.cluster.cluster_id,
                 script_uri=script_uri,
                 arguments=config.step_arguments,
-                name=f"featurize-pca-g{config.cluster_generation}",
+                name=f"check-cluster-g{config.cluster_generation}",
             )
 
         outputs = {

@@ -11,11 +11,13 @@ modified; rejections are stored too, so a corrupt file is not decoded again by e
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from fruits.models import Weights
 from fruits.storage import Store
 
 STORE_SCHEMA = "id string, features binary, reason string"  # features: float32 bytes (fruits.linalg.pack)
@@ -27,6 +29,22 @@ def model_key(model: str, alpha: float, image_size: int, decode_size: int, weigh
     """Folder name for the settings that decide a feature vector (the engine does not: they agree)."""
     raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
+
+
+def weights_id(weights: Weights) -> str:
+    """How the feature store tells weights apart (their file's hash when known)."""
+    if weights.kind == "random":
+        return "random-seed0"
+    if weights.kind == "file":
+        return str(weights.sha256)[:16]
+    return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
+
+
+def model_key_for(options: Any, weights: Weights) -> str:
+    """The model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``."""
+    return model_key(
+        options.model, options.alpha, options.image_size, options.decode_size, weights_id(weights)
+    )
 
 
 def _writer(frame: DataFrame) -> DataFrameWriter:

@@ -42,12 +42,14 @@ from fruits import (
     layout,
     manifest,
     models,
+    outcomes,
     plots,
     quality,
     reduce,
     summaries,
     writing,
 )
+from fruits.cluster_check import CheckFailed, run_check
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
@@ -134,7 +136,7 @@ class RunContext:
         return layout.run_prefix(self.run_id) + name
 
     @classmethod
-    def start(cls, spark: SparkSession, options: JobOptions) -> RunContext:
+    def start(cls, spark: SparkSession, options: JobOptions, run_id: str | None = None) -> RunContext:
         """Resolve the weights and the feature store's model key; nothing is read or written yet."""
         started = _now()
         weights = models.resolve_weights(
@@ -148,26 +150,15 @@ class RunContext:
         return cls(
             spark=spark,
             options=options,
-            run_id=commits.new_run_id(started),
+            run_id=run_id or commits.new_run_id(started),
             started=started,
             out=open_store(options.output),
             store=open_store(options.store_uri),
             timer=StageTimer(),
             weights=weights,
-            model_key=feature_store.model_key(
-                options.model, options.alpha, options.image_size, options.decode_size, _weights_id(weights)
-            ),
+            model_key=feature_store.model_key_for(options, weights),
             threads=threads,
         )
-
-
-def _weights_id(weights: models.Weights) -> str:
-    """How the feature store tells weights apart (their file's hash when known)."""
-    if weights.kind == "random":
-        return "random-seed0"
-    if weights.kind == "file":
-        return str(weights.sha256)[:16]
-    return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
 
 
 # --- extract -------------------------------------------------------------------------------------------
@@ -647,8 +638,9 @@ def _nothing_to_featurize(options: JobOptions) -> None:
     log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
-def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
-    """Featurize, reduce and publish one run under the output's lease; returns its manifest.
+def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
+    """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
+    returns its manifest.
 
     None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
     """
@@ -659,7 +651,7 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
         spark.conf.set(ARROW_BATCH_ROWS, str(max(options.batch_size * 4, 256)))
     spark.conf.set(ARROW_ENABLED, "true")  # listings and samples via Arrow
-    ctx = RunContext.start(spark, options)
+    ctx = RunContext.start(spark, options, run_id)
 
     listing = list_stage(ctx)  # extract (1): nothing is read yet
     if not listing.entries:
@@ -763,21 +755,74 @@ def _extract_transform_load(
 # --- entry point ---------------------------------------------------------------------------------------
 
 #: Errors a user can cause and fix: one line on stderr, exit status 2.
-USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError)
+USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError, StoreError, CheckFailed)
+
+
+def failure(error: Exception) -> tuple[int, str]:
+    """(exit status, the one line to print) for an error that ended a run."""
+    if isinstance(error, USER_ERRORS):
+        return 2, str(error)
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
+        return 2, f"S3 refused a request ({response['Error'].get('Code', '')}): {error}"
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return 1, f"{type(error).__name__}: {first} (the full trace is in the log above)"
+
+
+def outcome_of(
+    options: JobOptions,
+    run_id: str,
+    started: dt.datetime,
+    code: int,
+    reason: str | None,
+    result: Any,
+    spark: Any,
+) -> outcomes.Outcome:
+    """The outcome record of a run that ended with exit status ``code`` (``result``: what it returned)."""
+    if code:
+        status = outcomes.FAILED
+    elif options.check:
+        status = outcomes.CHECKED
+    else:
+        status = outcomes.NOTHING_TO_DO if result is None else outcomes.SUCCEEDED
+    document = result if isinstance(result, dict) and not options.check else {}
+    commit = None
+    if document:
+        latest = commits.latest_commit(open_store(options.output))
+        commit = latest["number"] if latest and latest.get("run_id") == run_id else None
+    return outcomes.Outcome(
+        run_id=run_id,
+        status=status,
+        exit_code=code,
+        reason=reason,
+        started_at=started.isoformat(),
+        finished_at=_now().isoformat(),
+        input=options.input,
+        output=options.output,
+        application_id=reentrant_key(spark.sparkContext) if spark is not None else None,
+        host=outcomes.this_host(),
+        counts=document.get("counts"),
+        commit=commit,
+        details=result if options.check and isinstance(result, dict) else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
     """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 1 for anything else.
 
     Options are checked before Spark starts (when no session is given); the full trace of an unexpected
-    failure goes to the log, and stderr ends with one line saying what failed.
+    failure goes to the log, and stderr ends with one line saying what failed. Every run whose options parsed
+    leaves its outcome under the output (:mod:`fruits.outcomes`), success or failure.
     """
     configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
         build_parser().print_help()
         return 0
-    session = None
+    session, options, result = None, None, None
+    started, run_id = _now(), commits.new_run_id()
+    code, reason = 0, None
     try:
         if spark is None:
             check_command_line(argv)  # fail fast, before a JVM starts
@@ -785,29 +830,23 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
         check_output(options)
-        run(session, options)
-    except USER_ERRORS as error:
-        print(f"featurize_pca: error: {error}", file=sys.stderr)
-        return 2
-    except StoreError as error:
-        print(f"featurize_pca: error: {error}", file=sys.stderr)
-        return 2
+        if options.check:
+            result = run_check(session, options, run_id)
+            log.info("check passed: this cluster can run the job")
+        else:
+            result = run(session, options, run_id=run_id)
     except Exception as error:
-        response = getattr(error, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
-            code = response["Error"].get("Code", "")
-            print(f"featurize_pca: error: S3 refused a request ({code}): {error}", file=sys.stderr)
-            return 2
-        log.exception("the run failed")
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        print(
-            f"featurize_pca: error: {type(error).__name__}: {first} (the full trace is in the log above)",
-            file=sys.stderr,
-        )
-        return 1
+        code, reason = failure(error)
+        if code == 1:
+            log.exception("the run failed")
+        print(f"featurize_pca: error: {reason}", file=sys.stderr)
     finally:
+        if options is not None:
+            record = outcome_of(options, run_id, started, code, reason, result, session)
+            uri = outcomes.write(open_store(options.output), record)
+            if uri:
+                log.info("outcome: %s (%s)", record.status, uri)
         if spark is None and session is not None:
             # The first local run on a machine: let its JVM write the class archive.
             jvm_archive.finish(session)
-    return 0
+    return code

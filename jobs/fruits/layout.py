@@ -5,6 +5,7 @@
     <output>/
       _lease.json                   the single writer's lease (fruits.lease)
       _commits/00000001.json        one commit object per published run; the highest number is current
+      _outcomes/<run_id>.json       how each run ended, committed or not (fruits.outcomes)
       runs/<run_id>/                everything one run writes; PUBLISHED_NAMES among it
       results.csv, manifest.json... copies of the current run's PUBLISHED_NAMES (fruits.commits.publish_latest)
       feature_store/                the default feature store (``--feature-store`` moves it)
@@ -19,6 +20,9 @@ import re
 
 LEASE_KEY = "_lease.json"
 COMMITS_PREFIX = "_commits/"
+OUTCOMES_PREFIX = "_outcomes/"
+#: Scratch objects of ``--check`` (fruits.cluster_check): written and deleted at once.
+CHECKS_PREFIX = "_checks/"
 RUNS_PREFIX = "runs/"
 FEATURE_STORE_DIR = "feature_store"
 
@@ -72,6 +76,13 @@ def run_prefix(run_id: str) -> str:
     if not is_run_id(run_id):
         raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
     return f"{RUNS_PREFIX}{run_id}/"
+
+
+def outcome_key(run_id: str) -> str:
+    """``_outcomes/<run_id>.json``: how run ``run_id`` ended (fruits.outcomes)."""
+    if not is_run_id(run_id):
+        raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
+    return f"{OUTCOMES_PREFIX}{run_id}.json"
 
 
 def manifest_key(run_id: str) -> str:

@@ -134,7 +134,7 @@ def test_a_new_generation_replaces_the_cluster_and_the_step(full_app, tmp_path):
     assert (before["Name"], after["Name"]) == ("fruits-featurize-g1", "fruits-featurize-g2")
     assert {k: v for k, v in after.items() if k != "Name"} == {k: v for k, v in before.items() if k != "Name"}
     step = _resource(next_gen, next_gen.emr_stack, "AWS::EMR::Step")["Properties"]
-    assert step["Name"] == "featurize-pca-g2"
+    assert step["Name"] == "check-cluster-g2"
     outputs = next_gen.template(next_gen.emr_stack).to_json()["Outputs"]
     assert outputs["ClusterGeneration"]["Value"] == "2"
     assert outputs["RedeployCommand"]["Value"] == "npx cdk deploy FruitsEmrStack -c clusterGeneration=3"

@@ -26,7 +26,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fruits.ops import aws, runs, smoke
-from fruits.ops.status import step_report
+from fruits.ops.status import FAILED, step_report
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE = 0, 1, 2
 COUNT_KEYS = ("found", "reused", "featurized", "rejected")
@@ -172,7 +172,8 @@ def _print_logs(report: dict[str, Any]) -> None:
 
 
 def print_status(report: dict[str, Any]) -> None:
-    """The human form of `status.step_report`."""
+    """The human form of `status.step_report`: the outcome in the first line, then what explains it."""
+    print(f"{report['outcome']}: {report['summary']}")
     print(f"step      {report['step_id']}  {report.get('name') or ''}".rstrip())
     state = f"  ({report['cluster_state']})" if report.get("cluster_state") else ""
     print(f"cluster   {report['cluster_id']}{state}")
@@ -256,7 +257,7 @@ def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Client
             print_status(report)
     if ended:
         raise aws.OpsError(aws.redeploy_advice(outputs, state))
-    return EXIT_STEP_FAILED if report and report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+    return EXIT_STEP_FAILED if report and report["outcome"] == FAILED else EXIT_OK
 
 
 def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients) -> int:
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) 
         aws.wait_for_step(clients.emr, cluster_id, step_id, args.poll)
         report = step_report(clients.emr, clients.s3, outputs, step_id)
         print_status(report)
-        return EXIT_STEP_FAILED if report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+        return EXIT_STEP_FAILED if report["outcome"] == FAILED else EXIT_OK
     if args.command == "status":
         return _status(args, outputs, clients)
     if args.command == "smoke":
