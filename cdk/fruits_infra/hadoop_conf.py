@@ -38,10 +38,18 @@ CORE_LABEL = "CORE"
 
 
 def yarn_site() -> dict[str, str]:
-    """``yarn-site``: YARN node labels on, application masters (the job's driver, Livy sessions) on core nodes."""
+    """``yarn-site``: YARN node labels on, application masters (the job's driver, Livy sessions) on core nodes.
+
+    The application masters' label is set under two names: EMR's documented one, and Apache Hadoop's, which is
+    the one the ResourceManager of Hadoop 3.4.2 reads (``RMAppManager``: ``yarn.resourcemanager.node-labels.am.
+    default-node-label-expression``). The cloud rehearsal runs Apache's ResourceManager with this yarn-site:
+    with EMR's name alone, every application master waited in ACCEPTED for the default partition, which has no
+    node once the core nodes carry the label.
+    """
     return {
         "yarn.node-labels.enabled": "true",
         "yarn.node-labels.am.default-node-label-expression": CORE_LABEL,
+        "yarn.resourcemanager.node-labels.am.default-node-label-expression": CORE_LABEL,
     }
 
 

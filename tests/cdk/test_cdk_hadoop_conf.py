@@ -21,7 +21,8 @@ def spot_app(tmp_path_factory):
 def test_yarn_site_turns_node_labels_on_and_puts_application_masters_on_core_nodes():
     assert yarn_site() == {
         "yarn.node-labels.enabled": "true",
-        "yarn.node-labels.am.default-node-label-expression": "CORE",
+        "yarn.node-labels.am.default-node-label-expression": "CORE",  # EMR's documented name
+        "yarn.resourcemanager.node-labels.am.default-node-label-expression": "CORE",  # Apache YARN 3.4's
     }
 
 
