@@ -1,4 +1,5 @@
-"""Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv.
+"""Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv, and the known images of
+``fruits identify``.
 
 Spark writes CSV as a folder of part files; with ``repartition(1)`` there is one part, sorted and written by one
 task, which is then copied to its final name inside the run's own prefix, so the file analysts open is a single
@@ -49,6 +50,23 @@ def features_as_arrays(frame: DataFrame) -> DataFrame:
                 yield part.assign(features=list(unpack(part["features"])))
 
     return frame.mapInPandas(run, schema)
+
+
+def write_known(projected: DataFrame, uri: str, k: int) -> None:
+    """``identify/known.parquet`` (:mod:`fruits.identify`): ``path, label`` and the k components as one
+    ``array<float>`` (``pcs``) of every featurized row, in ONE Parquet file sorted by path, written by one task.
+
+    ``projected`` must be persisted and already computed (the run's writers computed it): ``coalesce(1)`` then
+    reads its cached blocks in one task and nothing is projected again. The cast is the JVM's, no Python pass.
+    """
+    pcs = F.array(*(F.col(name) for name in pc_columns(k))).cast("array<float>").alias("pcs")
+    (
+        projected.select("path", "label", pcs)
+        .coalesce(1)
+        .sortWithinPartitions("path")
+        .write.option("parquet.enable.dictionary", "false")  # distinct paths and floats: nothing to share
+        .parquet(uri)
+    )
 
 
 def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int, order_by: str = "path") -> None:
