@@ -15,6 +15,9 @@ import numpy as np
 if TYPE_CHECKING:  # summaries imports pyspark; only its class sums' fields are read here
     from fruits.summaries import ClassSums
 
+#: The two spaces a run's classifier is fitted in: all features, and the k principal components.
+SPACES = ("full", "pca")
+
 
 @dataclass(frozen=True)
 class LinearClassifier:

@@ -28,13 +28,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField
 
-from fruits.lda import Candidates, LinearClassifier
+from fruits.lda import SPACES, Candidates, LinearClassifier
 from fruits.linalg import Beside
 from fruits.summaries import ClassSums, holdout_roles
 
 CLASSIFIER = "shrinkage LDA: one shared covariance, fitted on every Training row, scored on every Test row"
 SHRINKAGES = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
-SPACES = ("full", "pca")
 
 
 @dataclass(frozen=True)
