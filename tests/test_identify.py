@@ -133,8 +133,24 @@ def test_a_photo_is_judged_as_the_listing_judges_a_file_before_it_is_read(tmp_pa
         "a.jpg": reasons["a.jpg"],
     }
     assert reasons["a.jpg"].startswith("too large:") and "--max-file-mb" in reasons["a.jpg"]
-    with pytest.raises(ImageRejected, match="not a local file"):
-        identify.read_photo("s3://bucket/a.jpg", 1 << 20)
+    with pytest.raises(ImageRejected, match="not a local file nor an s3:// object"):
+        identify.read_photo("https://example.com/a.jpg", 1 << 20)
+
+
+def test_a_photo_on_s3_is_judged_and_read_as_a_local_one(moto_s3, tmp_path):
+    good = write_image(tmp_path / "a.jpg", (200, 30, 30)).read_bytes()
+    for key, data in (("p/a.jpg", good), ("p/empty.jpg", b""), ("p/notes.txt", b"text")):
+        moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=key, Body=data)
+    assert identify.read_photo(moto_s3.uri("p/a.jpg"), 1 << 20, moto_s3.client) == good
+    reasons = {}
+    for key in ("p/missing.jpg", "p/empty.jpg", "p/notes.txt", "p/a.jpg"):
+        with pytest.raises(ImageRejected) as rejected:
+            identify.read_photo(moto_s3.uri(key), 100, moto_s3.client)  # a.jpg: more than 100 bytes
+        reasons[key] = rejected.value.reason
+    assert reasons["p/missing.jpg"] == "not found"
+    assert reasons["p/empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["p/notes.txt"] == "unsupported file type (not .jpg, .jpeg or .png)"
+    assert reasons["p/a.jpg"].startswith("too large:")
 
 
 def test_the_runs_model_file_is_kept_in_its_feature_store_and_found_from_there_or_the_cache(

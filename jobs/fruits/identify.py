@@ -218,12 +218,18 @@ def read_known(paths: Sequence[str]) -> Known:
 # --- a photo ---------------------------------------------------------------------------------------------
 
 
-def read_photo(path: str, max_file_bytes: int) -> bytes:
-    """The bytes of a local photo (``file:`` prefix allowed), judged as the job's listing judges a file (type,
-    emptiness, size) before a byte is read; raises :class:`~fruits.decoding.ImageRejected` with the reason."""
+S3_SCHEMES = ("s3://", "s3a://", "s3n://")
+
+
+def read_photo(path: str, max_file_bytes: int, s3_client: Any | None = None) -> bytes:
+    """The bytes of a photo, a local file (``file:`` prefix allowed) or an ``s3://`` object, judged as the job's
+    listing judges a file (type, emptiness, size) before a byte is read; raises
+    :class:`~fruits.decoding.ImageRejected` with the reason. ``s3_client``: default the job's own."""
+    if path.startswith(S3_SCHEMES):
+        return _read_s3_photo(path, max_file_bytes, s3_client)
     name = path.removeprefix("file://") if path.startswith("file://") else path.removeprefix("file:")
     if "://" in name:
-        raise ImageRejected("not a local file (give a path on this machine)")
+        raise ImageRejected("not a local file nor an s3:// object")
     try:
         info = os.stat(name)
     except FileNotFoundError:
@@ -242,9 +248,43 @@ def read_photo(path: str, max_file_bytes: int) -> bytes:
             data = handle.read(max_file_bytes + 1)
     except OSError as error:
         raise ImageRejected(f"could not be read: {error.strerror or error}") from None
+    return _checked(data, max_file_bytes)
+
+
+def _checked(data: bytes, max_file_bytes: int) -> bytes:
+    """The bytes read, unless the file changed since it was judged (as the job's reader says it)."""
     if not data:
         raise ImageRejected("empty file (0 bytes) when read")
+    if len(data) > max_file_bytes:
+        raise ImageRejected(
+            f"grew past the limit of {max_file_bytes // (1024 * 1024)} MB per file after the listing"
+        )
     return data
+
+
+def _read_s3_photo(uri: str, max_file_bytes: int, s3_client: Any | None) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from fruits.storage import make_s3_client
+
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    client = s3_client or make_s3_client()
+    try:
+        size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        reason = judge(key.rsplit("/", 1)[-1], size, max_file_bytes)
+        if reason:
+            raise ImageRejected(reason)
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+        data = body.read(max_file_bytes + 1)
+        body.close()
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise ImageRejected("not found") from None
+        raise ImageRejected(f"could not be read: {code or error}") from None
+    except BotoCoreError as error:
+        raise ImageRejected(f"could not be read: {error}") from None
+    return _checked(data, max_file_bytes)
 
 
 @dataclass(frozen=True)
@@ -303,6 +343,7 @@ class Identifier:
     max_file_bytes: int
     max_pixels: int
     description: dict[str, Any]  # the manifest's identify section
+    s3_client: Any | None = None  # reads s3:// photos (default: the job's own client, made when needed)
 
     def answer(
         self, photos: Sequence[str], top: int = 5, space: str = "full", runners_up: int = RUNNERS_UP
@@ -319,7 +360,7 @@ class Identifier:
             reasons: dict[int, str] = {}
             for position, path in enumerate(chunk):
                 try:
-                    data = read_photo(path, self.max_file_bytes)
+                    data = read_photo(path, self.max_file_bytes, self.s3_client)
                     batch[len(good)] = decode_image(data, self.decode_size, self.max_pixels)
                     good.append(position)
                 except ImageRejected as rejected:
@@ -458,4 +499,5 @@ def open_run(
         max_file_bytes=int(description["max_file_mb"]) * 1024 * 1024,
         max_pixels=int(description["max_pixels"]),
         description=description,
+        s3_client=s3_client,
     )

@@ -48,7 +48,9 @@ def add_parser(commands: Any, common: argparse.ArgumentParser) -> None:
         "featurized exactly as the job does, with the run's own model file; nothing starts Spark. Exit 0 when "
         "every photo is answered, 1 when some could not be (each reason on one stderr line), 2 usage errors.",
     )
-    parser.add_argument("photos", nargs="*", metavar="PHOTO", help="photo files (.jpg, .jpeg, .png)")
+    parser.add_argument(
+        "photos", nargs="*", metavar="PHOTO", help="photo files (.jpg, .jpeg, .png), local or s3:// objects"
+    )
     parser.add_argument(
         "--run",
         required=True,
