@@ -70,6 +70,42 @@ def test_nearest_images_are_the_brute_force_nearest_in_order_with_ties_in_path_o
     assert known.nearest(queries[:2], 0) == [[], []]
 
 
+def test_photos_are_answered_in_their_order_across_batches_the_bad_ones_with_their_reason(tmp_path):
+    # A stand-in model (each photo's mean colour, as three features) over the real decoding: the answers of 150
+    # photos (three batches) come back in order, each with its own class and nearest image.
+    colours = {"red": (200, 30, 30), "yellow": (230, 220, 40), "green": (60, 140, 40)}
+    photos, truth = [], []
+    for i in range(150):
+        name = list(colours)[i % 3]
+        photos.append(str(write_image(tmp_path / f"{i:03d}.jpg", colours[name], seed=i)))
+        truth.append(name)
+    for i in (5, 64, 149):  # one bad photo in each batch, the last one last
+        Path(photos[i]).write_bytes(b"not a photo")
+    centres = np.array([colours[name] for name in colours], dtype=np.float64) / 3 + 255 * 2 / 3
+    classifier = LinearClassifier(list(colours), 2 * centres.T, -(centres**2).sum(axis=1))
+    identifier = identify.Identifier(
+        run_id="r",
+        mean=np.zeros(3),
+        components=np.eye(3),
+        classifiers={"full": classifier, "pca": classifier},
+        no_classifier=None,
+        known=identify.Known(list(colours), list(colours), centres),
+        predictor=lambda batch: batch.reshape(len(batch), -1, 3).mean(axis=1).astype(np.float32),
+        decode_size=40,
+        max_file_bytes=1 << 20,
+        max_pixels=10**6,
+        description={},
+    )
+    answers = list(identifier.answer(photos, top=1, runners_up=1))
+    assert [a.path for a in answers] == photos
+    for i, answer in enumerate(answers):
+        if i in (5, 64, 149):
+            assert answer.predicted is None and answer.reason == "not an image (unrecognised format)"
+        else:
+            assert answer.predicted == truth[i] == answer.similar[0].path and len(answer.classes) == 2
+    assert list(identifier.answer([])) == []
+
+
 def test_a_runs_arrays_come_back_as_they_were_written_and_carry_no_pickle():
     rng = np.random.default_rng(1)
     classes = ["Lemon", "Red Apple ", "Kiwi, gold", "Äpfel"]  # spaces, commas, non-ASCII: kept exactly

@@ -62,6 +62,15 @@ def test_lda_probabilities_are_the_posterior_of_its_gaussians():
     assert np.allclose(probabilities[:, 1], 1 / (1 + np.exp(-2 * points[:, 0])))
     assert np.allclose(probabilities.sum(axis=1), 1.0)
     assert list(classifier.predict(points[[0, 3]])) == ["a", "b"]
+    ((first, p_first), (second, p_second)), *_ = classifier.ranked(points[[0, 4]], 2)
+    assert (first, second) == ("a", "b") and p_first == pytest.approx(1 - p_second) and p_first > 0.98
+    assert [[name for name, _ in row] for row in classifier.ranked(points, 1)] == [
+        ["a"],
+        ["a"],
+        ["a"],
+        ["b"],
+        ["b"],
+    ]
     far = classifier.probabilities(np.array([[1e6]]))  # scores of millions: no overflow, no NaN
     assert far[0, 1] == 1.0 and not np.isnan(far).any()
 

@@ -353,37 +353,40 @@ class Identifier:
         (``full``) or on the k components (``pca``)."""
         if space not in SPACES:
             raise ValueError(f"unknown classifier space {space!r}; choose one of {', '.join(SPACES)}")
+        classifier = self.classifiers[space] if self.classifiers else None
         for start in range(0, len(photos), CHUNK):
             chunk = photos[start : start + CHUNK]
-            batch = np.empty((len(chunk), self.decode_size, self.decode_size, 3), dtype=np.uint8)
-            good: list[int] = []
-            reasons: dict[int, str] = {}
-            for position, path in enumerate(chunk):
-                try:
-                    data = read_photo(path, self.max_file_bytes, self.s3_client)
-                    batch[len(good)] = decode_image(data, self.decode_size, self.max_pixels)
-                    good.append(position)
-                except ImageRejected as rejected:
-                    reasons[position] = rejected.reason
+            batch, good, reasons = self._decoded(chunk)
             answered: dict[int, Answer] = {}
             if good:
-                features = self.predictor(batch[: len(good)]).astype(np.float64)
+                features = self.predictor(batch).astype(np.float64)
                 pcs = (features - self.mean) @ self.components
-                probabilities = None
-                if self.classifiers:
-                    classifier = self.classifiers[space]
-                    probabilities = classifier.probabilities(features if space == "full" else pcs)
-                for row, (position, near) in enumerate(zip(good, self.known.nearest(pcs, top), strict=True)):
-                    classes: list[tuple[str, float]] = []
-                    if probabilities is not None:
-                        best = np.argsort(-probabilities[row], kind="stable")[: 1 + runners_up]
-                        classes = [(classifier.classes[i], float(probabilities[row, i])) for i in best]
-                    similar = [
-                        Similar(self.known.paths[i], self.known.labels[i], distance) for i, distance in near
-                    ]
+                ranked = (
+                    classifier.ranked(features if space == "full" else pcs, 1 + runners_up)
+                    if classifier
+                    else [[] for _ in good]
+                )
+                nearest = self.known.nearest(pcs, top)
+                for position, classes, near in zip(good, ranked, nearest, strict=True):
+                    similar = [Similar(self.known.paths[i], self.known.labels[i], d) for i, d in near]
                     answered[position] = Answer(chunk[position], classes, similar)
             for position, path in enumerate(chunk):
                 yield answered.get(position) or Answer(path, reason=reasons[position])
+
+    def _decoded(self, photos: Sequence[str]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+        """(the decoded photos as one batch, their positions in ``photos``, the others' reasons): read, judged
+        and decoded as the job does, into one array as :func:`fruits.featurize.featurize_frames` does."""
+        batch = np.empty((len(photos), self.decode_size, self.decode_size, 3), dtype=np.uint8)
+        good: list[int] = []
+        reasons: dict[int, str] = {}
+        for position, path in enumerate(photos):
+            try:
+                data = read_photo(path, self.max_file_bytes, self.s3_client)
+                batch[len(good)] = decode_image(data, self.decode_size, self.max_pixels)
+                good.append(position)
+            except ImageRejected as rejected:
+                reasons[position] = rejected.reason
+        return batch[: len(good)], good, reasons
 
 
 @contextlib.contextmanager

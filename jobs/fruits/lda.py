@@ -44,6 +44,16 @@ class LinearClassifier:
         odds = np.exp(scores)
         return odds / odds.sum(axis=1, keepdims=True)
 
+    def ranked(self, vectors: np.ndarray, count: int) -> list[list[tuple[str, float]]]:
+        """Per row, its ``count`` most probable classes, best first, with their :meth:`probabilities` (equal
+        ones in the order of :attr:`classes`)."""
+        probabilities = self.probabilities(vectors)
+        best = np.argsort(-probabilities, axis=1, kind="stable")[:, :count]
+        return [
+            [(self.classes[i], float(row[i])) for i in order]
+            for row, order in zip(probabilities, best, strict=True)
+        ]
+
 
 @dataclass(frozen=True)
 class PooledGaussian:

@@ -83,7 +83,9 @@ def resolve_run(text: str, clients: Any, stack: str) -> tuple[str, str | None]:
 
 def _open_output(root: str, clients: Any) -> Any:
     try:
-        store = open_store(root, s3_client=clients.s3 if root.startswith(("s3://", "s3a://")) else None)
+        store = open_store(
+            root, s3_client=clients.s3 if root.startswith(("s3://", "s3a://", "s3n://")) else None
+        )
     except ValueError as error:
         raise aws.OpsError(f"--run {root}: {error}") from None
     if isinstance(store, LocalStore) and not os.path.isdir(store.root):
@@ -108,6 +110,27 @@ def print_answer(answer: Any) -> None:
         print(f"    {similar.distance:9.3f}  {similar.label:<{width}}  {similar.path}")
 
 
+def json_document(
+    identifier: Any, commit: dict[str, Any], output: str, space: str, answers: list[Any]
+) -> dict:
+    """What ``--json`` prints: the run that answered (``run``), then one answer per photo, in order."""
+    described = identifier.description
+    on = "all features" if space == "full" else f"the {described['k']} components"
+    return {
+        "run": {
+            "run_id": identifier.run_id,
+            "commit": commit.get("number"),
+            "output": output,
+            "classifier": f"{described['classifier']['name']}, on {on}" if identifier.classifiers else None,
+            "no_classifier": None if identifier.classifiers else identifier.no_classifier,
+            "known_images": described["known_images"],
+            "k": described["k"],
+            "model_key": described["model_key"],
+        },
+        "answers": [answer.as_json() for answer in answers],
+    }
+
+
 def run(args: argparse.Namespace, clients: Any) -> int:
     """`fruits identify`: answer every photo; the exit code."""
     from fruits import identify  # NumPy, Pillow, Arrow, LiteRT: only this command needs them
@@ -129,33 +152,15 @@ def run(args: argparse.Namespace, clients: Any) -> int:
             "similar images only",
             file=sys.stderr,
         )
-    answers = list(identifier.answer(args.photos, top=args.top, space=args.classifier))
-    for answer in answers:
+    answers = []
+    for answer in identifier.answer(args.photos, top=args.top, space=args.classifier):
+        answers.append(answer)
         if answer.reason is not None:
             print(f"fruits: {answer.path}: {answer.reason}", file=sys.stderr)
+        elif not args.json:
+            print_answer(answer)  # as it comes: a long list of photos shows progress
     if args.json:
-        description = identifier.description
-        document = {
-            "run": {
-                "run_id": identifier.run_id,
-                "commit": commit.get("number"),
-                "output": store.uri_for(),
-                "classifier": (
-                    f"{description['classifier']['name']}, on "
-                    + ("all features" if args.classifier == "full" else f"the {description['k']} components")
-                    if identifier.classifiers
-                    else None
-                ),
-                "no_classifier": identifier.no_classifier if identifier.classifiers is None else None,
-                "known_images": description["known_images"],
-                "k": description["k"],
-                "model_key": description["model_key"],
-            },
-            "answers": [answer.as_json() for answer in answers],
-        }
-        print(json.dumps(document, indent=2, ensure_ascii=False))
-    else:
-        for answer in answers:
-            if answer.reason is None:
-                print_answer(answer)
+        print(
+            json.dumps(json_document(identifier, commit, store.uri_for(), args.classifier, answers), indent=2)
+        )
     return EXIT_UNANSWERED if any(answer.reason is not None for answer in answers) else EXIT_OK
