@@ -578,6 +578,7 @@ def identify_stage(
     with ctx.timer.stage("identify files"):
         writing.write_known(projected, ctx.out.uri_for(ctx.key_for(layout.IDENTIFY_KNOWN)), reduced.k)
         chosen = classifiers.chosen(tally.chosen) if classifiers and tally else None
+        shrinkage = {s: classifiers.shrinkages[i] for s, i in tally.chosen.items()} if chosen else None
         arrays = identify.model_npz(reduced.projection.mean, reduced.projection.components, chosen)
         ctx.out.write_bytes(ctx.key_for(layout.IDENTIFY_MODEL), arrays, "application/octet-stream")
         pointer = model_export.kept_pointer(ctx.store, ctx.model_key, ctx.options.engine)
@@ -587,9 +588,7 @@ def identify_stage(
         feature_store=options.store_uri,
         model_file=pointer,
         classifiers=chosen,
-        shrinkage={s: classifiers.shrinkages[i] for s, i in tally.chosen.items()}
-        if chosen and tally
-        else None,
+        shrinkage=shrinkage,
         no_classifier=identify.no_classifier_reason(any(sums.counts for sums in reduced.training.values())),
         known_images=featurized,
         k=reduced.k,
