@@ -4,7 +4,7 @@
 
 1. **The job**: ``--runs`` fresh runs over ``--input`` (each its own output; the exported model from the local
    cache after the first), each run's ``identify files`` stage (what the run adds for identify: the known
-   images' Parquet written by one task, the arrays, the model pointer) against its stage sum and process wall.
+   images' Parquet written from the persisted projection, the arrays, the model pointer) against its stage sum and process wall.
 2. **Its files**: bytes of ``identify/model.npz`` and ``identify/known.parquet`` for that run, and of a known
    images' file of ``--known`` (default 90,000) synthetic rows of the run's k, written as Spark writes it.
 3. **The command**, each a fresh process (``python -m fruits.ops.cli identify ... --json``): one photo, and every

@@ -326,6 +326,27 @@ def test_a_run_keeps_its_classifiers_projection_and_known_images_named_in_its_ma
 
 
 @pytest.mark.spark
+def test_the_known_images_of_a_big_run_are_several_files_each_written_by_its_own_task(
+    spark, tmp_path, monkeypatch
+):
+    from fruits import writing
+
+    monkeypatch.setattr(writing, "KNOWN_ROWS_PER_FILE", 10)  # 35 rows: 4 files, as 1,000,000 rows would be
+    rows = [(f"file:/d/{i:02d}.jpg", "odd" if i % 2 else "even", float(i), -float(i)) for i in range(35)]
+    frame = spark.createDataFrame(rows, "path string, label string, pc_1 double, pc_2 double").repartition(6)
+    frame.persist().count()  # as the run's projection: persisted and computed before
+    writing.write_known(frame, str(tmp_path / "known.parquet"), 2, len(rows))
+    parts = sorted(str(p) for p in (tmp_path / "known.parquet").glob("part-*.parquet"))
+    assert len(parts) == 4
+    known = identify.read_known(parts)
+    assert sorted(known.paths) == [path for path, *_ in rows]
+    for path, label, pcs in zip(known.paths, known.labels, known.pcs, strict=True):
+        i = int(path[-6:-4])
+        assert label == ("odd" if i % 2 else "even") and pcs.tolist() == [i, -i]
+    frame.unpersist()
+
+
+@pytest.mark.spark
 @pytest.mark.slow
 def test_identify_answers_the_test_photos_as_the_quality_report_scored_them_without_a_jvm(
     split_run, tmp_path

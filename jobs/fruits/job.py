@@ -576,7 +576,8 @@ def identify_stage(
     images' components, written by the executors from the persisted projection, and the projection and the
     report's own classifiers as arrays; returns the manifest's section naming them."""
     with ctx.timer.stage("identify files"):
-        writing.write_known(projected, ctx.out.uri_for(ctx.key_for(layout.IDENTIFY_KNOWN)), reduced.k)
+        uri = ctx.out.uri_for(ctx.key_for(layout.IDENTIFY_KNOWN))
+        writing.write_known(projected, uri, reduced.k, featurized)
         chosen = classifiers.chosen(tally.chosen) if classifiers and tally else None
         shrinkage = {s: classifiers.shrinkages[i] for s, i in tally.chosen.items()} if chosen else None
         arrays = identify.model_npz(reduced.projection.mean, reduced.projection.components, chosen)

@@ -8,6 +8,7 @@ plain CSV.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import pandas as pd
@@ -52,17 +53,23 @@ def features_as_arrays(frame: DataFrame) -> DataFrame:
     return frame.mapInPandas(run, schema)
 
 
-def write_known(projected: DataFrame, uri: str, k: int) -> None:
-    """``identify/known.parquet`` (:mod:`fruits.identify`): ``path, label`` and the k components as one
-    ``array<float>`` (``pcs``) of every featurized row, in ONE Parquet file sorted by path, written by one task.
+#: Known images per file of ``identify/known.parquet``: Fruits-360's 90,000 make one file (34 MB at k = 91); a run
+#: of millions writes several, each by its own task, never one task for all.
+KNOWN_ROWS_PER_FILE = 250_000
 
-    ``projected`` must be persisted and already computed (the run's writers computed it): ``coalesce(1)`` then
-    reads its cached blocks in one task and nothing is projected again. The cast is the JVM's, no Python pass.
+
+def write_known(projected: DataFrame, uri: str, k: int, rows: int) -> None:
+    """``identify/known.parquet`` (:mod:`fruits.identify`): ``path, label`` and the k components as one
+    ``array<float>`` (``pcs``) of every featurized row (``rows`` of them), in one Parquet file per
+    :data:`KNOWN_ROWS_PER_FILE` rows, each sorted by path.
+
+    ``projected`` must be persisted and already computed (the run's writers computed it): ``coalesce`` then reads
+    its cached blocks and nothing is projected again. The cast is the JVM's, no Python pass.
     """
     pcs = F.array(*(F.col(name) for name in pc_columns(k))).cast("array<float>").alias("pcs")
     (
         projected.select("path", "label", pcs)
-        .coalesce(1)
+        .coalesce(max(1, math.ceil(rows / KNOWN_ROWS_PER_FILE)))
         .sortWithinPartitions("path")
         .write.option("parquet.enable.dictionary", "false")  # distinct paths and floats: nothing to share
         .parquet(uri)
