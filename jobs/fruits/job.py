@@ -38,9 +38,11 @@ from pyspark.sql import functions as F
 from fruits import (
     commits,
     feature_store,
+    identify,
     jvm_archive,
     layout,
     manifest,
+    model_export,
     models,
     outcomes,
     plots,
@@ -536,11 +538,12 @@ def project_stage(
 
 def quality_stage(
     ctx: RunContext, projected: DataFrame, reduced: Reduced, classifiers: quality.Classifiers | None
-) -> dict[str, Any] | None:
+) -> quality.Tally | None:
     """Test accuracy with PCA and with all features when the input has Training/ and Test/: the tally of the marks
-    the projection's pass made."""
+    the projection's pass made (and the shrinkages it chose, for the classifiers the run keeps)."""
     with ctx.timer.stage("quality report", "(tally)"):
-        report = quality.tally(projected, classifiers) if classifiers else None
+        tally = quality.tallied(projected, classifiers) if classifiers else None
+    report = tally.report if tally else None
     if report:
         log.info(
             "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
@@ -549,7 +552,43 @@ def quality_stage(
             100 * report["test_accuracy_full_features"],
             reduced.feature_dim,
         )
-    return report
+    return tally
+
+
+def identify_stage(
+    ctx: RunContext,
+    projected: DataFrame,
+    reduced: Reduced,
+    classifiers: quality.Classifiers | None,
+    tally: quality.Tally | None,
+    featurized: int,
+) -> dict[str, Any]:
+    """What `fruits identify` answers new photos with (:mod:`fruits.identify`), in the run's prefix: the known
+    images' components, written by the executors from the persisted projection, and the projection and the
+    report's own classifiers as arrays; returns the manifest's section naming them."""
+    with ctx.timer.stage("identify files"):
+        uri = ctx.out.uri_for(ctx.key_for(layout.IDENTIFY_KNOWN))
+        writing.write_known(projected, uri, reduced.k, featurized)
+        chosen = classifiers.chosen(tally.chosen) if classifiers and tally else None
+        shrinkage = {s: classifiers.shrinkages[i] for s, i in tally.chosen.items()} if chosen else None
+        arrays = identify.model_npz(reduced.projection.mean, reduced.projection.components, chosen)
+        ctx.out.write_bytes(ctx.key_for(layout.IDENTIFY_MODEL), arrays, "application/octet-stream")
+        pointer = model_export.kept_pointer(ctx.store, ctx.model_key, ctx.options.engine)
+    options = ctx.options
+    return identify.describe(
+        model_key=ctx.model_key,
+        feature_store=options.store_uri,
+        model_file=pointer,
+        classifiers=chosen,
+        shrinkage=shrinkage,
+        no_classifier=identify.no_classifier_reason(any(sums.counts for sums in reduced.training.values())),
+        known_images=featurized,
+        k=reduced.k,
+        feature_dim=reduced.feature_dim,
+        decode_size=options.decode_size,
+        max_file_mb=options.max_file_mb,
+        max_pixels=options.max_pixels,
+    )
 
 
 def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS) -> pd.DataFrame:
@@ -705,7 +744,8 @@ def _extract_transform_load(
         persisted.append(projected)
         write_stage(ctx, projected, reconciled, reduced.k)  # load
         plot_stage(ctx, projected, reduced, reconciled.counts["featurized"])
-        report = quality_stage(ctx, projected, reduced, classifiers)
+        tally = quality_stage(ctx, projected, reduced, classifiers)
+        kept = identify_stage(ctx, projected, reduced, classifiers, tally, reconciled.counts["featurized"])
         ctx.timer.join()  # before anything is committed: a failed save fails the run
     finally:
         ctx.timer.join(raise_failure=False)  # a failing run stops no writer halfway, and keeps its own error
@@ -724,14 +764,22 @@ def _extract_transform_load(
         k=reduced.k,
         explained=reduced.explained,
         fitted_here=reduced.fitted_here,
-        quality=report,
+        quality=tally.report if tally else None,
+        identify=kept,
         feature_store={
             "uri": ctx.options.store_uri,
             "model_key": ctx.model_key,
             "batches": featurized.batches,
         },
         outputs={
-            name: ctx.out.uri_for(ctx.key_for(name)) for name in [*PUBLISHED, "results.parquet", "pca_model"]
+            name: ctx.out.uri_for(ctx.key_for(name))
+            for name in [
+                *PUBLISHED,
+                "results.parquet",
+                "pca_model",
+                layout.IDENTIFY_MODEL,
+                layout.IDENTIFY_KNOWN,
+            ]
         },
         timings=ctx.timer.seconds,
         background_timings=ctx.timer.background_seconds,

@@ -5,6 +5,7 @@
     fruits results [--run RUN_ID] [--dest DIR]
     fruits runs [--json]
     fruits smoke [--timeout MINUTES] [--keep]
+    fruits identify PHOTO... --run OUTPUT_OR_RUN [--top N] [--json]
 
 Everything is found from the CloudFormation stack's outputs (default stack FruitsEmrStack), so no bucket or
 cluster id is ever typed. Exit codes: 0 done; 1 `status` (or `submit --wait`) reports a step that failed, was
@@ -25,7 +26,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.ops import aws, runs, smoke
+from fruits.ops import aws, identify, runs, smoke
 from fruits.ops.status import FAILED, step_report
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE = 0, 1, 2
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smoke_cmd.add_argument("--keep", action="store_true", help="keep the scratch images and outputs")
     smoke_cmd.add_argument("--name", metavar="STEP_NAME", default="fruits-smoke", help="step name")
+    identify.add_parser(commands, common)
     return parser
 
 
@@ -290,6 +292,8 @@ def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients
 
 def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) -> int:
     """Carry out one parsed command; return the exit code."""
+    if args.command == "identify":  # an output or run named directly: the stack only for a bare run id
+        return identify.run(args, clients)
     outputs = aws.stack_outputs(clients.cloudformation, args.stack)
     if args.command == "submit":
         cluster_id, step_id = aws.submit_job(clients.emr, outputs, job_args, args.name)
