@@ -161,16 +161,16 @@ def _print_logs(report: dict[str, Any]) -> None:
     if "stderr_uri" not in report:
         return  # a pending step has no logs yet
     print(f"step log  {report['stderr_uri']}  (spark-submit's report)")
-    if report.get("driver_stderr_uri"):
-        print(f"driver    {report['driver_stderr_uri']}")
+    if report.get("driver_log_uri"):
+        print(f"driver    {report['driver_log_uri']}")
     elif report.get("containers_uri"):
         print(f"driver    not uploaded yet; it will be under {report['containers_uri']}")
     else:
         print("driver    unknown until the step log, which names the YARN application, is uploaded")
     if "stderr_tail" in report:
         _print_tail("the step log", report["stderr_uri"], report["stderr_tail"])
-    if report.get("driver_stderr_uri") and "driver_stderr_tail" in report:
-        _print_tail("the driver log", report["driver_stderr_uri"], report["driver_stderr_tail"])
+    if report.get("driver_log_uri") and "driver_log_tail" in report:
+        _print_tail("the driver log", report["driver_log_uri"], report["driver_log_tail"])
 
 
 def print_status(report: dict[str, Any]) -> None:
@@ -198,7 +198,7 @@ def print_status(report: dict[str, Any]) -> None:
         print(f"reason    {report.get('reason') or 'not given by EMR'}")
         if report.get("failure_log") and report["failure_log"] not in (
             report.get("stderr_uri"),
-            report.get("driver_stderr_uri"),
+            report.get("driver_log_uri"),
         ):
             print(f"log       {report['failure_log']}  (EMR's pick of the log with the cause)")
     _print_logs(report)

@@ -199,8 +199,8 @@ def _check_results_csv(store: Store, key: str, featurized: Any, expected: Expect
 
 def check_logs(found: logs.StepLogs) -> Check:
     """The driver's log is where status will look for it; not uploaded yet is a warning (EMR copies late)."""
-    if found.driver_stderr is not None:
-        return Check("logs", True, f"driver log {found.driver_stderr_uri}")
+    if found.driver_log is not None:
+        return Check("logs", True, f"driver log {found.driver_log_uri}")
     if found.application_id is None:
         where = found.step_stderr_uri
         return Check("logs", None, f"step log not uploaded yet (EMR copies logs periodically): {where}")
@@ -255,8 +255,8 @@ def run_smoke(
         final = aws.wait_for_step(emr, cluster_id, result.step_id, poll, sleep, timeout=timeout)
         result.state = final["Status"]["State"]
         found = logs.step_logs(s3, outputs["LogUri"], cluster_id, result.step_id)
-        result.log_uri = found.driver_stderr_uri or found.containers_uri or found.step_stderr_uri
-        text = found.driver_stderr if found.driver_stderr is not None else found.step_stderr
+        result.log_uri = found.driver_log_uri or found.containers_uri or found.step_stderr_uri
+        text = found.driver_log if found.driver_log is not None else found.step_stderr
         result.log_tail = logs.tail(text or "", LOG_LINES)
         if result.state not in aws.FINAL_STEP_STATES:
             cancelled = aws.cancel_step(emr, cluster_id, result.step_id)

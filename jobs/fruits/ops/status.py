@@ -94,20 +94,20 @@ def step_report(
             stderr_uri=found.step_stderr_uri,
             application_id=found.application_id,
             containers_uri=found.containers_uri,
-            driver_stderr_uri=found.driver_stderr_uri,
+            driver_log_uri=found.driver_log_uri,
         )
         if explain:  # None: not uploaded (yet)
             report["stderr_tail"] = (
                 None if found.step_stderr is None else logs.tail(found.step_stderr, log_lines)
             )
-            report["driver_stderr_tail"] = (
-                None if found.driver_stderr is None else logs.tail(found.driver_stderr, log_lines)
+            report["driver_log_tail"] = (
+                None if found.driver_log is None else logs.tail(found.driver_log, log_lines)
             )
     record = None
     if state != "PENDING":
         record = run_record(s3, outputs, timeline, found.application_id if found else None)
     report["run_outcome"] = record.to_json() if record else None
-    report["outcome"], report["summary"] = judge(report, record, found.driver_stderr if found else None)
+    report["outcome"], report["summary"] = judge(report, record, found.driver_log if found else None)
     return report
 
 
