@@ -127,9 +127,7 @@ def test_steps_run_one_at_a_time_and_their_state_is_their_exit_status(service) -
     assert ok["Timeline"]["EndDateTime"] <= bad["Timeline"]["StartDateTime"]  # one at a time
     listed = client.list_steps(ClusterId="j-REHEARSAL")["Steps"]
     assert [s["Id"] for s in listed] == list(reversed(ids))  # newest first, as EMR lists them
-    assert b"application_1_0001" in gzip.decompress(
-        pushed[f"j-REHEARSAL/steps/{ids[0]}/stderr.gz"]
-    )
+    assert b"application_1_0001" in gzip.decompress(pushed[f"j-REHEARSAL/steps/{ids[0]}/stderr.gz"])
 
 
 def test_another_cluster_is_refused_as_emr_refuses_it(service) -> None:
