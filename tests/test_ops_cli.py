@@ -673,7 +673,9 @@ def test_latest_commit_is_the_highest_number_not_the_last_name(s3: Any, dep: Dep
     # S3 lists names lexically: "100000000.json" comes before "99999999.json" once the padding runs out.
     store = results(s3, dep)
     for number in (99_999_999, 100_000_000):
-        store.write_json(layout.commit_key(number), {"number": number, "run_id": f"run-{number}"})
+        run_id = commits.new_run_id(T0 + timedelta(minutes=number % 7))
+        commit = {"number": number, "run_id": run_id, "run_prefix": layout.run_prefix(run_id)}
+        store.write_json(layout.commit_key(number), commit)
 
     assert runs.find_commit(store, None)["number"] == 100_000_000
 

@@ -64,7 +64,7 @@ from fruits.options import (
     UsageError,
     build_parser,
     check_command_line,
-    check_output,
+    check_locations,
     parse_options,
     wants_help,
 )
@@ -77,6 +77,7 @@ from fruits.summaries import ClassSums
 __all__ = [
     "PUBLISHED",
     "NothingFeaturized",
+    "OutputDamaged",
     "OutputExists",
     "main",
     "reentrant_key",
@@ -95,6 +96,10 @@ LEASE_HINT = (
 
 class OutputExists(UsageError):
     """The output already holds a committed result and --overwrite was not given."""
+
+
+class OutputDamaged(UsageError):
+    """The output's current commit is damaged and --overwrite was not given."""
 
 
 class NothingFeaturized(UsageError):
@@ -677,6 +682,21 @@ def _nothing_to_featurize(options: JobOptions) -> None:
     log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
+def _previous_commit(ctx: RunContext) -> dict[str, Any] | None:
+    """The output's current commit, read under the lease. A damaged one (:class:`fruits.commits.DamagedCommit`)
+    is one line naming it without --overwrite; with it, the new run is published over it (the next number)."""
+    try:
+        return commits.latest_commit(ctx.out)
+    except commits.DamagedCommit as damaged:
+        if not ctx.options.overwrite:
+            raise OutputDamaged(
+                f"{damaged}; the job never writes such an object: give --overwrite to publish a new run over "
+                "it (the damaged object is kept, and superseded)"
+            ) from None
+        log.warning("%s; --overwrite: the new run is published over it", damaged)
+        return None
+
+
 def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
     """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
     returns its manifest.
@@ -701,7 +721,7 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
     try:
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
-            previous = commits.latest_commit(ctx.out)
+            previous = _previous_commit(ctx)
             if previous and not options.overwrite:
                 raise OutputExists(
                     f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
@@ -856,6 +876,15 @@ def outcome_of(
     )
 
 
+def _output_store(options: JobOptions) -> Store | None:
+    """The output's store for the outcome record; None for an output the job cannot address (``gs://``...),
+    refused in one line already."""
+    try:
+        return open_store(options.output)
+    except ValueError:
+        return None
+
+
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
     """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 1 for anything else.
 
@@ -868,16 +897,16 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     if wants_help(argv):
         build_parser().print_help()
         return 0
-    session, options, result = None, None, None
+    session, options, result, checked = None, None, None, False
     started, run_id = _now(), commits.new_run_id()
     code, reason = 0, None
     try:
         if spark is None:
-            check_command_line(argv)  # fail fast, before a JVM starts
+            checked = check_command_line(argv)  # fail fast, before a JVM starts
             plots.preload()  # while the JVM starts
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
-        check_output(options)
+        check_locations(options, network=not checked)  # the input's S3 request is made once
         if options.check:
             result = run_check(session, options, run_id)
             log.info("check passed: this cluster can run the job")
@@ -889,9 +918,10 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
             log.exception("the run failed")
         print(f"featurize_pca: error: {reason}", file=sys.stderr)
     finally:
-        if options is not None:
+        out = _output_store(options) if options is not None else None
+        if options is not None and out is not None:
             record = outcome_of(options, run_id, started, code, reason, result, session)
-            uri = outcomes.write(open_store(options.output), record)
+            uri = outcomes.write(out, record)
             if uri:
                 log.info("outcome: %s (%s)", record.status, uri)
         if spark is None and session is not None:

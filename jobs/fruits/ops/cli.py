@@ -26,6 +26,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fruits.commits import DamagedCommit
 from fruits.ops import aws, identify, runs, smoke
 from fruits.ops.status import FAILED, step_report
 
@@ -183,7 +184,9 @@ def print_status(report: dict[str, Any]) -> None:
     print(f"state     {report['state']}" + (f"  ({times})" if times else ""))
     if report["state"] == "COMPLETED":
         commit = report.get("commit")
-        if not report.get("published"):
+        if report.get("commit_damaged"):
+            print(f"result    {report['commit_damaged']}")
+        elif not report.get("published"):
             why = "no commit yet" if commit is None else "the latest commit is older than the step"
             print(f"result    completed without publishing a run ({why}; see the driver log)")
         if commit is not None:
@@ -204,13 +207,16 @@ def print_status(report: dict[str, Any]) -> None:
     _print_logs(report)
 
 
-def print_runs(commits: list[dict[str, Any]]) -> None:
-    """A table of commits, oldest first; `*` marks the current one."""
+def print_runs(commits: list[dict[str, Any] | DamagedCommit]) -> None:
+    """A table of commits, oldest first; `*` marks the current one, `damaged` one the job did not write."""
     header = ("", "NUMBER", "RUN ID", "COMMITTED AT", *(k.upper() for k in COUNT_KEYS))
     rows = [header]
     for index, commit in enumerate(commits):
-        counts = commit.get("counts") or {}
         current = "*" if index == len(commits) - 1 else ""
+        if isinstance(commit, DamagedCommit):
+            rows.append((current, str(commit.number), "damaged", "", *("-" for _ in COUNT_KEYS)))
+            continue
+        counts = commit.get("counts") or {}
         rows.append(
             (
                 current,
@@ -228,6 +234,13 @@ def print_runs(commits: list[dict[str, Any]]) -> None:
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
+
+
+def _as_json(commit: dict[str, Any] | DamagedCommit) -> dict[str, Any]:
+    """A commit as `fruits runs --json` prints it; a damaged one as its number and what is wrong."""
+    if isinstance(commit, DamagedCommit):
+        return {"number": commit.number, "damaged": commit.problem, "uri": commit.uri}
+    return commit
 
 
 def _split_job_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -326,11 +339,16 @@ def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) 
             print(f"run {commit['run_id']} has no {', '.join(download.missing)}", file=sys.stderr)
         return EXIT_OK
     if args.command == "runs":
-        commits = runs.list_commits(store)
+        commits = runs.scan_commits(store)
         if args.json:
-            print(json.dumps(commits, indent=2))
+            print(json.dumps([_as_json(commit) for commit in commits], indent=2))
         else:
             print_runs(commits)
+        for commit in commits:
+            if isinstance(commit, DamagedCommit):  # one line each, naming the object
+                current = commit is commits[-1]
+                fix = runs.DAMAGED_COMMIT_FIX if current else "earlier runs are listed; it names none of them"
+                print(f"fruits: {commit}; {fix}", file=sys.stderr)
         return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")  # argparse only lets known commands through
 

@@ -68,7 +68,11 @@ def step_report(
     }
     if state == "COMPLETED":
         store = runs.results_store(s3, outputs["ResultsUri"])
-        commit = commits.latest_commit(store)
+        try:
+            commit = commits.latest_commit(store)
+        except commits.DamagedCommit as error:
+            commit = None
+            report["commit_damaged"] = f"{error}; {runs.DAMAGED_COMMIT_FIX}"
         predates = commit is not None and runs.commit_predates(commit, timeline.get("StartDateTime"))
         report.update(
             commit=commit,
