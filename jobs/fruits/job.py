@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -54,11 +55,12 @@ from fruits import (
 from fruits.cluster_check import CheckFailed, run_check
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
-from fruits.lease import Lease, LeaseHeld
+from fruits.hadoop_paths import literal
+from fruits.lease import Lease, LeaseError, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
 from fruits.liveness import Probe, local_process_probe, resource_manager_url, yarn_application_probe
 from fruits.logs import configure_logging
-from fruits.model_export import prepare_model
+from fruits.model_export import prepare_model, stored_feature_dim
 from fruits.options import (
     JobOptions,
     UsageError,
@@ -390,10 +392,18 @@ def joined_rows(ctx: RunContext, catalog: Catalog, featurized: Featurized) -> Da
 
 
 def sums_stage(ctx: RunContext, rows: DataFrame, feature_dim: int) -> summaries.Summaries:
-    """The one pass over every row read: the sums of the PCA and the quality report, and the rows counted."""
+    """The one pass over every row read: the sums of the PCA and the quality report, and the rows counted.
+
+    A vector of another width fails the pass (:class:`fruits.linalg.WrongWidth`); one NaN or infinity anywhere
+    makes its column's sum non-finite, which is checked here for free: either is a damaged feature-store file
+    (:func:`_healed`), never committed as results.
+    """
     with ctx.timer.stage("PCA", "(pass of sums)"):
         checkpoint("pca")
-        return summaries.summarize(rows, feature_dim)
+        sums = summaries.summarize(rows, feature_dim)
+    if not np.isfinite(sums.total.total).all():
+        raise feature_store.DamagedFeatures("feature vectors hold NaN or infinity")
+    return sums
 
 
 def stored_width(good: DataFrame) -> int:
@@ -440,6 +450,12 @@ def reconcile_stage(
         raise NothingFeaturized(
             f"no image under {ctx.options.input} could be featurized ({counts['rejected']} rejected)"
         )
+    if counts["featurized"] == 1:
+        path, reason = rejected.first() or ("", "")
+        raise InputError(
+            f"only 1 image under {ctx.options.input} could be featurized ({counts['rejected']} rejected, e.g. "
+            f"{path}: {reason}): PCA needs at least 2 images"
+        )
     if counts["featurized"] + counts["rejected"] != counts["found"]:
         raise RuntimeError(f"counts do not reconcile: {counts}")
     return Reconciled(rows, rejected, counts)
@@ -456,28 +472,117 @@ class Reduced:
     fitted_here: bool
     feature_dim: int
     training: dict[str, ClassSums]  # the Training rows' class sums, gathered in the same pass for the report
+    notes: dict[str, Any]  # for the manifest's pca: the rank k was kept to, or why a pipeline was not reused
+
+
+@dataclass(frozen=True)
+class Reused:
+    """The pipeline --reuse-pca projects with: the last committed run's, loaded before any work."""
+
+    pipeline: PipelineModel
+    projection: reduce.Projection
+    explained: list[float]
+    run_id: str
+
+
+def reuse_stage(ctx: RunContext, previous: dict[str, Any] | None) -> tuple[Reused | None, str | None]:
+    """With --reuse-pca, the last committed run's pipeline, or None and why it is not used.
+
+    A pipeline that cannot be reused (no committed run yet, fitted on another model's features, missing or
+    unreadable) is replaced by a new fit, with a warning and a note in the manifest: the run can always make
+    correct numbers, and a cluster's defaults that carry --reuse-pca keep working across a model change or a
+    lost folder (the next run reuses the new pipeline). An explicit --k that is not the pipeline's k is refused
+    instead: the options contradict each other, and only the user knows which one was meant.
+    """
+    options = ctx.options
+    if not options.reuse_pca:
+        return None, None
+    if previous is None:
+        why = "no committed run to reuse yet"
+    else:
+        run_id = previous["run_id"]
+        stored_key = (previous.get("feature_store") or {}).get("model_key")
+        uri = ctx.out.uri_for(previous["run_prefix"] + "pca_model")
+        why = f"run {run_id} was fitted on {stored_key} features, this run's are {ctx.model_key}"
+        if stored_key in (None, ctx.model_key):
+            try:
+                reused = _load_reused(ctx, previous, uri)
+            except Exception as error:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                why = f"run {run_id}'s pipeline {uri} cannot be read ({first})"
+            else:
+                if options.k is not None and options.k != reused.projection.k:
+                    raise UsageError(
+                        f"--k {options.k} is not the k = {reused.projection.k} of run {run_id}'s pipeline, which "
+                        f"--reuse-pca projects with: drop --k to reuse it, or --reuse-pca to fit {options.k} "
+                        "components"
+                    )
+                return reused, None
+    log.warning("--reuse-pca: %s; fitting a new pipeline", why)
+    return None, why
+
+
+def _load_reused(ctx: RunContext, previous: dict[str, Any], uri: str) -> Reused:
+    pipeline = PipelineModel.load(literal(uri))  # a reader: glob characters in the output are plain
+    projection = reduce.projection_of(pipeline)
+    key = previous.get(layout.COMMIT_MANIFEST_FIELD) or previous["run_prefix"] + layout.MANIFEST_JSON
+    explained = [float(value) for value in ctx.out.read_json(key)["pca"]["explained_variance"]]
+    if len(explained) < projection.k or len(projection.mean) != projection.components.shape[0]:
+        raise ValueError(f"its manifest's curve has {len(explained)} components for k = {projection.k}")
+    return Reused(pipeline, projection, explained, previous["run_id"])
 
 
 def reduce_stage(
-    ctx: RunContext, sums: summaries.Summaries, feature_dim: int, previous: dict[str, Any] | None
+    ctx: RunContext,
+    sums: summaries.Summaries,
+    feature_dim: int,
+    reused: Reused | None,
+    not_reused: str | None,
 ) -> Reduced:
-    """Fit center + PCA from the pass of sums (or load the previous run's pipeline with --reuse-pca);
+    """Fit center + PCA from the pass of sums (or project with the pipeline :func:`reuse_stage` loaded);
     :func:`save_pipeline_stage` saves it in the run's prefix."""
-    options = ctx.options
+    options, notes = ctx.options, {} if not_reused is None else {"not_reused": not_reused}
+    if reused is not None and len(reused.projection.mean) != feature_dim:
+        notes["not_reused"] = (
+            f"run {reused.run_id}'s pipeline expects {len(reused.projection.mean)} features, these have "
+            f"{feature_dim}"
+        )
+        log.warning("--reuse-pca: %s; fitting a new pipeline", notes["not_reused"])
+        reused = None
     with ctx.timer.stage("PCA", "(fit)"):
-        if options.reuse_pca and previous:
-            pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
-            explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
-            projection = reduce.projection_of(pipeline)
+        if reused is not None:
+            notes["reused_from"] = reused.run_id
             reduced = Reduced(
-                pipeline, projection, projection.k, explained, False, feature_dim, sums.training
+                reused.pipeline,
+                reused.projection,
+                reused.projection.k,
+                reused.explained,
+                False,
+                feature_dim,
+                sums.training,
+                notes,
             )
         else:
-            if options.reuse_pca:
-                log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
-            fit = reduce.fit_moments(ctx.spark, sums.total, k=options.k, variance=options.variance)
+            try:
+                fit = reduce.fit_moments(ctx.spark, sums.total, k=options.k, variance=options.variance)
+            except reduce.NoVariance:
+                raise InputError(
+                    f"the {sums.total.n} images featurized under {options.input} all have the same features "
+                    "(copies of one image?): PCA needs at least 2 different images"
+                ) from None
+            notes["rank"] = fit.rank
+            if options.k is not None and fit.k < options.k:
+                notes["k_limited_by_rank"] = True
+                log.warning(
+                    "--k %d is above the rank of the features (%d, from %d images): keeping %d components; "
+                    "the others would be directions of no variance",
+                    options.k,
+                    fit.rank,
+                    sums.total.n,
+                    fit.k,
+                )
             reduced = Reduced(
-                fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training
+                fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training, notes
             )
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance (products and eigh in NumPy on %s)",
@@ -719,6 +824,7 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
             return None
         raise InputError(f"input is empty: no files under {options.input}")
     try:
+        _enough_to_read(options, listing)
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
             previous = _previous_commit(ctx)
@@ -727,7 +833,8 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
                     f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
                     "give --overwrite to publish a new run over it"
                 )
-            return _extract_transform_load(ctx, listing, previous, lease)
+            reuse = reuse_stage(ctx, previous)  # before any work: a pipeline that cannot be used is known now
+            return _healed(ctx, listing, lease, reuse)
     except NothingFeaturized:
         if not options.allow_empty:
             raise
@@ -735,12 +842,90 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
         return None
 
 
+def _enough_to_read(options: JobOptions, listing: Listing) -> None:
+    """PCA needs 2 images: fewer to read is the user's to fix, said before any work (none: NothingFeaturized)."""
+    rejected = len(listing.rejected)
+    if not listing.to_read:
+        raise NothingFeaturized(
+            f"no image under {options.input} could be featurized ({rejected} rejected from the listing)"
+        )
+    if len(listing.to_read) == 1:
+        limited = f", --limit {options.limit}" if options.limit else ""
+        raise InputError(
+            f"only 1 image to featurize under {options.input} ({listing.to_read[0].path}; {rejected} other "
+            f"files rejected{limited}): PCA needs at least 2 images"
+        )
+
+
+def _healed(
+    ctx: RunContext, listing: Listing, lease: Lease, reuse: tuple[Reused | None, str | None]
+) -> dict[str, Any]:
+    """The run, after setting aside the damaged feature-store files that made it fail, if any.
+
+    Nothing is checked before: a damaged file makes the first reading of the store fail (Spark cannot read it,
+    a vector of another width fails the pass of sums, a NaN makes its sums NaN), so a healthy store costs nothing.
+    Then every file of the batches this run found is read once (:func:`fruits.feature_store.find_damaged`), the
+    damaged ones are moved aside with one warning each, this run's own uncommitted work is removed, and the run
+    starts again: the images of the files set aside are featurized again. A failure that no damaged file
+    explains is raised as it was.
+    """
+    prior = feature_store.committed_batches(ctx.store, ctx.model_key)  # written before this run
+    moved: list[tuple[feature_store.Damage, str]] = []
+    try:
+        document = _extract_transform_load(ctx, listing, lease, reuse, prior, moved)
+    except (*USER_ERRORS, LeaseError):
+        raise
+    except Exception:
+        moved = _set_aside_damaged(ctx, prior) if prior else []
+        if not moved:
+            raise
+    else:
+        return _published(
+            ctx, document, lease
+        )  # never retried: the run may be committed from its first write
+    lease.check()
+    # This run's own work only, never committed: its run folder and its batch, made again now.
+    ctx.out.delete_prefix(layout.run_prefix(ctx.run_id))
+    ctx.store.delete_prefix(f"{ctx.model_key}/batch={ctx.run_id}/")
+    prior = feature_store.committed_batches(ctx.store, ctx.model_key)
+    return _published(ctx, _extract_transform_load(ctx, listing, lease, reuse, prior, moved), lease)
+
+
+def _set_aside_damaged(ctx: RunContext, batches: list[str]) -> list[tuple[feature_store.Damage, str]]:
+    """Find and set aside the damaged files of ``batches``: [(damage, new key)], one warning line each."""
+    store, key = ctx.store, ctx.model_key
+    with ctx.timer.stage("heal the feature store"):
+        try:
+            width = stored_feature_dim(store, key)
+            moved = feature_store.set_aside(
+                store, key, feature_store.find_damaged(ctx.spark, store, key, batches, width)
+            )
+        except Exception as error:  # the run's own failure is the one to report
+            log.warning(
+                "could not look for damaged files in the feature store %s: %s", store.uri_for(key), error
+            )
+            return []
+    for damage, target in moved:
+        log.warning(
+            "feature store: %s is damaged (%s): set aside as %s; its images are featurized again",
+            store.uri_for(damage.key),
+            damage.problem,
+            store.uri_for(target),
+        )
+    return moved
+
+
 def _extract_transform_load(
-    ctx: RunContext, listing: Listing, previous: dict[str, Any] | None, lease: Lease
+    ctx: RunContext,
+    listing: Listing,
+    lease: Lease,
+    reuse: tuple[Reused | None, str | None],
+    prior: list[str],
+    set_aside: list[tuple[feature_store.Damage, str]],
 ) -> dict[str, Any]:
     persisted: list[DataFrame] = []
     try:
-        if not feature_store.committed_batches(ctx.store, ctx.model_key) and listing.to_read:
+        if not prior:
             # Nothing stored for this model yet: every image is new, read and featurize it in one pass.
             featurized = read_and_featurize_stage(ctx, listing, lease)  # extract + transform
             assert featurized.rows is not None
@@ -752,10 +937,13 @@ def _extract_transform_load(
             rows = joined_rows(ctx, catalog, featurized)
         persisted.append(rows)
         good = rows.where(F.col("features").isNotNull())
-        feature_dim = featurized.feature_dim or stored_width(good)
+        # The model's own width when known (a stored vector of another width is damage), else the vectors'.
+        feature_dim = (
+            featurized.feature_dim or stored_feature_dim(ctx.store, ctx.model_key) or stored_width(good)
+        )
         sums = sums_stage(ctx, rows, feature_dim)
         reconciled = reconcile_stage(ctx, listing, rows, featurized, sums)
-        reduced = reduce_stage(ctx, sums, feature_dim, previous)
+        reduced = reduce_stage(ctx, sums, feature_dim, *reuse)
         lease.check()
         classifiers = fit_quality_stage(ctx, reduced)
         save_pipeline_stage(ctx, reduced)
@@ -784,12 +972,23 @@ def _extract_transform_load(
         k=reduced.k,
         explained=reduced.explained,
         fitted_here=reduced.fitted_here,
+        pca_notes=reduced.notes,
         quality=tally.report if tally else None,
         identify=kept,
         feature_store={
             "uri": ctx.options.store_uri,
             "model_key": ctx.model_key,
             "batches": featurized.batches,
+            # damaged files moved out of the batches by this run (their images were featurized again)
+            "set_aside": len(set_aside),
+            "set_aside_files": [
+                {
+                    "file": ctx.store.uri_for(damage.key),
+                    "problem": damage.problem,
+                    "now": ctx.store.uri_for(to),
+                }
+                for damage, to in set_aside
+            ],
         },
         outputs={
             name: ctx.out.uri_for(ctx.key_for(name))
@@ -808,8 +1007,13 @@ def _extract_transform_load(
         started_at=ctx.started.isoformat(),
         finished_at=_now().isoformat(),
     )
+    return document
+
+
+def _published(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
+    """Commit the run whose manifest is ``document`` and publish its files; returns the manifest."""
     commit = publish_stage(ctx, document, lease)
-    counts = reconciled.counts
+    counts = document["counts"]
     log.info(
         "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
         ctx.run_id,
