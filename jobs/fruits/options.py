@@ -470,7 +470,8 @@ def check_locations(options: JobOptions, *, network: bool = True) -> None:
     from fruits.listing import InputError, check_input
 
     try:
-        check_input(options.input, allow_empty=options.allow_empty, network=network)
+        # --check lists the input without needing files in it (a fresh deploy's empty bucket passes)
+        check_input(options.input, allow_empty=options.allow_empty or options.check, network=network)
     except InputError as error:
         raise UsageError(str(error)) from None
     check_output(options)
