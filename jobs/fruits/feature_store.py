@@ -156,21 +156,27 @@ def _checksum_problem(data: bytes, crc: bytes) -> str | None:
 def inspect_file(data: bytes, crc: bytes | None = None) -> tuple[str | None, dict[int, int], int]:
     """(why the file cannot be read as a batch, or None; how many vectors it holds of each size in bytes; how
     many of them hold NaN or infinity) of the bytes of one batch file and of its checksum file, if any."""
+    try:
+        problem, sizes, nonfinite = _inspect_table(data)
+    except Exception as error:  # ArrowInvalid, OSError, a name that is not UTF-8...: what the reader says
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        return f"not a readable Parquet file ({first})", {}, 0
+    if problem is None and crc is not None:
+        problem = _checksum_problem(data, crc)
+    return problem, sizes, nonfinite
+
+
+def _inspect_table(data: bytes) -> tuple[str | None, dict[int, int], int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-    except Exception as error:  # ArrowInvalid, OSError...: whatever the reader says, in one line
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        return f"not a readable Parquet file ({first})", {}, 0
+    table = pq.read_table(pa.BufferReader(data))
     expected = {"id": pa.string(), "features": pa.binary(), "reason": pa.string()}
     for name, kind in expected.items():
         if name in table.column_names and table.schema.field(name).type != kind:
             return f"its column {name} holds {table.schema.field(name).type}, not {kind}", {}, 0
-    problem = _checksum_problem(data, crc) if crc is not None else None
     if "features" not in table.column_names:
-        return problem, {}, 0
+        return None, {}, 0
     vectors = [value for value in table.column("features").to_pylist() if value is not None]
     sizes = Counter(len(value) for value in vectors)
     nonfinite = 0
@@ -179,7 +185,7 @@ def inspect_file(data: bytes, crc: bytes | None = None) -> tuple[str | None, dic
             same = b"".join(value for value in vectors if len(value) == size)
             values = np.frombuffer(same, dtype=FEATURE_DTYPE).reshape(-1, size // FEATURE_DTYPE.itemsize)
             nonfinite += int((~np.isfinite(values).all(axis=1)).sum())
-    return problem, dict(sizes), nonfinite
+    return None, dict(sizes), nonfinite
 
 
 @dataclass(frozen=True)
