@@ -245,3 +245,12 @@ def test_the_cli_reads_any_latest_commit_or_names_it_in_one_line(data: bytes) ->
         assert sorted(root.iterdir()) in ([root / "dest", root / "out"], [root / "out"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_smoke_check_reports_a_damaged_commit_as_a_failed_check(tmp_path: Path) -> None:
+    from fruits.ops.smoke import Expected, check_outputs
+
+    store = open_store(str(tmp_path / "out"))
+    store.write_bytes(layout.commit_key(1), b"[]")
+    (check,) = check_outputs(store, Expected(2, 2, 0, frozenset({"a"})))
+    assert check.ok is False and f"commit {store.uri_for(layout.commit_key(1))} is damaged" in check.detail

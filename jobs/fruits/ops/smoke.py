@@ -154,13 +154,16 @@ class SmokeResult:
 
 def check_outputs(store: Store, expected: Expected) -> list[Check]:
     """The committed run under `store`: the manifest's counts and results.csv, against what was planted."""
-    commit = commits.latest_commit(store)
+    try:
+        commit = commits.latest_commit(store)
+    except commits.DamagedCommit as err:  # the job never writes one: a failed check, not a traceback
+        return [Check("commit", False, str(err))]
     if commit is None:
         return [Check("commit", False, f"no commit under {store.uri_for()}/: the step published no run")]
     checks = [Check("commit", True, f"run {commit['run_id']} committed as #{commit['number']}")]
     try:
         manifest = commits.read_run_manifest(store)
-    except NotFound as err:
+    except (NotFound, ValueError) as err:  # ValueError: a manifest that is not JSON
         return [*checks, Check("manifest", False, str(err))]
     counts = manifest.get("counts", {})
     found, featurized, rejected = (counts.get(name) for name in ("found", "featurized", "rejected"))
