@@ -324,7 +324,9 @@ def test_an_s3_input_is_checked_with_one_request_and_no_jvm(moto_s3, tmp_path):
     with pytest.raises(UsageError, match=f"input is empty: no files under {moto_s3.uri('images')}"):
         check_command_line(["--input", moto_s3.uri("images"), *out])
     assert check_command_line(["--input", moto_s3.uri("images"), "--allow-empty", *out]) is True
-    assert check_command_line(["--input", moto_s3.uri("images"), "--check", *out]) is True  # lists, reads none
+    assert (
+        check_command_line(["--input", moto_s3.uri("images"), "--check", *out]) is True
+    )  # lists, reads none
     moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="images/Apple/a.jpg", Body=b"x")
     assert check_command_line(["--input", moto_s3.uri("images"), *out]) is True
     # The early JVM's check makes no request: it waits for the job's own check.
