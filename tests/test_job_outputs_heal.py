@@ -34,6 +34,12 @@ def one_line(capsys) -> str:
     return lines[0]
 
 
+def written(output: Path) -> list[Path]:
+    """Every file under ``output`` but the outcome records, which every run leaves (fruits.outcomes)."""
+    files = (path.relative_to(output) for path in output.rglob("*") if path.is_file())
+    return sorted(path for path in files if not str(path).startswith(layout.OUTCOMES_PREFIX))
+
+
 def warnings(caplog) -> list[str]:
     return [
         r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("fruits")
@@ -91,12 +97,12 @@ def test_reuse_pca_refits_with_a_warning_for_another_model(spark, copy, caplog):
 
 def test_reuse_pca_with_another_explicit_k_is_refused_before_any_work(spark, copy, capsys):
     images, output = copy
-    before = sorted(path.relative_to(output) for path in output.rglob("*"))
+    before = written(output)
     args = ["--input", str(images), "--output", str(output), *FAST_MODEL, "--k", "3"]
     assert main([*args, "--overwrite", "--reuse-pca"], spark) == 2
     line = one_line(capsys)
     assert "--k 3 is not the k = 2 of run" in line and "drop --k" in line and "drop" in line
-    assert sorted(path.relative_to(output) for path in output.rglob("*")) == before  # nothing written
+    assert written(output) == before  # nothing but the run's outcome record
 
 
 def test_one_image_is_refused_from_the_listing_before_any_work(spark, tmp_path, capsys):
@@ -105,7 +111,7 @@ def test_one_image_is_refused_from_the_listing_before_any_work(spark, tmp_path, 
     assert main(job_args(tmp_path / "images", tmp_path / "out"), spark) == 2
     line = one_line(capsys)
     assert "only 1 image to featurize under" in line and "img0.jpg" in line and "PCA needs at least 2" in line
-    assert not (tmp_path / "out").exists()  # no lease, no feature store: nothing was started
+    assert written(tmp_path / "out") == []  # no lease, no feature store: nothing but the outcome record
 
 
 def test_one_image_left_after_decoding_is_one_line_naming_a_rejected_file(spark, tmp_path, capsys):
@@ -116,6 +122,19 @@ def test_one_image_left_after_decoding_is_one_line_naming_a_rejected_file(spark,
     assert "only 1 image under" in line and "could be featurized (1 rejected, e.g. file:" in line
     assert "broken.jpg" in line and "PCA needs at least 2 images" in line
     assert not (tmp_path / "out" / "_commits").exists()
+
+
+@pytest.mark.parametrize(("good", "status"), [(0, 0), (1, 2)])
+def test_allow_empty_leaves_one_file_to_decoding(spark, tmp_path, capsys, good, status):
+    """--allow-empty: a single file that is no image is nothing to featurize (exit 0); one image is too few."""
+    if good:
+        add_images(tmp_path / "images", 1)
+    else:
+        (tmp_path / "images" / "Red").mkdir(parents=True)
+        (tmp_path / "images" / "Red" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert main(job_args(tmp_path / "images", tmp_path / "out", "--allow-empty"), spark) == status
+    if status:
+        assert one_line(capsys).endswith("could be featurized (0 rejected): PCA needs at least 2 images")
 
 
 def test_identical_images_are_one_line(spark, tmp_path, capsys):

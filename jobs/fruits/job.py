@@ -451,10 +451,11 @@ def reconcile_stage(
             f"no image under {ctx.options.input} could be featurized ({counts['rejected']} rejected)"
         )
     if counts["featurized"] == 1:
-        path, reason = rejected.first() or ("", "")
+        example = rejected.first()  # the reason the others could not be used, when there are others
+        why = f", e.g. {example[0]}: {example[1]}" if example else ""
         raise InputError(
-            f"only 1 image under {ctx.options.input} could be featurized ({counts['rejected']} rejected, e.g. "
-            f"{path}: {reason}): PCA needs at least 2 images"
+            f"only 1 image under {ctx.options.input} could be featurized ({counts['rejected']} rejected{why}): "
+            "PCA needs at least 2 images"
         )
     if counts["featurized"] + counts["rejected"] != counts["found"]:
         raise RuntimeError(f"counts do not reconcile: {counts}")
@@ -843,13 +844,17 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
 
 
 def _enough_to_read(options: JobOptions, listing: Listing) -> None:
-    """PCA needs 2 images: fewer to read is the user's to fix, said before any work (none: NothingFeaturized)."""
+    """PCA needs 2 images: fewer to read is the user's to fix, said before any work (none: NothingFeaturized).
+
+    With --allow-empty one image is left to decoding, which tells whether it is an image (then one line, exit 2)
+    or nothing could be featurized (a no-op, as the flag promises).
+    """
     rejected = len(listing.rejected)
     if not listing.to_read:
         raise NothingFeaturized(
             f"no image under {options.input} could be featurized ({rejected} rejected from the listing)"
         )
-    if len(listing.to_read) == 1:
+    if len(listing.to_read) == 1 and not options.allow_empty:
         limited = f", --limit {options.limit}" if options.limit else ""
         raise InputError(
             f"only 1 image to featurize under {options.input} ({listing.to_read[0].path}; {rejected} other "
