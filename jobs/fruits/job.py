@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 from fruits import (
     commits,
     feature_store,
+    fingerprint,
     identify,
     jvm_archive,
     layout,
@@ -616,8 +617,11 @@ def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized
     ctx.timer.background("plots", draw)
 
 
-def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
-    """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
+def publish_stage(
+    ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """Write the manifest, commit the run (with its input fingerprint and trigger, when it has them), then replace
+    the top-level files; returns the commit."""
     ctx.out.write_json(ctx.key_for(layout.MANIFEST_JSON), document)
     checkpoint("commit")
     lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
@@ -631,6 +635,8 @@ def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> di
             "k": document["pca"]["k"],
             "model": ctx.options.model,
             "pretrained": ctx.weights.pretrained,
+            **({fingerprint.COMMIT_FIELD: input_fingerprint} if input_fingerprint else {}),
+            **({"trigger": ctx.options.trigger} if ctx.options.trigger else {}),
         },
     )
     commits.publish_latest(ctx.out, ctx.run_id, PUBLISHED)
@@ -677,11 +683,14 @@ def _nothing_to_featurize(options: JobOptions) -> None:
     log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
-def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
+def run(
+    spark: SparkSession, options: JobOptions, run_id: str | None = None
+) -> dict[str, Any] | fingerprint.Unchanged | None:
     """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
     returns its manifest.
 
-    None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
+    None when there was nothing to featurize and ``--allow-empty`` was given; :class:`fruits.fingerprint.Unchanged`
+    when ``--skip-unchanged`` was given and nothing is new since the latest commit. Nothing is committed then.
     """
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
         region, source = s3_region()
@@ -708,11 +717,43 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
                     "give --overwrite to publish a new run over it"
                 )
             return _extract_transform_load(ctx, listing, previous, lease)
+    except fingerprint.NothingNew as same:
+        log.info(
+            "nothing new since commit %s (run %s): no run committed",
+            same.commit.get("number"),
+            same.commit.get("run_id"),
+        )
+        manifest_document = None
+        try:
+            manifest_document = commits.read_run_manifest(ctx.out, same.commit.get("run_id"))
+        except Exception as error:  # the record's metrics are a courtesy: never fail a run with nothing to do
+            log.warning("could not read the manifest of run %s: %s", same.commit.get("run_id"), error)
+        return fingerprint.Unchanged(
+            same.commit, len(listing.entries), outcomes.metrics_of(manifest_document)
+        )
     except NothingFeaturized:
         if not options.allow_empty:
             raise
         _nothing_to_featurize(options)
         return None
+
+
+def fingerprint_stage(
+    ctx: RunContext, listing: Listing, images: DataFrame, previous: dict[str, Any] | None
+) -> str | None:
+    """With ``--skip-unchanged``: the run's input fingerprint (fruits.fingerprint), or NothingNew when it is the
+    latest commit's. None (nothing computed) without the option."""
+    if not ctx.options.skip_unchanged:
+        return None
+    with ctx.timer.stage("fingerprint"):
+        found = fingerprint.combine(
+            fingerprint.options_part(ctx.options, ctx.model_key),
+            fingerprint.listing_part((entry.path, entry.reason) for entry in listing.rejected),
+            fingerprint.images_part(images),
+        )
+    if previous is not None and previous.get(fingerprint.COMMIT_FIELD) == found:
+        raise fingerprint.NothingNew(previous)
+    return found
 
 
 def _extract_transform_load(
@@ -725,9 +766,12 @@ def _extract_transform_load(
             featurized = read_and_featurize_stage(ctx, listing, lease)  # extract + transform
             assert featurized.rows is not None
             rows = featurized.rows
+            input_fingerprint = fingerprint_stage(ctx, listing, rows, previous)
         else:
             catalog = read_stage(ctx, listing)  # extract (2)
             persisted.append(catalog.images)
+            # Before anything is featurized: a run with nothing new ends here.
+            input_fingerprint = fingerprint_stage(ctx, listing, catalog.images, previous)
             featurized = featurize_stage(ctx, catalog, lease)  # transform
             rows = joined_rows(ctx, catalog, featurized)
         persisted.append(rows)
@@ -788,7 +832,7 @@ def _extract_transform_load(
         started_at=ctx.started.isoformat(),
         finished_at=_now().isoformat(),
     )
-    commit = publish_stage(ctx, document, lease)
+    commit = publish_stage(ctx, document, lease, input_fingerprint)
     counts = reconciled.counts
     log.info(
         "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
@@ -828,10 +872,13 @@ def outcome_of(
     spark: Any,
 ) -> outcomes.Outcome:
     """The outcome record of a run that ended with exit status ``code`` (``result``: what it returned)."""
+    unchanged = result if isinstance(result, fingerprint.Unchanged) else None
     if code:
         status = outcomes.FAILED
     elif options.check:
         status = outcomes.CHECKED
+    elif unchanged is not None:
+        status = outcomes.UNCHANGED
     else:
         status = outcomes.NOTHING_TO_DO if result is None else outcomes.SUCCEEDED
     document = result if isinstance(result, dict) and not options.check else {}
@@ -839,6 +886,11 @@ def outcome_of(
     if document:
         latest = commits.latest_commit(open_store(options.output))
         commit = latest["number"] if latest and latest.get("run_id") == run_id else None
+    details = result if options.check and isinstance(result, dict) else None
+    if unchanged is not None:
+        details = {
+            "unchanged_since": {k: unchanged.commit.get(k) for k in ("number", "run_id", "committed_at")}
+        }
     return outcomes.Outcome(
         run_id=run_id,
         status=status,
@@ -850,9 +902,11 @@ def outcome_of(
         output=options.output,
         application_id=reentrant_key(spark.sparkContext) if spark is not None else None,
         host=outcomes.this_host(),
-        counts=document.get("counts"),
+        counts=unchanged.counts if unchanged is not None else document.get("counts"),
         commit=commit,
-        details=result if options.check and isinstance(result, dict) else None,
+        details=details,
+        trigger=options.trigger or None,
+        metrics=unchanged.metrics if unchanged is not None else outcomes.metrics_of(document or None),
     )
 
 
