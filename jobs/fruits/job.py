@@ -728,9 +728,11 @@ def run(
             manifest_document = commits.read_run_manifest(ctx.out, same.commit.get("run_id"))
         except Exception as error:  # the record's metrics are a courtesy: never fail a run with nothing to do
             log.warning("could not read the manifest of run %s: %s", same.commit.get("run_id"), error)
-        return fingerprint.Unchanged(
-            same.commit, len(listing.entries), outcomes.metrics_of(manifest_document)
+        # Without its manifest, the commit still knows k (and the record's reader needs it).
+        metrics = outcomes.metrics_of(manifest_document) or outcomes.metrics_of(
+            {"pca": {"k": same.commit.get("k")}}
         )
+        return fingerprint.Unchanged(same.commit, len(listing.entries), metrics)
     except NothingFeaturized:
         if not options.allow_empty:
             raise
