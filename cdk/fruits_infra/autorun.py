@@ -145,6 +145,12 @@ def transient_name_prefix(config: FruitsConfig) -> str:
     return f"{config.cluster_name}{'-' + config.stage if config.stage else ''}-run-"
 
 
+def _absent(path: str) -> sfn.Condition:
+    """``Not(IsPresent)``: the same test as ``"IsPresent": false`` on AWS, and the form aws-local-stepfunctions
+    3.0.0 evaluates right (it never matches ``"IsPresent": false``)."""
+    return sfn.Condition.not_(sfn.Condition.is_present(path))
+
+
 def _record(path: str) -> str:
     return f"$.outcome.record.{path}"
 
@@ -385,7 +391,7 @@ class FruitsAutorun(Construct):
         terminate.next(release)
 
         cleanup = sfn.Choice(self, "A transient cluster to end?")
-        cleanup.when(sfn.Condition.is_not_present("$.cluster"), release)
+        cleanup.when(_absent("$.cluster"), release)
         cleanup.when(sfn.Condition.boolean_equals("$.cluster.transient", True), terminate)
         cleanup.otherwise(release)
 
@@ -425,7 +431,8 @@ class FruitsAutorun(Construct):
                     "Type": "Task",
                     "Resource": f"arn:{Aws.PARTITION}:states:::aws-sdk:cloudwatch:putMetricData",
                     "Parameters": {"Namespace": METRICS_NAMESPACE, "MetricData": data},
-                    "ResultPath": None,
+                    # (jsii drops a None, so the answer, {}, is kept aside rather than discarded)
+                    "ResultPath": "$.metricsAnswer",
                 },
             )
             state.add_retry(
@@ -448,7 +455,14 @@ class FruitsAutorun(Construct):
         )
         accuracy.next(report)
         has_accuracy = sfn.Choice(self, "An accuracy?")
-        has_accuracy.when(sfn.Condition.is_numeric(_record(ACCURACY_METRIC[1])), accuracy)
+        # A run without Training/Test has a null accuracy: present and not numeric.
+        has_accuracy.when(
+            sfn.Condition.and_(
+                sfn.Condition.is_present(_record(ACCURACY_METRIC[1])),
+                sfn.Condition.is_numeric(_record(ACCURACY_METRIC[1])),
+            ),
+            accuracy,
+        )
         has_accuracy.otherwise(report)
         counts = put_metrics(
             "Put the count metrics",
@@ -459,8 +473,9 @@ class FruitsAutorun(Construct):
         )
         counts.next(has_accuracy)
         has_counts = sfn.Choice(self, "Counts?")
-        has_counts.when(sfn.Condition.is_null(_record("counts")), report)
-        has_counts.otherwise(counts)
+        # Counts are null in a failed run's record: then no path leads through them.
+        has_counts.when(sfn.Condition.is_present(_record("counts.found")), counts)
+        has_counts.otherwise(report)
         status_metric = put_metrics(
             "Put the status metric",
             [
@@ -576,13 +591,21 @@ class FruitsAutorun(Construct):
         )
         create.next(job_args)
         self.transient_request = request | {"Name": prefix}
+        # Until createCluster answers there is no cluster to end (the report names this one).
+        no_cluster_yet = sfn.Pass(
+            self,
+            "No cluster yet",
+            parameters={"id": "none", "transient": False},
+            result_path="$.cluster",
+        )
+        no_cluster_yet.next(create)
 
         shared_up = sfn.Choice(self, "Is the stack's cluster up?")
         shared_up.when(
             sfn.Condition.or_(*(sfn.Condition.string_equals("$.shared.state", state) for state in UP_STATES)),
             use_shared,
         )
-        shared_up.otherwise(create)
+        shared_up.otherwise(no_cluster_yet)
         find_shared = tasks.CallAwsService(
             self,
             "Find the stack's cluster",
@@ -598,7 +621,7 @@ class FruitsAutorun(Construct):
             result_selector={"id.$": "$.Cluster.Id", "state.$": "$.Cluster.Status.State"},
             result_path="$.shared",
         )
-        find_shared.add_catch(create, errors=["States.ALL"], result_path="$.sharedError")
+        find_shared.add_catch(no_cluster_yet, errors=["States.ALL"], result_path="$.sharedError")
         find_shared.next(shared_up)
 
         settle = sfn.Wait(self, "Let the purge settle", time=sfn.WaitTime.duration(SETTLE))
@@ -710,7 +733,7 @@ class FruitsAutorun(Construct):
         count.add_retry(errors=["States.ALL"], interval=Duration.seconds(5), max_attempts=3, backoff_rate=2)
         count.next(is_pending)
         start = sfn.Choice(self, "Started by the window?")
-        start.when(sfn.Condition.is_not_present("$.trigger"), take_lock)
+        start.when(_absent("$.trigger"), take_lock)
         start.when(sfn.Condition.string_equals("$.trigger", WINDOW_INPUT["trigger"]), count)
         start.otherwise(take_lock)
         return start
