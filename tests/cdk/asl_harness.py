@@ -315,6 +315,16 @@ class TaskServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def metrics(self) -> dict[str, list[tuple[float, dict[str, str]]]]:
+        """What this execution put to CloudWatch (moto took each call): metric -> [(value, dimensions)]."""
+        found: dict[str, list[tuple[float, dict[str, str]]]] = {}
+        for integration, params in self.calls:
+            if integration == "aws-sdk:cloudwatch:putMetricData":
+                for datum in params["MetricData"]:
+                    dims = {d["Name"]: d["Value"] for d in datum.get("Dimensions", [])}
+                    found.setdefault(datum["MetricName"], []).append((datum["Value"], dims))
+        return found
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
