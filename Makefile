@@ -58,6 +58,8 @@ lint: $(STAMP)  ## ruff, shellcheck on the bootstrap scripts, and no outputs in 
 	shellcheck bootstrap/*.sh scripts/*.sh .ci/run
 
 unit: $(STAMP) java  ## every pytest test but the cloud rehearsal
+	@# The autorun tests run the state machine in aws-local-stepfunctions (package.json).
+	@[[ -d node_modules/aws-local-stepfunctions ]] || npm ci --no-audit --no-fund
 	$(PY) -m pytest -m "not rehearsal"
 
 jars: $(STAMP)  ## the rehearsal's YARN and Hadoop 3.4.2 jars (emr-7.13.0's line), from Maven, into a cache outside git

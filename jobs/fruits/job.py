@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 from fruits import (
     commits,
     feature_store,
+    fingerprint,
     identify,
     jvm_archive,
     layout,
@@ -727,8 +728,11 @@ def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized
     ctx.timer.background("plots", draw)
 
 
-def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
-    """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
+def publish_stage(
+    ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """Write the manifest, commit the run (with its input fingerprint and trigger, when it has them), then replace
+    the top-level files; returns the commit."""
     ctx.out.write_json(ctx.key_for(layout.MANIFEST_JSON), document)
     checkpoint("commit")
     lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
@@ -742,6 +746,8 @@ def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> di
             "k": document["pca"]["k"],
             "model": ctx.options.model,
             "pretrained": ctx.weights.pretrained,
+            **({fingerprint.COMMIT_FIELD: input_fingerprint} if input_fingerprint else {}),
+            **({"trigger": ctx.options.trigger} if ctx.options.trigger else {}),
         },
     )
     commits.publish_latest(ctx.out, ctx.run_id, PUBLISHED)
@@ -803,11 +809,14 @@ def _previous_commit(ctx: RunContext) -> dict[str, Any] | None:
         return None
 
 
-def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
+def run(
+    spark: SparkSession, options: JobOptions, run_id: str | None = None
+) -> dict[str, Any] | fingerprint.Unchanged | None:
     """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
     returns its manifest.
 
-    None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
+    None when there was nothing to featurize and ``--allow-empty`` was given; :class:`fruits.fingerprint.Unchanged`
+    when ``--skip-unchanged`` was given and nothing is new since the latest commit. Nothing is committed then.
     """
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
         region, source = s3_region()
@@ -835,7 +844,23 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
                     "give --overwrite to publish a new run over it"
                 )
             reuse = reuse_stage(ctx, previous)  # before any work: a pipeline that cannot be used is known now
-            return _healed(ctx, listing, lease, reuse)
+            return _healed(ctx, listing, lease, reuse, previous)
+    except fingerprint.NothingNew as same:
+        log.info(
+            "nothing new since commit %s (run %s): no run committed",
+            same.commit.get("number"),
+            same.commit.get("run_id"),
+        )
+        manifest_document = None
+        try:
+            manifest_document = commits.read_run_manifest(ctx.out, same.commit.get("run_id"))
+        except Exception as error:  # the record's metrics are a courtesy: never fail a run with nothing to do
+            log.warning("could not read the manifest of run %s: %s", same.commit.get("run_id"), error)
+        # Without its manifest, the commit still knows k (and the record's reader needs it).
+        metrics = outcomes.metrics_of(manifest_document) or outcomes.metrics_of(
+            {"pca": {"k": same.commit.get("k")}}
+        )
+        return fingerprint.Unchanged(same.commit, len(listing.entries), metrics)
     except NothingFeaturized:
         if not options.allow_empty:
             raise
@@ -863,7 +888,11 @@ def _enough_to_read(options: JobOptions, listing: Listing) -> None:
 
 
 def _healed(
-    ctx: RunContext, listing: Listing, lease: Lease, reuse: tuple[Reused | None, str | None]
+    ctx: RunContext,
+    listing: Listing,
+    lease: Lease,
+    reuse: tuple[Reused | None, str | None],
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The run, after setting aside the damaged feature-store files that made it fail, if any.
 
@@ -877,23 +906,25 @@ def _healed(
     prior = feature_store.committed_batches(ctx.store, ctx.model_key)  # written before this run
     moved: list[tuple[feature_store.Damage, str]] = []
     try:
-        document = _extract_transform_load(ctx, listing, lease, reuse, prior, moved)
-    except (*USER_ERRORS, LeaseError):
+        document, input_fingerprint = _extract_transform_load(
+            ctx, listing, lease, reuse, prior, moved, previous
+        )
+    except (*USER_ERRORS, LeaseError, fingerprint.NothingNew):
         raise
     except Exception:
         moved = _set_aside_damaged(ctx, prior) if prior else []
         if not moved:
             raise
     else:
-        return _published(
-            ctx, document, lease
-        )  # never retried: the run may be committed from its first write
+        # Never retried: the run may be committed from its first write.
+        return _published(ctx, document, lease, input_fingerprint)
     lease.check()
     # This run's own work only, never committed: its run folder and its batch, made again now.
     ctx.out.delete_prefix(layout.run_prefix(ctx.run_id))
     ctx.store.delete_prefix(f"{ctx.model_key}/batch={ctx.run_id}/")
     prior = feature_store.committed_batches(ctx.store, ctx.model_key)
-    return _published(ctx, _extract_transform_load(ctx, listing, lease, reuse, prior, moved), lease)
+    document, input_fingerprint = _extract_transform_load(ctx, listing, lease, reuse, prior, moved, previous)
+    return _published(ctx, document, lease, input_fingerprint)
 
 
 def _set_aside_damaged(ctx: RunContext, batches: list[str]) -> list[tuple[feature_store.Damage, str]]:
@@ -920,6 +951,24 @@ def _set_aside_damaged(ctx: RunContext, batches: list[str]) -> list[tuple[featur
     return moved
 
 
+def fingerprint_stage(
+    ctx: RunContext, listing: Listing, images: DataFrame, previous: dict[str, Any] | None
+) -> str | None:
+    """With ``--skip-unchanged``: the run's input fingerprint (fruits.fingerprint), or NothingNew when it is the
+    latest commit's. None (nothing computed) without the option."""
+    if not ctx.options.skip_unchanged:
+        return None
+    with ctx.timer.stage("fingerprint"):
+        found = fingerprint.combine(
+            fingerprint.options_part(ctx.options, ctx.model_key),
+            fingerprint.listing_part((entry.path, entry.reason) for entry in listing.rejected),
+            fingerprint.images_part(images),
+        )
+    if previous is not None and previous.get(fingerprint.COMMIT_FIELD) == found:
+        raise fingerprint.NothingNew(previous)
+    return found
+
+
 def _extract_transform_load(
     ctx: RunContext,
     listing: Listing,
@@ -927,7 +976,9 @@ def _extract_transform_load(
     reuse: tuple[Reused | None, str | None],
     prior: list[str],
     set_aside: list[tuple[feature_store.Damage, str]],
-) -> dict[str, Any]:
+    previous: dict[str, Any] | None,
+) -> tuple[dict[str, Any], str | None]:
+    """The run up to its manifest (nothing committed): (manifest, the input's fingerprint with --skip-unchanged)."""
     persisted: list[DataFrame] = []
     try:
         if not prior:
@@ -935,9 +986,12 @@ def _extract_transform_load(
             featurized = read_and_featurize_stage(ctx, listing, lease)  # extract + transform
             assert featurized.rows is not None
             rows = featurized.rows
+            input_fingerprint = fingerprint_stage(ctx, listing, rows, previous)
         else:
             catalog = read_stage(ctx, listing)  # extract (2)
             persisted.append(catalog.images)
+            # Before anything is featurized: a run with nothing new ends here.
+            input_fingerprint = fingerprint_stage(ctx, listing, catalog.images, previous)
             featurized = featurize_stage(ctx, catalog, lease)  # transform
             rows = joined_rows(ctx, catalog, featurized)
         persisted.append(rows)
@@ -1012,12 +1066,15 @@ def _extract_transform_load(
         started_at=ctx.started.isoformat(),
         finished_at=_now().isoformat(),
     )
-    return document
+    return document, input_fingerprint
 
 
-def _published(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
-    """Commit the run whose manifest is ``document`` and publish its files; returns the manifest."""
-    commit = publish_stage(ctx, document, lease)
+def _published(
+    ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None
+) -> dict[str, Any]:
+    """Commit the run whose manifest is ``document`` (with its input fingerprint, when it has one) and publish its
+    files; returns the manifest."""
+    commit = publish_stage(ctx, document, lease, input_fingerprint)
     counts = document["counts"]
     log.info(
         "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
@@ -1057,10 +1114,13 @@ def outcome_of(
     spark: Any,
 ) -> outcomes.Outcome:
     """The outcome record of a run that ended with exit status ``code`` (``result``: what it returned)."""
+    unchanged = result if isinstance(result, fingerprint.Unchanged) else None
     if code:
         status = outcomes.FAILED
     elif options.check:
         status = outcomes.CHECKED
+    elif unchanged is not None:
+        status = outcomes.UNCHANGED
     else:
         status = outcomes.NOTHING_TO_DO if result is None else outcomes.SUCCEEDED
     document = result if isinstance(result, dict) and not options.check else {}
@@ -1068,6 +1128,11 @@ def outcome_of(
     if document:
         latest = commits.latest_commit(open_store(options.output))
         commit = latest["number"] if latest and latest.get("run_id") == run_id else None
+    details = result if options.check and isinstance(result, dict) else None
+    if unchanged is not None:
+        details = {
+            "unchanged_since": {k: unchanged.commit.get(k) for k in ("number", "run_id", "committed_at")}
+        }
     return outcomes.Outcome(
         run_id=run_id,
         status=status,
@@ -1079,9 +1144,11 @@ def outcome_of(
         output=options.output,
         application_id=reentrant_key(spark.sparkContext) if spark is not None else None,
         host=outcomes.this_host(),
-        counts=document.get("counts"),
+        counts=unchanged.counts if unchanged is not None else document.get("counts"),
         commit=commit,
-        details=result if options.check and isinstance(result, dict) else None,
+        details=details,
+        trigger=options.trigger or None,
+        metrics=unchanged.metrics if unchanged is not None else outcomes.metrics_of(document or None),
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from fruits.decoding import DEFAULT_MAX_PIXELS
 from fruits.engines import ENGINES
-from fruits.layout import default_feature_store
+from fruits.layout import TRIGGER_PATTERN, default_feature_store
 from fruits.listing import DEFAULT_MAX_FILE_MB
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
@@ -70,6 +70,8 @@ class JobOptions:
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     allow_empty: bool = False
     check: bool = False
+    skip_unchanged: bool = False
+    trigger: str = ""
 
     @property
     def store_uri(self) -> str:
@@ -82,8 +84,8 @@ class Option:
     """How one :class:`JobOptions` field is given and checked.
 
     ``kind``: ``str``, ``int``, ``float`` or ``flag``; numbers must lie in ``[low, high]`` (``low_open``: above
-    ``low``); ``choices`` lists the accepted strings; ``help`` is the command line's text (the default and the
-    conf key are added to it).
+    ``low``); ``choices`` lists the accepted strings, ``pattern`` (a regular expression) the accepted shape of a
+    string; ``help`` is the command line's text (the default and the conf key are added to it).
     """
 
     name: str
@@ -93,6 +95,7 @@ class Option:
     high: float | None = None
     low_open: bool = False
     choices: tuple[str, ...] | None = None
+    pattern: str | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -173,6 +176,19 @@ OPTIONS: tuple[Option, ...] = (
         "check that this cluster can run the job (weights, input listing, output writes, the model, executors) "
         "on a few synthetic images, and exit: no image is read and nothing is committed",
     ),
+    Option(
+        "skip_unchanged",
+        "flag",
+        "when the images read (paths, labels, content ids) and the options that shape the results are those of the "
+        "latest commit, commit nothing and exit 0 (outcome: unchanged)",
+    ),
+    Option(
+        "trigger",
+        "str",
+        "what started this run (e.g. a Step Functions execution's name): its outcome record is also written "
+        "under <output>/_triggered/<TRIGGER>.json, and its commit names it",
+        pattern=TRIGGER_PATTERN,
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -213,6 +229,8 @@ def convert(option: Option, value: Any) -> Any:
         text = str(value)
         if option.choices is not None and text not in option.choices:
             raise ValueError(f"invalid choice {text!r} (choose from {', '.join(option.choices)})")
+        if option.pattern is not None and not re.fullmatch(option.pattern, text):
+            raise ValueError(f"must match {option.pattern}, got {text!r}")
         return text
     try:
         number: float = int(str(value).strip()) if option.kind == "int" else float(str(value).strip())

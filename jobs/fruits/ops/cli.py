@@ -208,13 +208,32 @@ def print_status(report: dict[str, Any]) -> None:
 
 
 def print_runs(commits: list[dict[str, Any] | DamagedCommit]) -> None:
-    """A table of commits, oldest first; `*` marks the current one, `damaged` one the job did not write."""
-    header = ("", "NUMBER", "RUN ID", "COMMITTED AT", *(k.upper() for k in COUNT_KEYS))
+    """A table of commits, oldest first; `*` marks the current one, `damaged` one the job did not write. When any
+    run was triggered (autorun), a last column names what started each (the state machine's execution; `-` for
+    the others)."""
+    triggered = any(not isinstance(commit, DamagedCommit) and commit.get("trigger") for commit in commits)
+    header = (
+        "",
+        "NUMBER",
+        "RUN ID",
+        "COMMITTED AT",
+        *(k.upper() for k in COUNT_KEYS),
+        *(("TRIGGER",) if triggered else ()),
+    )
     rows = [header]
     for index, commit in enumerate(commits):
         current = "*" if index == len(commits) - 1 else ""
         if isinstance(commit, DamagedCommit):
-            rows.append((current, str(commit.number), "damaged", "", *("-" for _ in COUNT_KEYS)))
+            rows.append(
+                (
+                    current,
+                    str(commit.number),
+                    "damaged",
+                    "",
+                    *("-" for _ in COUNT_KEYS),
+                    *(("-",) if triggered else ()),
+                )
+            )
             continue
         counts = commit.get("counts") or {}
         rows.append(
@@ -224,13 +243,14 @@ def print_runs(commits: list[dict[str, Any] | DamagedCommit]) -> None:
                 str(commit.get("run_id", "")),
                 str(commit.get("committed_at", "")),
                 *(str(counts.get(k, "-")) for k in COUNT_KEYS),
+                *((str(commit.get("trigger") or "-"),) if triggered else ()),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         # Text columns left-aligned, numbers right-aligned.
         cells = [
-            cell.ljust(w) if i < 4 else cell.rjust(w)
+            cell.ljust(w) if i < 4 or i == len(COUNT_KEYS) + 4 else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
@@ -270,7 +290,13 @@ def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Client
             print(json.dumps(report, indent=2, default=str))
         else:
             print_status(report)
-    if ended:
+    if ended and outputs.get(aws.AUTORUN_PREFIX_OUTPUT):
+        # With autorun a stopped stack cluster is the usual state: triggered runs start their own.
+        print(
+            f"fruits: the stack's cluster {outputs['ClusterId']} is {state}; triggered runs start their own",
+            file=sys.stderr,
+        )
+    elif ended:
         raise aws.OpsError(aws.redeploy_advice(outputs, state))
     return EXIT_STEP_FAILED if report and report["outcome"] == FAILED else EXIT_OK
 

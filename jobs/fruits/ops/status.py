@@ -30,12 +30,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _find_step(emr: aws.EmrClient, outputs: aws.StackOutputs, step_id: str | None) -> dict[str, Any]:
-    if step_id is None:
-        return aws.latest_job_step(emr, outputs)
-    return aws.describe_step(emr, outputs["ClusterId"], step_id)
-
-
 def step_report(
     emr: aws.EmrClient,
     s3: aws.S3Client,
@@ -51,8 +45,9 @@ def step_report(
     Logs are looked up once the step has started: the step's stderr names the YARN application, whose
     application master container holds the driver's log.
     """
-    cluster_id = outputs["ClusterId"]
-    step = _find_step(emr, outputs, step_id)
+    cluster_id, step = aws.find_job_step(emr, outputs, step_id)
+    if cluster_id != outputs["ClusterId"]:  # a triggered run's transient cluster
+        cluster_state = aws.cluster_state(emr, cluster_id)
     status = step["Status"]
     state = status["State"]
     timeline = status.get("Timeline", {})
@@ -161,6 +156,11 @@ def judge(report: dict[str, Any], record: outcomes.Outcome | None, driver_log: s
         return SUCCEEDED, "the cluster check passed: this cluster can run the job (nothing was committed)"
     if record.status == outcomes.NOTHING_TO_DO:
         return SUCCEEDED, f"nothing to featurize under {record.input}: no run committed"
+    if record.status == outcomes.UNCHANGED:
+        since = (record.details or {}).get("unchanged_since") or {}
+        return SUCCEEDED, (
+            f"nothing new since commit {since.get('number')} (run {since.get('run_id')}): no run committed"
+        )
     counts = record.counts or {}
     found = " = ".join(
         [
