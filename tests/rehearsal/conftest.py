@@ -356,6 +356,7 @@ def _emr(rehearsal: Rehearsal) -> EmrService:
 
     return EmrService(
         cluster_id=rehearsal.outputs["ClusterId"],
+        cluster_name=rehearsal.deployment.cluster_name,
         log_uri=log_uri,
         start_step=rehearsal.start_step,
         container_logs=container_logs,
