@@ -13,11 +13,13 @@ import csv
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -300,3 +302,229 @@ def test_a_weights_file_that_is_not_one_is_one_line(tmp_path, capsys):
     )
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(lines) == 1 and "is not an HDF5 file" in lines[0]
+
+
+# --- S3 key shapes: every key by its exact characters ------------------------------------------------------
+
+# Any UTF-8, with what a URL parser reads as syntax ('#', '?', '%', '+', '&', ';', '=', spaces, a tab, a carriage
+# return). No newline: moto's server answers 404 for a key holding one (real S3 takes it), so the newline is
+# tested on the split itself and on a disk.
+KEY_CHARACTERS = st.characters(
+    codec="utf-8",
+    categories=("L", "N", "P", "S", "Zs"),
+    include_characters="#?%+&;= \t\r",
+    exclude_characters="/\\\n",
+)
+SEGMENTS = st.text(KEY_CHARACTERS, max_size=6).filter(lambda name: name not in (".", ".."))
+S3_KEYS = st.lists(
+    st.tuples(st.lists(SEGMENTS, min_size=0, max_size=3), SEGMENTS.filter(bool)).map(
+        lambda key: "/".join([*key[0], key[1] + ".jpg"])
+    ),
+    min_size=1,
+    max_size=8,
+    unique=True,
+)
+
+
+def hidden_name(relative: str) -> str | None:
+    """The hidden name a key lies in (its first name starting with '.' or '_', with the folders above), or None."""
+    parts = relative.split("/")
+    at = next((i for i, part in enumerate(parts) if part.startswith((".", "_"))), None)
+    return None if at is None else "/".join(parts[: at + 1])
+
+
+def s3_expected(relative: str) -> tuple[bool, str | None]:
+    """(visible, label) of a key below the input, from the README's rules: hidden when any name starts with '.'
+    or '_'; the label is the nearest folder name, empty names ('//') being no folder, as on a disk."""
+    parts = relative.split("/")
+    if any(part.startswith((".", "_")) for part in parts):
+        return False, None
+    folders = [part for part in parts[:-1] if part]
+    return True, folders[-1] if folders else None
+
+
+def test_a_location_is_split_by_its_exact_characters():
+    from fruits.storage import local_path, split_s3_uri, uri_scheme
+
+    assert split_s3_uri("s3://bucket/results#2?x=1%41+ é\n/a") == ("s3", "bucket", "results#2?x=1%41+ é\n/a")
+    assert split_s3_uri("S3A://bucket") == ("s3a", "bucket", "")
+    assert local_path("file:///tmp/a%20b#c?d") == "/tmp/a%20b#c?d"
+    assert local_path("file://localhost/x") == "/x" and local_path("file:/x#1") == "/x#1"
+    assert uri_scheme("C:/images") == "" and uri_scheme("/a:b") == "" and uri_scheme("s3://b") == "s3"
+
+
+def test_an_s3_output_means_exactly_the_prefix_it_names(moto_s3):
+    from fruits.storage import open_store
+
+    store = open_store(moto_s3.uri("results#2"))
+    store.write_json("manifest.json", {"run": 1})
+    keys = [item["Key"] for item in moto_s3.client.list_objects_v2(Bucket=moto_s3.bucket)["Contents"]]
+    assert keys == ["results#2/manifest.json"] and store.uri_for() == f"s3://{moto_s3.bucket}/results#2"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=S3_KEYS, prefix=SEGMENTS.filter(bool))
+def test_every_s3_key_shape_is_listed_read_and_stored_under_its_own_name(moto_s3, keys, prefix):
+    from fruits.reading import _s3_reader, read_frames
+    from fruits.storage import open_store
+
+    client, bucket = moto_s3.client, moto_s3.bucket
+    root = f"in {secrets.token_hex(3)} {prefix}"  # the input prefix itself holds such characters too
+    for index, key in enumerate(keys):
+        client.put_object(Bucket=bucket, Key=f"{root}/{key}", Body=f"{index}:{key}".encode())
+    listing = list_input(f"s3://{bucket}/{root}", s3_client=client)
+    expected = {f"s3://{bucket}/{root}/{key}": s3_expected(key) for key in keys}
+    visible = {path: label for path, (shown, label) in expected.items() if shown}
+    assert {entry.path for entry in listing.entries} == set(visible)
+    for entry in listing.entries:
+        assert (entry.label or None) == visible[entry.path]
+        assert (entry.reason is None) == (visible[entry.path] is not None), entry
+    assert listing.hidden == len(
+        {hidden_name(key) for key in keys} - {None}
+    )  # a hidden folder once, as on a disk
+    paths = [entry.path for entry in listing.entries]
+    if paths:  # each object read by its own key: never another object's bytes, never "vanished"
+        frame = pd.DataFrame({"path": paths, "label": ["x"] * len(paths), "split": [None] * len(paths)})
+        reader = _s3_reader(client)
+        (read,) = read_frames([frame], 10_000, choose_reader=lambda _: (reader, 4))
+        for path, content in zip(read["path"], read["content"], strict=True):
+            key = path.removeprefix(f"s3://{bucket}/{root}/")
+            assert content == f"{keys.index(key)}:{key}".encode(), path
+    # The job's own store under such a prefix: writes, reads, lists and copies under exactly those names.
+    store = open_store(f"s3://{bucket}/{root}/out#2?%41+")
+    names = sorted({"/".join(part or "x" for part in key.split("/")) for key in keys})  # store keys: no '//'
+    for name in names:
+        store.write_bytes(name, name.encode())
+        store.copy(name, name + ".copy")
+    for name in names:
+        assert store.read_bytes(name) == store.read_bytes(name + ".copy") == name.encode() and store.exists(
+            name
+        )
+    assert store.list_keys() == sorted(name + copy for name in names for copy in ("", ".copy"))
+    written = client.list_objects_v2(Bucket=bucket, Prefix=f"{root}/out#2?%41+/")["Contents"]
+    assert {item["Key"] for item in written} == {f"{root}/out#2?%41+/{key}" for key in store.list_keys()}
+
+
+PORTABLE_PLANS = PLANS.map(
+    lambda plans: [p for p in plans if p.kind in ("jpg", "png", "corrupt", "empty", "text")]
+)
+
+
+def put_tree_on_s3(moto_s3, local: Path, prefix: str) -> None:
+    """Every file of a local tree as an object, and every folder as the console's empty marker ('name/')."""
+    for path in sorted(local.rglob("*")):
+        key = f"{prefix}/{path.relative_to(local).as_posix()}"
+        if path.is_dir():
+            moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=key + "/", Body=b"")
+        else:
+            moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=key, Body=path.read_bytes())
+
+
+def placed(listing, base: str) -> dict[str, tuple]:
+    return {e.path.removeprefix(base): (e.label, e.split, e.reason, e.size) for e in listing.entries}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plans=PORTABLE_PLANS)
+def test_one_tree_is_listed_and_counted_alike_on_a_disk_and_on_s3(moto_s3, plans):
+    root = Path(tempfile.mkdtemp(prefix="fruits-hypothesis-parity-"))
+    try:
+        build_tree(root, plans)
+        prefix = f"tree-{secrets.token_hex(4)}"
+        put_tree_on_s3(moto_s3, root, prefix)
+        on_disk = list_input(str(root), max_file_mb=MAX_FILE_MB)
+        on_s3 = list_input(moto_s3.uri(prefix), max_file_mb=MAX_FILE_MB, s3_client=moto_s3.client)
+        assert placed(on_s3, f"s3://{moto_s3.bucket}/{prefix}/") == placed(on_disk, f"file:{root}/")
+        assert on_s3.hidden == on_disk.hidden  # a hidden folder is one name, however many objects it holds
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_s3_folder_markers_that_hold_data_are_rejected_and_empty_ones_are_folders(moto_s3):
+    def put(key: str, body: bytes) -> None:
+        moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=f"in/{key}", Body=body)
+
+    put("Apple/", b"")  # the console's folder
+    put("Apple/a.jpg", _image_bytes("JPEG", 1))
+    put("Apple/full/", b"bytes under a folder's name")
+    put("Kiwi_$folder$", b"")  # EMRFS's
+    put("Pear_$folder$", b"12345")
+    put("Pear//p2.jpg", _image_bytes("JPEG", 2))  # an empty folder name: placed as a disk places Pear/p2.jpg
+    put("//loose.jpg", b"x")
+    listing = list_input(moto_s3.uri("in"), s3_client=moto_s3.client)
+    found = placed(listing, f"s3://{moto_s3.bucket}/in/")
+    assert set(found) == {"Apple/a.jpg", "Apple/full/", "Pear_$folder$", "Pear//p2.jpg", "//loose.jpg"}
+    assert (
+        found["Apple/full/"][2] == "an S3 folder marker (a key ending in '/' or '_$folder$') holding 27 bytes"
+    )
+    assert found["Pear_$folder$"][2].startswith("an S3 folder marker") and found["Pear_$folder$"][3] == 5
+    assert found["Pear//p2.jpg"][:3] == ("Pear", None, None)
+    assert found["//loose.jpg"][2].startswith("not in a class folder")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_jobs_own_output_and_feature_store_inside_the_input_are_never_listed(where, tmp_path, request):
+    """Only the names the job writes are skipped: a class folder beside them, or called 'runs', still counts."""
+    images = _image_bytes("JPEG", 3)
+    tree = {
+        "Apple/a.jpg": images,
+        "runs/r.jpg": images,  # a class folder named like the job's runs/ folder: its images are images
+        "out/results.csv": b"path,label\n",
+        "out/manifest.json": b"{}",
+        "out/pca_scatter.png": images,
+        "out/runs/20261125T134501Z-3f9a1c/results.csv": b"x",
+        "out/runs/not-a-run/b.jpg": images,  # not a run id: not the job's
+        "out/_commits/00000001.json": b"{}",
+        "out/feature_store/mobilenet-a0.25-s32-d32-wrandom-seed0-f32/batch=x/part-0.parquet": b"x",
+        "out/Lemon/c.jpg": images,  # the user's own folder inside the output folder
+        "store/mobilenet_v2-a1-s224-d100-wimagenet-0123-f32/engines/litert.json": b"{}",
+        "store/Kiwi/d.jpg": images,
+    }
+    if where == "local":
+        for relative, data in tree.items():
+            (tmp_path / "in" / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "in" / relative).write_bytes(data)
+        root, base = str(tmp_path / "in"), f"file:{tmp_path}/in/"
+        client = None
+    else:
+        moto_s3 = request.getfixturevalue("moto_s3")
+        for relative, data in tree.items():
+            moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=f"in/{relative}", Body=data)
+        root, base, client = moto_s3.uri("in"), f"s3://{moto_s3.bucket}/in/", moto_s3.client
+    listing = list_input(root, output=f"{root}/out", feature_store=f"{root}/store", s3_client=client)
+    assert set(placed(listing, base)) == {
+        "Apple/a.jpg", "runs/r.jpg", "out/runs/not-a-run/b.jpg", "out/Lemon/c.jpg", "store/Kiwi/d.jpg",
+    }  # fmt: skip
+    # results.csv, manifest.json, pca_scatter.png, runs/<run id>, feature_store/<model key>, store/<model key>
+    assert listing.job_outputs == 6 and listing.hidden == 1  # _commits: hidden by its name
+
+
+def test_every_model_key_the_job_makes_is_recognised_as_the_stores():
+    from fruits import layout
+    from fruits.models import ALPHAS, MODELS
+
+    for model in MODELS:
+        for alpha in ALPHAS.get(model, (1.0,)):
+            for weights in ("random-seed0", "0123456789abcdef", "imagenet-0123456789abcdef", "imagenet"):
+                key = layout.model_key(model, alpha, 224, 100, weights)
+                assert layout.store_owned([key, "batch=x"]) == 1 and layout.output_owned(
+                    ["feature_store", key]
+                )
+    assert not layout.store_owned(["Apple"]) and not layout.output_owned(["feature_store", "Apple"])
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_run_never_featurizes_its_own_outputs_inside_the_input(spark, tmp_path):
+    for case, store in (("output", None), ("feature store", "features")):
+        images = tmp_path / case / "in"
+        for index in range(4):
+            (images / ("Apple", "Kiwi")[index % 2]).mkdir(parents=True, exist_ok=True)
+            (images / ("Apple", "Kiwi")[index % 2] / f"{index}.jpg").write_bytes(_image_bytes("JPEG", index))
+        extra = ["--feature-store", str(images / store)] if store else []
+        assert run_job(spark, images, images / "out", *extra) == 0
+        first = accounted(images / "out")
+        assert run_job(spark, images, images / "out", "--overwrite", *extra) == 0  # its plots, CSVs, Parquet
+        results, rejected, manifest = accounted(images / "out")
+        assert (results, rejected) == first[:2] and len(results) == 4 and not rejected, case
+        assert manifest["counts"]["reused"] == 4 and manifest["skipped"]["job_outputs"] >= 6, case

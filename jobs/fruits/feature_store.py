@@ -17,7 +17,6 @@ next reading of the store lacks its images, which are featurized again.
 from __future__ import annotations
 
 import pickle
-import re
 import struct
 import zlib
 from collections import Counter
@@ -32,19 +31,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from fruits.hadoop_paths import literal
+from fruits.layout import STORE_FORMAT as STORE_FORMAT  # the store's folder names: the layout owns them
+from fruits.layout import model_key as model_key
 from fruits.linalg import FEATURE_DTYPE
 from fruits.models import Weights
 from fruits.storage import Store, open_store
 
 STORE_SCHEMA = "id string, features binary, reason string"  # features: float32 bytes (fruits.linalg.pack)
-#: Part of every model key: a store written in another format is another store, never misread.
-STORE_FORMAT = "f32"
-
-
-def model_key(model: str, alpha: float, image_size: int, decode_size: int, weights_id: str) -> str:
-    """Folder name for the settings that decide a feature vector (the engine does not: they agree)."""
-    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
-    return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
 
 
 def weights_id(weights: Weights) -> str:

@@ -177,16 +177,23 @@ class RunContext:
 def list_stage(ctx: RunContext) -> Listing:
     """Every file under the input, judged from its name and size (``--limit``: the first N, in path order)."""
     with ctx.timer.stage("list"):
-        listing = list_input(ctx.options.input, max_file_mb=ctx.options.max_file_mb)
+        # An output or feature store inside the input: the job's own files are not listed (fruits.listing).
+        listing = list_input(
+            ctx.options.input,
+            max_file_mb=ctx.options.max_file_mb,
+            output=ctx.options.output,
+            feature_store=ctx.options.store_uri,
+        )
         if ctx.options.limit:
             listing.entries = listing.entries[: ctx.options.limit]
     log.info(
-        "input %s: %d files found, %d to read, %d rejected from the listing; %d hidden names skipped",
+        "input %s: %d files found, %d to read, %d rejected from the listing; %d hidden names skipped%s",
         ctx.options.input,
         len(listing.entries),
         len(listing.to_read),
         len(listing.rejected),
         listing.hidden,
+        f", {listing.job_outputs} names of this job's own output skipped" if listing.job_outputs else "",
     )
     return listing
 
@@ -1022,7 +1029,11 @@ def _extract_transform_load(
         run_id=ctx.run_id,
         options=ctx.options,
         counts=reconciled.counts,
-        skipped={"hidden": listing.hidden, "examples": listing.hidden_examples},
+        skipped={
+            "hidden": listing.hidden,
+            "examples": listing.hidden_examples,
+            "job_outputs": listing.job_outputs,
+        },
         feature_dim=reduced.feature_dim,
         model_source=featurized.model_source,
         threads=ctx.threads,

@@ -13,13 +13,19 @@
       results.csv, manifest.json... copies of the current run's PUBLISHED_NAMES (fruits.commits.publish_latest)
       feature_store/                the default feature store (``--feature-store`` moves it)
 
+    <feature store>/
+      <model key>/                  one folder per model setting (fruits.feature_store): batches and engines
+
 The job (fruits.job, fruits.commits, fruits.lease) writes this layout and the operator CLI (fruits.ops) reads
-it, both through these names, so the two cannot drift apart. Nothing here touches storage.
+it, both through these names, so the two cannot drift apart; the listing (fruits.listing) never lists them when
+an output or a feature store lies inside the input (:func:`output_owned`, :func:`store_owned`). Nothing here
+touches storage.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 LEASE_KEY = "_lease.json"
 COMMITS_PREFIX = "_commits/"
@@ -120,6 +126,39 @@ def split_run_uri(uri: str) -> tuple[str, str | None]:
         return uri, None
     root = head[: len(head) - len(RUNS_PREFIX) + 1]  # without "runs"
     return root.rstrip("/") or ("/" if root else "."), run_id
+
+
+def output_owned(parts: Sequence[str]) -> int:
+    """How many leading ``parts`` of a path below an output root name something the job writes there: 1 for a
+    published file, the lease or ``_commits``, 2 for ``runs/<run_id>`` and the default feature store's
+    ``feature_store/<model key>``; 0 when the job writes nothing by that name (a ``runs`` folder of images)."""
+    if not parts:
+        return 0
+    head = parts[0]
+    if (len(parts) == 1 and head in PUBLISHED_NAMES) or head == LEASE_KEY or head + "/" == COMMITS_PREFIX:
+        return 1
+    if head + "/" == RUNS_PREFIX and len(parts) > 1 and is_run_id(parts[1]):
+        return 2
+    if head == FEATURE_STORE_DIR and store_owned(parts[1:]):
+        return 2
+    return 0
+
+
+#: Part of every model key: a store written in another format is another store, never misread.
+STORE_FORMAT = "f32"
+_MODEL_KEY = re.compile(r"^[A-Za-z0-9._=-]+-a[0-9.]+-s\d+-d\d+-w[A-Za-z0-9._=-]+-" + STORE_FORMAT + "$")
+
+
+def model_key(model: str, alpha: float, image_size: int, decode_size: int, weights_id: str) -> str:
+    """The feature store's folder for the settings that decide a feature vector (the engine does not: they
+    agree)."""
+    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
+    return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
+
+
+def store_owned(parts: Sequence[str]) -> int:
+    """1 when ``parts`` (a path below a feature store's root) start with a model key's folder, else 0."""
+    return 1 if parts and _MODEL_KEY.match(parts[0]) else 0
 
 
 def default_feature_store(output: str) -> str:

@@ -14,18 +14,29 @@ What counts as an image (the README's "What the job reads" says the same):
 Everything else that is found is rejected with a reason, so ``found = featurized + rejected`` always holds:
 other file types, files directly under the input (no class folder), files directly under Training/ or Test/,
 special files (FIFOs, sockets, devices), broken symbolic links, a folder reached twice through links, names that are
-not valid UTF-8, and folders that cannot be listed (one row for the folder). Names starting with ``.`` or ``_``
-(``.DS_Store``, ``_SUCCESS``, ``_temporary/``, the operator's ``_smoke/``) are skipped by convention, as Spark and
-Hadoop skip them: they are not found, and the manifest counts them under ``skipped_hidden``.
+not valid UTF-8, folders that cannot be listed (one row for the folder), and S3 folder markers that hold data.
+Names starting with ``.`` or ``_`` (``.DS_Store``, ``_SUCCESS``, ``_temporary/``, the operator's ``_smoke/``) are
+skipped by convention, as Spark and Hadoop skip them: they are not found, and the manifest counts them under
+``skipped.hidden``, one per name (a hidden folder once, whatever it holds), on a disk and on S3 alike.
+
+What the job itself writes is never listed, so an output folder or a feature store inside the input works: the
+output's published files, ``runs/<run_id>/``, and the feature store's model folders (:func:`fruits.layout.output_owned`,
+:func:`fruits.layout.store_owned`) are skipped and counted under ``skipped.job_outputs``; every other file
+beside them is listed as usual.
+
+An S3 key with an empty folder name (``Pear//p2.jpg``) is placed as a disk places the same path (``Pear/p2.jpg``:
+label Pear), and read by its exact key.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+
+from fruits import layout
+from fruits.storage import S3_SCHEMES, local_path, split_s3_uri, uri_scheme
 
 SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png")
 SPLITS = {"training": "Training", "test": "Test"}
@@ -34,7 +45,8 @@ DEFAULT_MAX_FILE_MB = (
 )
 HIDDEN_EXAMPLES = 20
 _FOLDER_MARKER = "_$folder$"  # EMRFS (s3:// on EMR before 7.10.0) marks folders with such keys
-_S3_SCHEMES = ("s3", "s3a", "s3n")
+#: How many leading parts of a path below a root name something the job writes there (fruits.layout).
+Owned = Callable[[Sequence[str]], int]
 
 
 class InputError(ValueError):
@@ -66,6 +78,7 @@ class Listing:
     entries: list[Entry] = field(default_factory=list)
     hidden: int = 0
     hidden_examples: list[str] = field(default_factory=list)
+    job_outputs: int = 0  # names the job itself wrote (an output or feature store inside the input)
 
     @property
     def to_read(self) -> list[Entry]:
@@ -82,6 +95,10 @@ class Listing:
         self.hidden += 1
         if len(self.hidden_examples) < HIDDEN_EXAMPLES:
             self.hidden_examples.append(path)
+
+    def skip_job_output(self) -> None:
+        """Count one name the job itself wrote."""
+        self.job_outputs += 1
 
 
 def is_supported(name: str) -> bool:
@@ -101,8 +118,10 @@ def _megabytes(size: int) -> str:
 def place(parts: list[str], root_split: str | None = None) -> tuple[str, str | None, str | None]:
     """(label, split, reason) of a file from its path's parts below the input root.
 
-    ``root_split`` is the split the root itself names (an input pointed at ``.../Training``).
+    ``root_split`` is the split the root itself names (an input pointed at ``.../Training``). Empty parts (an S3
+    key's ``//``) are dropped, as a disk reads ``Pear//p2.jpg``: the label is never empty.
     """
+    parts = [part for part in parts if part]
     if len(parts) < 2:
         return "", root_split, "not in a class folder: files directly under the input have no label"
     top = SPLITS.get(parts[0].lower())
@@ -138,13 +157,34 @@ def _printable(path: str) -> tuple[str, bool]:
         return os.fsencode(path).decode("utf-8", "backslashreplace"), False
 
 
-def _walk_local(root: str, listing: Listing, max_file_bytes: int, root_split: str | None) -> None:
+def _local_owners(locations: dict[str, Owned]) -> dict[tuple[int, int], Owned]:
+    """The job's local output and feature store folders that exist, by (device, inode): links and other spellings
+    of a path find the same folder."""
+    owners = {}
+    for location, owned in locations.items():
+        if uri_scheme(location) in ("", "file"):
+            try:
+                info = os.stat(local_path(location))
+            except (OSError, ValueError):
+                continue  # not there (yet): nothing of it to skip
+            owners[(info.st_dev, info.st_ino)] = owned
+    return owners
+
+
+def _walk_local(
+    root: str, listing: Listing, max_file_bytes: int, root_split: str | None, owners: dict[str, Owned]
+) -> None:
     """Depth-first walk of a local folder; never raises for one file or folder, never follows a link twice."""
     root = os.path.abspath(root)
-    seen = {(os.stat(root).st_dev, os.stat(root).st_ino)}
-    stack: list[tuple[str, list[str]]] = [(root, [])]
+    root_key = (os.stat(root).st_dev, os.stat(root).st_ino)
+    seen = {root_key}
+    owned_folders = _local_owners(owners)
+    # Each folder to list: its path, its parts below the root, and (inside the job's output or feature store)
+    # what the job owns there with the parts below that folder.
+    start = (owned_folders[root_key], []) if root_key in owned_folders else None
+    stack: list[tuple[str, list[str], tuple[Owned, list[str]] | None]] = [(root, [], start)]
     while stack:
-        folder, parts = stack.pop()
+        folder, parts, inside = stack.pop()
         try:
             with os.scandir(folder) as found:
                 children = sorted(found, key=lambda entry: entry.name)
@@ -157,7 +197,11 @@ def _walk_local(root: str, listing: Listing, max_file_bytes: int, root_split: st
             shown, exact = _printable(child.path)
             path = f"file:{shown}"
             if is_hidden(child.name):
-                listing.skip_hidden(path)
+                listing.skip_hidden(path + ("/" if child.is_dir() else ""))
+                continue
+            below = [*inside[1], child.name] if inside else []
+            if inside and inside[0](below) == len(below):
+                listing.skip_job_output()
                 continue
             child_parts = [*parts, _printable(child.name)[0]]
             if not exact:
@@ -180,7 +224,9 @@ def _walk_local(root: str, listing: Listing, max_file_bytes: int, root_split: st
                     listing.entries.append(Entry(path + "/", 0, "", None, "", reason))
                 else:
                     seen.add(key)
-                    stack.append((child.path, child_parts))
+                    owned = owned_folders.get(key)
+                    deeper = (owned, []) if owned else (inside[0], below) if inside else None
+                    stack.append((child.path, child_parts, deeper))
             elif stat.S_ISREG(info.st_mode):
                 version = f"{info.st_mtime_ns}"
                 listing.entries.append(
@@ -192,35 +238,84 @@ def _walk_local(root: str, listing: Listing, max_file_bytes: int, root_split: st
                 )
 
 
-def _walk_s3(uri: str, listing: Listing, max_file_bytes: int, root_split: str | None, client: object) -> None:
-    """Every object under the prefix, 1,000 keys a request."""
-    parsed = urlparse(uri)
-    prefix = parsed.path.lstrip("/")
+def _s3_owners(bucket: str, locations: dict[str, Owned]) -> list[tuple[list[str], Owned]]:
+    """The job's output and feature store prefixes in ``bucket``: (their key's parts, what the job owns there)."""
+    owners = []
+    for location, owned in locations.items():
+        if uri_scheme(location) in S3_SCHEMES:
+            _, other, prefix = split_s3_uri(location)
+            if other == bucket:
+                owners.append(([part for part in prefix.split("/") if part], owned))
+    return owners
+
+
+def _owned_name(parts: list[str], owners: list[tuple[list[str], Owned]]) -> str | None:
+    """The name (key parts joined) of what the job wrote that the key ``parts`` lies in, or None."""
+    for prefix, owned in owners:
+        if parts[: len(prefix)] == prefix:
+            depth = owned(parts[len(prefix) :])
+            if depth:
+                return "/".join(parts[: len(prefix) + depth])
+    return None
+
+
+def _walk_s3(
+    uri: str,
+    listing: Listing,
+    max_file_bytes: int,
+    root_split: str | None,
+    client: object,
+    owners: dict[str, Owned],
+) -> None:
+    """Every object under the prefix, 1,000 keys a request; a hidden name (or one the job wrote) counts once,
+    as the walk of a disk counts it, however many keys lie below it."""
+    scheme, bucket, prefix = split_s3_uri(uri)
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=parsed.netloc, Prefix=prefix)  # type: ignore[attr-defined]
+    owned_prefixes = _s3_owners(bucket, owners)
+    skipped: set[str] = set()
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)  # type: ignore[attr-defined]
     for page in pages:
         for item in page.get("Contents", []):
             key = item["Key"]
             relative = key[len(prefix) :]
-            if not relative or relative.endswith("/") or relative.endswith(_FOLDER_MARKER):
-                continue  # folder markers made by the console or EMRFS: not files
-            path = f"{parsed.scheme}://{parsed.netloc}/{key}"
+            path = f"{scheme}://{bucket}/{key}"
             parts = relative.split("/")
-            if any(is_hidden(part) for part in parts):
-                listing.skip_hidden(path)
+            hidden_at = next((i for i, part in enumerate(parts) if is_hidden(part)), None)
+            if hidden_at is not None:
+                name = "/".join(parts[: hidden_at + 1])
+                if name not in skipped:
+                    skipped.add(name)
+                    folder = "/" if hidden_at + 1 < len(parts) else ""
+                    listing.skip_hidden(f"{scheme}://{bucket}/{prefix}{name}{folder}")
                 continue
+            owned = _owned_name(key.split("/"), owned_prefixes)
+            if owned is not None:
+                if owned not in skipped:
+                    skipped.add(owned)
+                    listing.skip_job_output()
+                continue
+            size = int(item["Size"])
+            if not relative or relative.endswith("/") or relative.endswith(_FOLDER_MARKER):
+                if size:  # a marker is empty: one with bytes is an object nobody could read as a file
+                    reason = f"an S3 folder marker (a key ending in '/' or '{_FOLDER_MARKER}') holding {size} bytes"
+                    listing.entries.append(Entry(path, size, "", None, "", reason))
+                continue  # an empty marker, made by the console or EMRFS: a folder, not a file
             version = str(item.get("ETag", "")).strip('"')
-            listing.entries.append(
-                _entry(path, parts, int(item["Size"]), version, max_file_bytes, root_split)
-            )
+            listing.entries.append(_entry(path, parts, size, version, max_file_bytes, root_split))
 
 
 def list_input(
-    uri: str, *, max_file_mb: int = DEFAULT_MAX_FILE_MB, s3_client: object | None = None
+    uri: str,
+    *,
+    max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    s3_client: object | None = None,
+    output: str | None = None,
+    feature_store: str | None = None,
 ) -> Listing:
     """Every file under ``uri`` (a local folder, ``file://`` or ``s3://`` prefix), sorted by path.
 
+    What the job writes under ``output`` and ``feature_store`` is never listed, should they lie inside ``uri``.
     Raises :class:`InputError` when the input is missing, is not a folder, or has an unsupported scheme. An
     input with no files gives an empty listing: whether that is an error is the caller's decision.
     """
@@ -228,15 +323,20 @@ def list_input(
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     root_split = SPLITS.get(name.lower())
     listing = Listing(root=uri)
+    owners: dict[str, Owned] = {}
+    if feature_store:
+        owners[feature_store] = layout.store_owned
+    if output:
+        owners[output] = layout.output_owned
     root = _root(uri)
     if root is None:
         if s3_client is None:
             from fruits.storage import make_s3_client
 
             s3_client = make_s3_client()
-        _walk_s3(uri, listing, max_file_bytes, root_split, s3_client)
+        _walk_s3(uri, listing, max_file_bytes, root_split, s3_client, owners)
     else:
-        _walk_local(root, listing, max_file_bytes, root_split)
+        _walk_local(root, listing, max_file_bytes, root_split, owners)
     listing.entries.sort(key=lambda entry: entry.path)
     return listing
 
@@ -244,21 +344,18 @@ def list_input(
 def _root(uri: str) -> str | None:
     """The local folder ``uri`` names (a path, ``file:/x``, ``file:///x``, ``file://localhost/x``), or None for
     an ``s3://`` prefix with a bucket; InputError for anything the job cannot list, found without a request."""
-    parsed = urlparse(uri)
-    if parsed.scheme in _S3_SCHEMES:
-        if not parsed.netloc:
+    scheme = uri_scheme(uri)  # every part by its exact characters: a location is not a URL (fruits.storage)
+    if scheme in S3_SCHEMES:
+        if not split_s3_uri(uri)[1]:
             raise InputError(f"input {uri!r} names no bucket")
         return None
-    if parsed.scheme not in ("", "file") and len(parsed.scheme) != 1:  # one letter: a Windows drive
+    if scheme not in ("", "file"):
         raise InputError(f"unsupported input {uri!r}: give a local folder or an s3:// prefix")
-    root = uri
-    if parsed.scheme == "file":
-        root = uri[len("file:") :]
-        if root.startswith("//"):  # file://host/path: only this host is local
-            host, _, path = root[2:].partition("/")
-            if host not in ("", "localhost"):
-                raise InputError(f"unsupported input {uri!r}: {host} is another host; give a local folder")
-            root = "/" + path
+    try:
+        root = local_path(uri)
+    except ValueError:  # file://host/path: only this host is local
+        host = uri[len("file://") :].partition("/")[0]
+        raise InputError(f"unsupported input {uri!r}: {host} is another host; give a local folder") from None
     if not os.path.exists(root):
         raise InputError(f"input not found: {uri}")
     if not os.path.isdir(root):
@@ -281,18 +378,17 @@ def check_input(
         from fruits.storage import make_s3_client
 
         s3_client = make_s3_client()
-    parsed = urlparse(uri)
-    prefix = parsed.path.lstrip("/")
+    _, bucket, prefix = split_s3_uri(uri)
     prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
     try:
-        page = s3_client.list_objects_v2(Bucket=parsed.netloc, Prefix=prefix, MaxKeys=1)  # type: ignore[attr-defined]
+        page = s3_client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)  # type: ignore[attr-defined]
     except Exception as error:
         response = getattr(error, "response", None)
         if not isinstance(response, dict):
             raise
         code = response.get("Error", {}).get("Code", "")
         if code == "NoSuchBucket":
-            raise InputError(f"input {uri}: bucket {parsed.netloc} does not exist") from None
+            raise InputError(f"input {uri}: bucket {bucket} does not exist") from None
         raise InputError(f"input {uri}: S3 refused to list it ({code}: {error})") from None
     if not allow_empty and not page.get("KeyCount"):
         raise InputError(f"input is empty: no files under {uri}")

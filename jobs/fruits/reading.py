@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
-from urllib.parse import urlparse
 
 import pandas as pd
 from pyspark.sql import DataFrame
+
+from fruits.storage import S3_SCHEMES, make_s3_client, split_s3_uri, uri_scheme
 
 READ_SCHEMA = "path string, label string, split string, length long, id string, content binary, reason string"
 S3_THREADS = 16  # S3 answers each GET in tens of milliseconds: overlap them; local reads need no threads
@@ -53,9 +54,9 @@ def _s3_reader(client: Any) -> Reader:
     from botocore.exceptions import BotoCoreError, ClientError
 
     def read(path: str, max_bytes: int) -> bytes:
-        parsed = urlparse(path)
+        _, bucket, key = split_s3_uri(path)  # the exact key: '#', '?', '%' are part of it
         try:
-            body = client.get_object(Bucket=parsed.netloc, Key=parsed.path[1:])["Body"]
+            body = client.get_object(Bucket=bucket, Key=key)["Body"]
             data = body.read(max_bytes + 1)
             body.close()
         except ClientError as error:
@@ -81,10 +82,8 @@ _S3_CLIENT: dict[str, Any] = {}  # one client per Python worker (boto3 clients a
 
 def default_reader(path: str) -> tuple[Reader, int]:
     """(reader, threads) for a path: local files directly, S3 objects with this worker's boto3 client."""
-    if urlparse(path).scheme in ("s3", "s3a", "s3n"):
+    if uri_scheme(path) in S3_SCHEMES:
         if "client" not in _S3_CLIENT:
-            from fruits.storage import make_s3_client
-
             _S3_CLIENT["client"] = make_s3_client()
         return _s3_reader(_S3_CLIENT["client"]), S3_THREADS
     return _read_local, 1

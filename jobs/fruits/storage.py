@@ -25,13 +25,13 @@ import hashlib
 import json
 import mimetypes
 import os
+import re
 import secrets
 import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 # Local temporary files start with this so that listings can skip a write in progress.
 _TMP_PREFIX = ".~tmp-"
@@ -39,6 +39,44 @@ _TMP_PREFIX = ".~tmp-"
 # asks callers to retry, after which the request succeeds or fails with a definite 412.
 _CONFLICT_RETRIES = 5
 _S3_DELETE_BATCH = 1000
+
+
+S3_SCHEMES = ("s3", "s3a", "s3n")
+# RFC 3986's scheme; one letter is a Windows drive, not a scheme.
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def uri_scheme(location: str) -> str:
+    """The scheme of a storage location, lower case: ``s3``, ``file``, ... or ``''`` for a plain path."""
+    match = _SCHEME.match(location)
+    return match.group(1).lower() if match else ""
+
+
+def split_s3_uri(uri: str) -> tuple[str, str, str]:
+    """``(scheme, bucket, key)`` of ``s3://bucket/key`` by its exact characters.
+
+    Not a URL: ``#``, ``?``, ``%``, ``+``, spaces, tabs and newlines are part of the key, as S3 names it (urlparse
+    would cut the key at ``#`` or ``?``). ValueError when ``uri`` is not an s3://, s3a:// or s3n:// location.
+    """
+    scheme, separator, rest = uri.partition("://")
+    if not separator or scheme.lower() not in S3_SCHEMES:
+        raise ValueError(f"not an s3:// location: {uri!r}")
+    bucket, _, key = rest.partition("/")
+    return scheme.lower(), bucket, key
+
+
+def local_path(location: str) -> str:
+    """The local path of ``file:///x``, ``file://localhost/x``, ``file:/x`` or a plain path, character for
+    character: no percent-decoding, no ``#`` or ``?`` cut (a local name may hold any of them)."""
+    if uri_scheme(location) != "file":
+        return location
+    rest = location[len("file:") :]
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host not in ("", "localhost"):
+            raise ValueError(f"file URI with a remote host is not supported: {location}")
+        return slash + path
+    return rest
 
 
 class StoreError(Exception):
@@ -602,25 +640,28 @@ def make_s3_client() -> Any:
 def open_store(uri: str | os.PathLike[str], *, s3_client: Any | None = None) -> Store:
     """A :class:`Store` for a local path, ``file://`` URI or ``s3://bucket/prefix`` (also s3a://, s3n://)."""
     text = os.fspath(uri)
-    parsed = urlparse(text)
-    if parsed.scheme in ("s3", "s3a", "s3n"):
-        return S3Store(parsed.netloc, parsed.path, client=s3_client)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"file URI with a remote host is not supported: {text}")
-        return LocalStore(unquote(parsed.path))
-    if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
+    scheme = uri_scheme(text)  # every part by its exact characters: a location is not a URL (split_s3_uri)
+    if scheme in S3_SCHEMES:
+        _, bucket, prefix = split_s3_uri(text)
+        return S3Store(bucket, prefix, client=s3_client)
+    if scheme == "file":
+        return LocalStore(local_path(text))
+    if scheme:
         raise ValueError(f"unsupported storage URI {text!r}: use a local path, file:// or s3://bucket/prefix")
     return LocalStore(text)
 
 
 __all__ = [
+    "S3_SCHEMES",
     "LocalStore",
     "NotFound",
     "S3Store",
     "Store",
     "StoreError",
+    "local_path",
     "make_s3_client",
     "open_store",
     "s3_region",
+    "split_s3_uri",
+    "uri_scheme",
 ]
