@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fruits import engines
-from fruits.featurize import featurize_frames
+from fruits.featurize import NON_FINITE, featurize_frames
 
 
 def jpeg(colour: tuple[int, int, int], size: int = 12) -> bytes:
@@ -104,3 +104,25 @@ def test_a_model_returning_the_wrong_number_of_rows_is_an_error():
 def test_unknown_engine_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown engine 'onnx'; supported: litert, keras"):
         engines.load_predictor(str(tmp_path / "m"), "onnx")
+
+
+def test_an_image_whose_features_are_not_finite_is_rejected_and_never_stored():
+    """NaN, infinity, or a float64 beyond float32's range (stored as infinity): that image only is rejected."""
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        red = batch[:, 0, 0, 0].astype(np.float64)  # each image's own value picks what the model returns
+        out = np.stack([red, red + 1.0], axis=1)
+        out[red > 250, 1] = np.nan
+        out[(red > 180) & (red <= 250), 0] = np.inf
+        out[(red > 100) & (red <= 180), 1] = (
+            1e39  # finite as float64, infinite as the float32 it is stored as
+        )
+        return out
+
+    contents = [jpeg((0, 0, 0)), jpeg((255, 0, 0)), jpeg((200, 0, 0)), jpeg((140, 0, 0)), jpeg((20, 0, 0))]
+    out = next(featurize_frames([frame(contents)], lambda: model, decode_size=8, batch_size=10))
+    assert out["features"].isna().tolist() == [False, True, True, True, False]
+    assert (
+        out["reason"].tolist()[1:4] == [NON_FINITE] * 3 and out["reason"].isna().tolist()[::4] == [True] * 2
+    )
+    assert all(np.isfinite(np.frombuffer(v, "<f4")).all() for v in out["features"].dropna())

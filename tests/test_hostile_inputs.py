@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -528,3 +529,85 @@ def test_a_run_never_featurizes_its_own_outputs_inside_the_input(spark, tmp_path
         results, rejected, manifest = accounted(images / "out")
         assert (results, rejected) == first[:2] and len(results) == 4 and not rejected, case
         assert manifest["counts"]["reused"] == 4 and manifest["skipped"]["job_outputs"] >= 6, case
+
+
+# --- never commit a wrong result -----------------------------------------------------------------------
+
+
+def overflowing_model(path: Path) -> Path:
+    """A .keras backbone whose last feature is exp(100 x the sum of the image's mean colour): finite for dark
+    images, infinite (float32 overflow) for bright ones; a real model through the job's real engines."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)  # preprocessed colours in [-1, 1]
+    grow = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(100.0))(mean)
+    keras.Model(
+        inputs, keras.layers.Concatenate()([mean, keras.layers.Activation("exponential")(grow)])
+    ).save(path)
+    return path
+
+
+def solid_jpeg(path: Path, colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), colour).save(path)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_images_whose_features_are_not_finite_are_rejected_and_counts_stay_honest(spark, tmp_path):
+    """Bright images overflow the model: rejected with the reason, never stored as features; neither they nor
+    undecodable files count as newly featurized, in a first (one-pass) run and in a later (two-pass) one."""
+    images, output = tmp_path / "in", tmp_path / "out"
+    weights = ["--weights", str(overflowing_model(tmp_path / "overflow.keras"))]
+    for i in range(4):
+        solid_jpeg(images / "Dark" / f"d{i}.jpg", (20 + 20 * i, 10 * i, 30))
+    solid_jpeg(images / "Bright" / "b0.jpg", (250, 250, 250))
+    (images / "Dark" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert run_job(spark, images, output, *weights) == 0
+    results, rejected, manifest = accounted(output)
+    non_finite = "the model's features for this image are not finite (NaN or infinity)"
+    assert rejected[f"file:{images}/Bright/b0.jpg"] == non_finite and len(results) == 4
+    assert manifest["counts"]["newly_featurized"] == 4  # not 6: two images were read but not featurized
+    solid_jpeg(images / "Dark" / "d9.jpg", (5, 60, 5))
+    solid_jpeg(images / "Bright" / "b1.jpg", (240, 250, 250))
+    (images / "Dark" / "broken2.jpg").write_bytes(b"\xff\xd8\xff still not a jpeg")
+    assert run_job(spark, images, output, "--overwrite", *weights) == 0
+    results, rejected, manifest = accounted(output)
+    counts = manifest["counts"]
+    assert (counts["featurized"], counts["rejected"], counts["reused"], counts["newly_featurized"]) == (
+        5,
+        4,
+        4,
+        1,
+    )
+    assert rejected[f"file:{images}/Bright/b1.jpg"] == non_finite
+    assert all(
+        all(math.isfinite(float(row[f"pc_{i}"])) for i in (1, 2)) for row in read_csv(output / "results.csv")
+    )
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_non_finite_statistics_fail_the_run_before_anything_is_committed(
+    spark, tmp_path, monkeypatch, capsys
+):
+    """Whatever let a non-finite value into the sums (a stored batch from an older job, say), the fit refuses."""
+    import fruits.summaries
+
+    real = fruits.summaries.summarize
+
+    def poisoned(rows, dim):  # type: ignore[no-untyped-def]
+        sums = real(rows, dim)
+        sums.total.total[0] = float("nan")
+        return sums
+
+    monkeypatch.setattr(fruits.summaries, "summarize", poisoned)
+    images = tmp_path / "in"
+    for i in range(3):
+        solid_jpeg(images / "Dark" / f"d{i}.jpg", (20 + 30 * i, 10, 30))
+    assert run_job(spark, images, tmp_path / "out") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the PCA's sum of the features (mean and covariance) is not finite" in last, last
+    assert not (tmp_path / "out" / "_commits").exists() or not list((tmp_path / "out" / "_commits").iterdir())
+    assert not (tmp_path / "out" / "results.csv").exists()

@@ -1,9 +1,11 @@
-"""Choosing k from an explained-variance curve, and the CSV header."""
+"""Choosing k from an explained-variance curve, the CSV header, and a fit that refuses non-finite sums."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from fruits.linalg import NonFiniteStatistics, moments, principal_components
 from fruits.reduce import choose_k
 from fruits.writing import result_columns
 
@@ -36,3 +38,11 @@ def test_choose_k_refuses_an_empty_curve():
 
 def test_results_header():
     assert result_columns(3) == ["path", "label", "pc_1", "pc_2", "pc_3"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_fit_from_non_finite_sums_fails_with_one_line_instead_of_committing_nulls(bad):
+    rows = np.arange(12, dtype=np.float64).reshape(4, 3)
+    rows[2, 1] = bad
+    with pytest.raises(NonFiniteStatistics, match=r"^the PCA's sum of the features .* is not finite"):
+        principal_components(moments([rows], 3))

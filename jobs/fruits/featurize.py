@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from fruits.decoding import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from fruits.engines import ModelArtifact, Predictor, load_predictor
 from fruits.faults import fail_first_attempt
-from fruits.linalg import pack
+from fruits.linalg import FEATURE_DTYPE, pack
 from fruits.reading import read_frames
 
 # features: float32 bytes (fruits.linalg.pack), which Spark moves and stores without touching each element.
@@ -30,6 +30,8 @@ FEATURES_SCHEMA = "id string, features binary, reason string"
 ROWS_SCHEMA = (
     "path string, label string, split string, length long, id string, features binary, reason string"
 )
+#: The reason of an image whose feature vector holds NaN or infinity: never stored as features.
+NON_FINITE = "the model's features for this image are not finite (NaN or infinity)"
 
 
 def featurize_frames(
@@ -44,7 +46,8 @@ def featurize_frames(
     ``features`` and ``reason``: one output row per input row, in order.
 
     A row without content keeps its reason (a file that could not be read); an undecodable image gets the
-    decoder's reason and no features; neither stops the batch. The predictor is fetched lazily so that a
+    decoder's reason and no features; an image whose features are not finite (NaN or infinity, in float32 as
+    stored) gets :data:`NON_FINITE`; none of them stops the batch. The predictor is fetched lazily so that a
     partition of only rejected images loads no model.
     """
     predictor: Predictor | None = None
@@ -72,8 +75,14 @@ def featurize_frames(
                 output = predictor(batch[: len(good)])
                 if output.shape[0] != len(good):
                     raise ValueError(f"model returned {output.shape[0]} rows for a batch of {len(good)}")
-                for position, vector in zip(good, output, strict=True):
-                    features[position] = pack(vector)
+                # Checked as stored: a float64 output above float32's range would be stored as infinity.
+                vectors = np.asarray(output, dtype=FEATURE_DTYPE)
+                finite = np.isfinite(vectors).all(axis=1)  # one vectorised pass over the batch's outputs
+                for position, vector, usable in zip(good, vectors, finite, strict=True):
+                    if usable:
+                        features[position] = pack(vector)
+                    else:
+                        reasons[position] = NON_FINITE
             kept = chunk.drop(columns=["content", "reason"], errors="ignore")
             yield kept.assign(features=features, reason=reasons)
 

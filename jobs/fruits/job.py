@@ -288,11 +288,11 @@ def read_stage(ctx: RunContext, listing: Listing) -> Catalog:
 
 @dataclass(frozen=True)
 class Featurized:
-    """The feature store's batches this run reads, and how many distinct images it featurized itself."""
+    """The feature store's batches this run reads, and how many distinct images it had to featurize itself."""
 
     batches: list[str]
-    newly: int | None  # None: every id read was new (a one-pass run); reconcile_stage counts them
-    new_ids: DataFrame  # ``id`` of each image featurized by this run
+    newly: int | None  # distinct new images to featurize; None: a one-pass run (every id read was new)
+    new_ids: DataFrame  # ``id`` of each image featurized by this run (one pass: only those that got features)
     feature_dim: int | None  # known when this run prepared the model
     model_source: str | None  # where the model came from: "local cache", "feature store", "built", or None
     rows: DataFrame | None = None  # every image with its features or reason, when read and featurized at once
@@ -362,8 +362,9 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
         batch = feature_store.write_rows(made, store, key, ctx.run_id)
         rows = feature_store.read_rows(spark, store, key, batch, made.schema)
     lease.check()
-    # How many distinct images were new is counted by reconcile_stage, from the id column alone.
-    distinct = rows.where(F.col("id").isNotNull()).select("id").distinct()
+    # How many distinct images got features is counted by reconcile_stage, from the id and reason columns alone
+    # (a row has features exactly when it has no reason): an image rejected at decoding is not featurized.
+    distinct = rows.where(F.col("reason").isNull()).select("id").distinct()
     return Featurized([batch], None, distinct, artifact.feature_dim, source, rows)
 
 
@@ -439,14 +440,19 @@ def reconcile_stage(
                 ctx.spark.createDataFrame(listed_rejects, "path string, reason string")
             )
         featurized_rows, read = sums.total.n, sums.total.n + sums.unfeaturized
-        # A one-pass run (newly None): each distinct id it read was new.
-        newly = featurized.new_ids.count() if featurized.newly is None else featurized.newly
-        good = rows.where(F.col("features").isNotNull())
-        if featurized.rows is not None or not featurized.newly:
-            # One pass over an empty store reused nothing; with nothing new, everything was reused.
-            reused = 0 if featurized.rows is not None else featurized_rows
-        else:  # images whose features the store already held (identical bytes under a new path too)
-            reused = good.join(featurized.new_ids, "id", "left_anti").count()
+        if featurized.rows is not None:  # one pass over an empty store: each distinct id featurized was new
+            newly, reused = featurized.new_ids.count(), 0
+        elif not featurized.newly:  # nothing new: everything was reused
+            newly, reused = 0, featurized_rows
+        else:
+            # One pass over the featurized rows: those whose features the store already held (identical bytes
+            # under a new path too), and the distinct new images that got features (not those the decoder or
+            # the model rejected).
+            new = featurized.new_ids.withColumn("new", F.lit(True))
+            marked = rows.where(F.col("features").isNotNull()).join(new, "id", "left")
+            reused, newly = marked.agg(
+                F.count(F.when(F.col("new").isNull(), 1)), F.countDistinct(F.when(F.col("new"), F.col("id")))
+            ).first()
         counts = {
             "found": len(listing.entries),
             "featurized": int(featurized_rows),
@@ -465,7 +471,9 @@ def reconcile_stage(
             f"only 1 image under {ctx.options.input} could be featurized ({counts['rejected']} rejected{why}): "
             "PCA needs at least 2 images"
         )
-    if counts["featurized"] + counts["rejected"] != counts["found"]:
+    if counts["featurized"] + counts["rejected"] != counts["found"] or (
+        counts["reused"] + counts["newly_featurized"] > counts["featurized"]
+    ):
         raise RuntimeError(f"counts do not reconcile: {counts}")
     return Reconciled(rows, rejected, counts)
 

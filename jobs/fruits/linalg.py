@@ -18,6 +18,19 @@ import pandas as pd
 FEATURE_DTYPE = np.dtype("<f4")
 
 
+class NonFiniteStatistics(ValueError):
+    """The PCA's fitted statistics hold NaN or infinity: some feature vector did, and nothing may be committed."""
+
+
+def require_finite(what: str, *arrays: np.ndarray) -> None:
+    """Raise :class:`NonFiniteStatistics` naming ``what`` unless every value of ``arrays`` is finite."""
+    if not all(np.isfinite(array).all() for array in arrays):
+        raise NonFiniteStatistics(
+            f"the PCA's {what} is not finite (NaN or infinity): a feature vector holds a non-finite value; "
+            "nothing was committed"
+        )
+
+
 def pack(vector: np.ndarray) -> bytes:
     """One feature vector as the job keeps it: float32 little-endian bytes."""
     return np.asarray(vector, dtype=FEATURE_DTYPE).tobytes()
@@ -146,6 +159,7 @@ def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if m.n < 2:
         raise ValueError(f"PCA needs at least 2 rows, got {m.n}")
     mean = m.total / m.n
+    require_finite("sum of the features (mean and covariance)", m.total, m.gram)  # eigh would fail obscurely
     covariance = (m.gram - m.n * np.outer(mean, mean)) / (m.n - 1)
     covariance = (covariance + covariance.T) / 2  # exact symmetry for the symmetric solver
     values, vectors = np.linalg.eigh(covariance)
@@ -155,6 +169,7 @@ def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray
     vectors = vectors * np.where(signs == 0, 1.0, signs)
     total = values.sum()
     explained = values / total if total > 0 else np.zeros_like(values)
+    require_finite("fit (mean, components, explained variance)", mean, vectors, explained)
     return mean, vectors, explained
 
 
