@@ -10,6 +10,7 @@ once, byte for byte.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -611,3 +612,25 @@ def test_non_finite_statistics_fail_the_run_before_anything_is_committed(
     assert "the PCA's sum of the features (mean and covariance) is not finite" in last, last
     assert not (tmp_path / "out" / "_commits").exists() or not list((tmp_path / "out" / "_commits").iterdir())
     assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_s3_weights_replaced_under_the_same_uri_are_downloaded_again(moto_s3, tmp_path):
+    """The cache is keyed by the object's version, asked of S3 on every run; unchanged weights are not fetched."""
+    from fruits import models
+
+    uri = f"s3://{moto_s3.bucket}/models/ours #2.h5"
+
+    def publish(body: bytes) -> bytes:
+        moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="models/ours #2.h5", Body=body)
+        return body
+
+    first = publish(b"\x89HDF\r\n\x1a\n" + b"version one")
+    one = models.resolve_weights(uri, cache_dir=str(tmp_path))
+    assert Path(one.path).read_bytes() == first and one.sha256 == hashlib.sha256(first).hexdigest()
+    assert models.resolve_weights(uri, cache_dir=str(tmp_path)).path == one.path  # the same version: kept
+    second = publish(b"\x89HDF\r\n\x1a\n" + b"version two, replaced")
+    two = models.resolve_weights(uri, cache_dir=str(tmp_path))
+    assert Path(two.path).read_bytes() == second and two.sha256 == hashlib.sha256(second).hexdigest()
+    moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key="models/ours #2.h5")
+    with pytest.raises(models.WeightsError, match="weights not found: s3://"):
+        models.resolve_weights(uri, cache_dir=str(tmp_path))

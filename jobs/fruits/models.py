@@ -8,9 +8,11 @@ engine's kernels instead of in Python, and makes both engines (Keras, LiteRT) se
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,21 +146,59 @@ def _writable_cache(name: str) -> str:
 
 
 def _download_s3(uri: str, cache_dir: str) -> str:
-    """Fetch an s3:// object once into ``cache_dir`` (keyed by URI) and return the local path."""
-    from fruits.storage import make_s3_client  # the job's one S3 client factory: region, endpoint, retries
+    """The s3:// object's current version as a local file in ``cache_dir``; downloaded when that version is not
+    there yet.
 
-    bucket, _, key = uri[len("s3://") :].partition("/")
+    The cache is keyed by URI *and* version: one HEAD a run asks S3 for the object's ETag (its content's tag, new
+    when the object is replaced), version id and size, so weights replaced under the same URI are downloaded
+    again instead of the old ones being used silently. The GET carries ``If-Match`` with that ETag, so the bytes
+    kept are that version's: S3 answers 412 if the object changed in between
+    (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html, ``IfMatch``).
+    """
+    from fruits.storage import make_s3_client, split_s3_uri  # the job's one S3 client factory and URI split
+
+    _, bucket, key = split_s3_uri(uri)
     if not bucket or not key:
         raise WeightsError(f"weights URI {uri!r} has no bucket or key")
-    folder = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, os.path.basename(key))
-    if not os.path.exists(path):
+    client = make_s3_client()
+    for attempt in range(2):  # a second try when the object was replaced between the HEAD and the GET
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+        except Exception as error:
+            if _error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                raise WeightsError(f"weights not found: {uri}") from None
+            raise
+        etag = str(head["ETag"])
+        version = f"{etag.strip(chr(34))}-{head.get('VersionId') or ''}-{head['ContentLength']}"
+        folder = os.path.join(
+            cache_dir,
+            hashlib.sha256(uri.encode()).hexdigest()[:16],
+            hashlib.sha256(version.encode()).hexdigest()[:16],
+        )
+        path = os.path.join(folder, os.path.basename(key))
+        if os.path.exists(path):
+            return path
+        os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder)
-        os.close(fd)
-        make_s3_client().download_file(bucket, key, tmp)
-        os.replace(tmp, path)  # a killed download never leaves a file that looks complete
-    return path
+        try:
+            body = client.get_object(Bucket=bucket, Key=key, IfMatch=etag)["Body"]
+            with os.fdopen(fd, "wb") as handle:
+                shutil.copyfileobj(body, handle, 1 << 20)
+            os.replace(tmp, path)  # a killed download never leaves a file that looks complete
+            return path
+        except Exception as error:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if _error_code(error) not in ("412", "PreconditionFailed"):
+                raise
+            if attempt:
+                raise WeightsError(f"weights {uri} kept changing while being downloaded: run again") from None
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
+def _error_code(error: BaseException) -> str:
+    response = getattr(error, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def resolve_weights(
