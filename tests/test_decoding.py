@@ -175,3 +175,42 @@ def test_truncated_or_bit_flipped_images_never_crash(mode, fmt, cut, flip):
 )
 def test_supported_extensions_any_case(path, ok):
     assert is_supported(path) is ok
+
+
+def sideways_photo(orientation: int, fmt: str = "JPEG") -> bytes:
+    """A 64x32 image stored as a camera stores it (left half red, right half blue), with an EXIF Orientation."""
+    pixels = np.zeros((32, 64, 3), dtype=np.uint8)
+    pixels[:, :32] = (220, 20, 20)
+    pixels[:, 32:] = (20, 20, 220)
+    pixels[:8, :8] = (20, 220, 20)  # a green corner: every orientation looks different
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(
+        Image.fromarray(pixels), fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {})
+    )
+
+
+def test_a_photo_stored_sideways_is_decoded_upright_as_viewers_show_it():
+    """Orientation 6 ('rotate 90 degrees clockwise to view'): what a viewer shows has red on top, blue below."""
+    upright = decode_image(sideways_photo(6), 16).astype(int)
+    assert (upright[:6, :10, 0] > 150).all() and (upright[-6:, :, 2] > 150).all()
+    assert (upright[:2, -3:, 1] > 150).all()  # the stored top-left corner, now at the top right
+    stored = decode_image(sideways_photo(1), 16).astype(int)  # no rotation asked: as stored, red on the left
+    assert (stored[6:, :6, 0] > 150).all() and (stored[:, -6:, 2] > 150).all()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_what_pillows_exif_transpose_gives(orientation, fmt):
+    from PIL import ImageOps
+
+    data = sideways_photo(orientation, fmt)
+    viewer = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    expected = np.asarray(viewer.resize((24, 24), Image.Resampling.BILINEAR), dtype=int)
+    # Transposed after the resize, not before: rounding may differ by a unit or two, never by a rotation.
+    assert np.abs(decode_image(data, 24).astype(int) - expected).max() <= 3
+
+
+def test_a_malformed_orientation_is_ignored_as_viewers_ignore_it():
+    for value in (0, 9, 65535):
+        assert decode_image(sideways_photo(value), 16).shape == (16, 16, 3)

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fruits.job import main
+from fruits.layout import model_key
 from fruits.listing import list_input
 from tests.conftest import FAST_MODEL
 
@@ -477,9 +478,9 @@ def test_the_jobs_own_output_and_feature_store_inside_the_input_are_never_listed
         "out/runs/20261125T134501Z-3f9a1c/results.csv": b"x",
         "out/runs/not-a-run/b.jpg": images,  # not a run id: not the job's
         "out/_commits/00000001.json": b"{}",
-        "out/feature_store/mobilenet-a0.25-s32-d32-wrandom-seed0-f32/batch=x/part-0.parquet": b"x",
+        f"out/feature_store/{model_key('mobilenet', 0.25, 32, 32, 'random-seed0')}/batch=x/part-0.parquet": b"x",
         "out/Lemon/c.jpg": images,  # the user's own folder inside the output folder
-        "store/mobilenet_v2-a1-s224-d100-wimagenet-0123-f32/engines/litert.json": b"{}",
+        f"store/{model_key('mobilenet_v2', 1.0, 224, 100, 'imagenet-0123')}/engines/litert.json": b"{}",
         "store/Kiwi/d.jpg": images,
     }
     if where == "local":

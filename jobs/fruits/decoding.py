@@ -19,6 +19,19 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Refuse decompression bombs from the header alone: 50 megapixels is far above any fruit photo.
 DEFAULT_MAX_PIXELS = 50_000_000
 
+# EXIF's Orientation tag and the transposition that shows the image upright, as viewers (and Pillow's
+# ImageOps.exif_transpose) apply it: a phone photo stored sideways is featurized as it is seen.
+_ORIENTATION = 0x0112
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
 
 class ImageRejected(ValueError):
     """An input file that cannot be featurized; ``reason`` is what goes into rejected.csv."""
@@ -50,12 +63,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _orientation(image: Image.Image) -> int:
+    """The EXIF Orientation of a loaded image (1, upright, when absent or unreadable: viewers ignore it then)."""
+    try:
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: Pillow's parsers raise assorted errors
+        return 1
+    return value if isinstance(value, int) else 1
+
+
 def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode JPEG/PNG bytes into a ``(size, size, 3)`` uint8 RGB array.
+    """Decode JPEG/PNG bytes into a ``(size, size, 3)`` uint8 RGB array, upright.
 
     Any mode (L, P, RGBA, CMYK, 16-bit, ...) becomes RGB; images are resized (bilinear) to a square of ``size``
-    unless already that size. Raises :class:`ImageRejected` for empty, non-image, truncated, corrupt or
-    oversized input.
+    unless already that size; an EXIF Orientation is applied as viewers apply it, to the small square (the
+    same pixels as transposing first, at a fraction of the work). Raises :class:`ImageRejected` for empty,
+    non-image, truncated, corrupt or oversized input.
     """
     if not data:
         raise ImageRejected("empty file (0 bytes)")
@@ -73,9 +96,12 @@ def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: much less work for big photos.
                 image.draft("RGB", (size, size))
             image.load()
+            upright = _UPRIGHT.get(_orientation(image))
             rgb = _to_rgb(image)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            if upright is not None:
+                rgb = rgb.transpose(upright)
             return np.asarray(rgb, dtype=np.uint8)
     except ImageRejected:
         raise

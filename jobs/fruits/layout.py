@@ -144,8 +144,10 @@ def output_owned(parts: Sequence[str]) -> int:
     return 0
 
 
-#: Part of every model key: a store written in another format is another store, never misread.
-STORE_FORMAT = "f32"
+#: Part of every model key: a store written in another format is another store, never misread. ``f32``: float32
+#: vectors; ``upright``: images decoded with their EXIF orientation applied (fruits.decoding), which earlier
+#: stores did not do, so their features of sideways photos are never reused.
+STORE_FORMAT = "f32-upright"
 _MODEL_KEY = re.compile(r"^[A-Za-z0-9._=-]+-a[0-9.]+-s\d+-d\d+-w[A-Za-z0-9._=-]+-" + STORE_FORMAT + "$")
 
 
