@@ -635,3 +635,31 @@ def test_s3_weights_replaced_under_the_same_uri_are_downloaded_again(moto_s3, tm
     moto_s3.client.delete_object(Bucket=moto_s3.bucket, Key="models/ours #2.h5")
     with pytest.raises(models.WeightsError, match="weights not found: s3://"):
         models.resolve_weights(uri, cache_dir=str(tmp_path))
+
+
+# --- honest messages -----------------------------------------------------------------------------------
+
+
+def test_labels_a_spreadsheet_would_run_are_found_and_nothing_else():
+    from fruits.writing import formula_like
+
+    labels = ["=SUM(A1)", "+1", "-2", "@cmd", "\tx", "\rx", "a=b", " =x", "Apple", "=SUM(A1)", "é+"]
+    assert formula_like(labels) == ["\tx", "\rx", "+1", "-2", "=SUM(A1)", "@cmd"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_formula_labels_stay_exact_in_the_csv_and_are_warned_about(spark, tmp_path, caplog):
+    """Also a newline and a '#' in local names: every path and label comes back byte for byte."""
+    images = tmp_path / "in"
+    labels = ['=HYPERLINK("x","y")', "+Lemon", "-Kiwi", "@Pear", "Apple #2", "line\nbreak"]
+    for index, label in enumerate(labels):
+        (images / label).mkdir(parents=True)
+        (images / label / f"{index} ?%41+.jpg").write_bytes(_image_bytes("JPEG", index))
+    with caplog.at_level("WARNING", logger="fruits.job"):
+        assert run_job(spark, images, tmp_path / "out") == 0
+    results, _, manifest = accounted(tmp_path / "out")
+    assert results == {f"file:{images}/{label}/{i} ?%41+.jpg": label for i, label in enumerate(labels)}
+    assert manifest["labels_like_formulas"] == {"count": 4, "examples": sorted(labels[:4])}
+    (warning,) = [r.getMessage() for r in caplog.records if "spreadsheet may run them" in r.getMessage()]
+    assert warning.startswith("4 labels start with =, +, -, @") and "'@Pear'" in warning

@@ -198,6 +198,19 @@ def list_stage(ctx: RunContext) -> Listing:
     return listing
 
 
+def formula_labels(listing: Listing) -> list[str]:
+    """The labels to read that a spreadsheet may run as formulas, with a warning in the log when there are any."""
+    formulas = writing.formula_like(entry.label for entry in listing.to_read)
+    if formulas:
+        log.warning(
+            "%d labels start with =, +, -, @, a tab or a carriage return (%s): results.csv keeps them exactly, "
+            "and a spreadsheet may run them as formulas; open it as the README says (What a run writes)",
+            len(formulas),
+            ", ".join(repr(label) for label in formulas[: manifest.FORMULA_EXAMPLES]),
+        )
+    return formulas
+
+
 @dataclass(frozen=True)
 class Catalog:
     """The images read: ``path, label, split, length, id, content, reason``, kept on the executors' disks."""
@@ -995,6 +1008,7 @@ def _extract_transform_load(
 ) -> tuple[dict[str, Any], str | None]:
     """The run up to its manifest (nothing committed): (manifest, the input's fingerprint with --skip-unchanged)."""
     persisted: list[DataFrame] = []
+    formulas = formula_labels(listing)
     try:
         if not prior:
             # Nothing stored for this model yet: every image is new, read and featurize it in one pass.
@@ -1042,6 +1056,7 @@ def _extract_transform_load(
             "examples": listing.hidden_examples,
             "job_outputs": listing.job_outputs,
         },
+        formula_labels=formulas,
         feature_dim=reduced.feature_dim,
         model_source=featurized.model_source,
         threads=ctx.threads,

@@ -10,6 +10,7 @@ from fruits.models import Weights
 from fruits.options import JobOptions
 
 RANDOM_WEIGHTS_WARNING = "RANDOM WEIGHTS (--weights none): features are NOT pretrained; for testing only"
+FORMULA_EXAMPLES = 20
 
 
 def versions(spark_version: str) -> dict[str, str]:
@@ -67,6 +68,7 @@ def build(
     options: JobOptions,
     counts: dict[str, int],
     skipped: dict[str, Any],
+    formula_labels: list[str],
     feature_dim: int,
     model_source: str | None,
     threads: int,
@@ -98,6 +100,8 @@ def build(
         "limit": options.limit,
         "counts": counts,
         "skipped": skipped,
+        # Labels results.csv keeps exactly but a spreadsheet may run as formulas (fruits.writing.formula_like).
+        "labels_like_formulas": {"count": len(formula_labels), "examples": formula_labels[:FORMULA_EXAMPLES]},
         "model": {
             "name": options.model,
             "alpha": options.alpha,

@@ -21,6 +21,15 @@ from fruits.storage import Store
 
 # Significant digits, not decimals: features of an untrained network are ~1e-17 and must not print as 0.
 CSV_DIGITS = 9
+#: How a cell starts when a spreadsheet may read it as a formula (OWASP, "CSV Injection":
+#: https://owasp.org/www-community/attacks/CSV_Injection). results.csv keeps such labels exactly, as data tools
+#: write them; the run warns about them (:func:`formula_like`) and the README says how to open the file safely.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_like(labels: Iterable[str]) -> list[str]:
+    """The distinct labels a spreadsheet may read as formulas (starting with :data:`FORMULA_STARTS`), sorted."""
+    return sorted({label for label in labels if label.startswith(FORMULA_STARTS)})
 
 
 def result_columns(k: int) -> list[str]:
