@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 from tests.conftest import FAST_MODEL, write_image
 
@@ -50,6 +51,21 @@ def run_job_process(
     The process runs in a new session; whatever of it is left when the driver dies (the JVM, its Python
     workers) is killed with it, as when a whole driver container is lost.
     """
+    with open(log, "wb") as handle:
+        process = start_job_process(args, handle, master=master, env=env)
+        try:
+            return process.wait(timeout=600)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_job_process(
+    args: list[str], output: IO[bytes], *, master: str | None = "local[2]", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``jobs/featurize_pca.py`` started in a new session (its own process group, as a terminal's job), its
+    stdout and stderr into ``output``; see :func:`run_job_process`."""
     child_env = {
         **{k: v for k, v in os.environ.items() if k not in ("PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT")},
         "PYSPARK_PYTHON": sys.executable,
@@ -60,21 +76,14 @@ def run_job_process(
     if master is not None:
         submit = f"--master {master} --driver-memory 1g --conf spark.ui.enabled=false "
         child_env["PYSPARK_SUBMIT_ARGS"] = submit + "--conf spark.sql.shuffle.partitions=4 pyspark-shell"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), *args],
-            cwd=ROOT,
-            env=child_env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            return process.wait(timeout=600)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        cwd=ROOT,
+        env=child_env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def pid_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ once, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -17,7 +18,10 @@ import math
 import os
 import secrets
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -663,3 +667,111 @@ def test_formula_labels_stay_exact_in_the_csv_and_are_warned_about(spark, tmp_pa
     assert manifest["labels_like_formulas"] == {"count": 4, "examples": sorted(labels[:4])}
     (warning,) = [r.getMessage() for r in caplog.records if "spreadsheet may run them" in r.getMessage()]
     assert warning.startswith("4 labels start with =, +, -, @") and "'@Pear'" in warning
+
+
+# --- how a run ends: the last line names the cause -------------------------------------------------------
+
+
+def last_line(log: Path) -> str:
+    """The last line a terminal would show (the console progress bar redraws with carriage returns)."""
+    return [
+        line for line in log.read_text(errors="replace").replace("\r", "\n").splitlines() if line.strip()
+    ][-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("master", [None, "local[2]"])  # a user's local run (early session), and a chosen one
+def test_ctrl_c_exits_130_with_one_last_line_and_releases_the_output(tmp_path, master):
+    """A real SIGINT to the job's whole process group, as a terminal's Ctrl-C sends it, while Spark works."""
+    from tests.job_faults import add_images, job_args, start_job_process
+
+    add_images(tmp_path / "in", 6)
+    log = tmp_path / "job.log"
+    with open(log, "wb") as handle:
+        process = start_job_process(
+            job_args(tmp_path / "in", tmp_path / "out"),
+            handle,
+            master=master,
+            env={"FRUITS_FAULT": "stall-tasks"},
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while b"featurize 6 images" not in log.read_bytes():  # the tasks are now stalled inside Spark
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(1)
+            os.killpg(process.pid, signal.SIGINT)
+            status = process.wait(timeout=120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    text = log.read_text(errors="replace")
+    assert status == 130 and last_line(log) == "featurize_pca: interrupted", text[-3000:]
+    assert "Traceback" not in text and "Py4J" not in text, text[-3000:]
+    assert not (tmp_path / "out" / "_lease.json").exists() and not (tmp_path / "out" / "_commits").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):  # type: ignore[no-untyped-def]
+    """A 64 KB tmpfs: a real full disk (root only), too small for a feature store batch."""
+    folder = tmp_path / "tiny disk"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=False)
+    if mounted.returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_the_last_line_with_the_path(tmp_path, tiny_disk):
+    from tests.job_faults import add_images, job_args, run_job_process
+
+    add_images(tmp_path / "in", 40)
+    log = tmp_path / "job.log"
+    status = run_job_process(job_args(tmp_path / "in", tiny_disk / "out"), log)
+    line = last_line(log)
+    assert status == 1 and line.startswith("featurize_pca: error: no space left on the device: "), line
+    assert str(tiny_disk / "out") in line, line
+    assert not (tiny_disk / "out" / "_commits").exists()
+
+
+def test_a_full_disk_is_found_in_python_and_spark_errors_with_the_path_they_name():
+    from fruits.failures import no_space
+
+    class Py4JLike(Exception):  # what str() of a Py4JJavaError holds: the Java trace, causes included
+        pass
+
+    spark_write = Py4JLike(
+        "An error occurred while calling o169.parquet.\n: org.apache.spark.SparkException: Job aborted.\n"
+        "Caused by: org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing rows to "
+        "file:/data/my out/feature_store/k/batch=1.\n\tat org.apache.spark.sql.X(X.scala:1)\n"
+        "Caused by: java.io.IOException: No space left on device\n"
+    )
+    assert no_space(spark_write) == "no space left on the device: file:/data/my out/feature_store/k/batch=1"
+    opened = Py4JLike("java.io.FileNotFoundException: /tmp/blockmgr-1/0e/shuffle_0 (No space left on device)")
+    assert no_space(opened) == "no space left on the device: /tmp/blockmgr-1/0e/shuffle_0"
+    assert no_space(Py4JLike("java.io.IOException: No space left on device"), ["/o", "/o/fs", "/o"]) == (
+        "no space left on the device (while writing under /o or /o/fs)"
+    )
+    try:
+        try:
+            raise OSError(28, "No space left on device", "/src", None, "/dst/.~tmp-x")
+        except OSError as error:
+            raise RuntimeError("copy failed") from error
+    except RuntimeError as wrapped:
+        assert no_space(wrapped) == "no space left on the device: /dst/.~tmp-x"
+    assert no_space(OSError(13, "Permission denied", "/x")) is None and no_space(ValueError("x")) is None
+
+
+def test_a_local_write_that_fails_names_the_file_meant_and_leaves_no_temp_file(tmp_path, tiny_disk):
+    from fruits.storage import LocalStore
+
+    store = LocalStore(tiny_disk)
+    with pytest.raises(OSError) as raised:
+        store.write_bytes("big file.bin", b"x" * 200_000)
+    assert raised.value.errno == 28 and raised.value.filename == str(tiny_disk / "big file.bin")
+    assert sorted(os.listdir(tiny_disk)) == []

@@ -2,7 +2,9 @@
 
 - ``FRUITS_KILL_AT=<name>``: the driver kills itself with SIGKILL at :func:`checkpoint` ``<name>`` (featurize,
   pca, write, commit), as a lost driver container would die;
-- ``FRUITS_FAULT=fail-first-attempt``: the first attempt of every featurization task raises, so Spark retries it.
+- ``FRUITS_FAULT=fail-first-attempt``: the first attempt of every featurization task raises, so Spark retries it;
+- ``FRUITS_FAULT=stall-tasks``: every featurization task waits (up to 10 minutes) before it starts, as a slow one
+  would, so that a test can interrupt a run while Spark is working.
 
 Both are read from the environment and do nothing when unset.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +34,9 @@ def fail_first_attempt() -> None:
     context = TaskContext.get()
     if os.environ.get("FRUITS_FAULT") == "fail-first-attempt" and context and context.attemptNumber() == 0:
         raise RuntimeError(f"injected fault: first attempt of task {context.partitionId()}")
+
+
+def stall_task() -> None:
+    """In a task: with FRUITS_FAULT=stall-tasks, wait as a slow task would (an interrupted run cancels it)."""
+    if os.environ.get("FRUITS_FAULT") == "stall-tasks":
+        time.sleep(600)

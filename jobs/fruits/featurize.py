@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame
 
 from fruits.decoding import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from fruits.engines import ModelArtifact, Predictor, load_predictor
-from fruits.faults import fail_first_attempt
+from fruits.faults import fail_first_attempt, stall_task
 from fruits.linalg import FEATURE_DTYPE, pack
 from fruits.reading import read_frames
 
@@ -111,6 +111,7 @@ def featurize(
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         fail_first_attempt()
+        stall_task()
         yield from featurize_frames(
             frames, get_predictor, decode_size=decode_size, batch_size=batch_size, max_pixels=max_pixels
         )
@@ -136,6 +137,7 @@ def read_and_featurize(
 
     def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         fail_first_attempt()
+        stall_task()
         yield from featurize_frames(
             read_frames(frames, max_bytes),
             get_predictor,

@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 
 from fruits import (
     commits,
+    failures,
     feature_store,
     fingerprint,
     identify,
@@ -73,7 +74,7 @@ from fruits.options import (
 )
 from fruits.progress import StageTimer, report_progress
 from fruits.reading import read_images
-from fruits.session import get_session
+from fruits.session import INTERRUPTED, get_session, wait_for_cancelled_jobs
 from fruits.storage import Store, StoreError, open_store, s3_region
 from fruits.summaries import ClassSums
 
@@ -1124,16 +1125,25 @@ def _published(
 
 #: Errors a user can cause and fix: one line on stderr, exit status 2.
 USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError, StoreError, CheckFailed)
+#: A run stopped by Ctrl-C: the shell's status for SIGINT (128 + 2), and its one last line.
+INTERRUPTED_STATUS = 130
+INTERRUPTED_LINE = "featurize_pca: interrupted"
 
 
-def failure(error: Exception) -> tuple[int, str]:
-    """(exit status, the one line to print) for an error that ended a run."""
+def failure(error: BaseException, writing: Sequence[str] = ()) -> tuple[int, str]:
+    """(exit status, the one line to print) for an error that ended a run; ``writing``: where the run wrote, named
+    when a full disk's error names no path."""
+    if isinstance(error, KeyboardInterrupt) or INTERRUPTED.is_set():
+        return INTERRUPTED_STATUS, "interrupted"  # also a Spark call that failed as Ctrl-C cancelled its job
     if isinstance(error, USER_ERRORS):
         return 2, str(error)
     response = getattr(error, "response", None)
     if isinstance(response, dict) and "Error" in response:
         # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
         return 2, f"S3 refused a request ({response['Error'].get('Code', '')}): {error}"
+    full = failures.no_space(error, writing)
+    if full:
+        return 1, f"{full} (free space there, or write to a larger disk)"
     first = (str(error).strip().splitlines() or [""])[0][:300]
     return 1, f"{type(error).__name__}: {first} (the full trace is in the log above)"
 
@@ -1196,11 +1206,13 @@ def _output_store(options: JobOptions) -> Store | None:
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
-    """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 1 for anything else.
+    """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 130 when interrupted
+    (Ctrl-C), 1 for anything else.
 
     Options are checked before Spark starts (when no session is given); the full trace of an unexpected
-    failure goes to the log, and stderr ends with one line saying what failed. Every run whose options parsed
-    leaves its outcome under the output (:mod:`fruits.outcomes`), success or failure.
+    failure goes to the log, and stderr ends with one line saying what failed (a full disk: the path), after
+    everything else the run logs. Every run whose options parsed leaves its outcome under the output
+    (:mod:`fruits.outcomes`), success or failure.
     """
     configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -1222,19 +1234,23 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
             log.info("check passed: this cluster can run the job")
         else:
             result = run(session, options, run_id=run_id)
-    except Exception as error:
-        code, reason = failure(error)
+    except (Exception, KeyboardInterrupt) as error:
+        code, reason = failure(error, [options.output, options.store_uri] if options else [])
         if code == 1:
             log.exception("the run failed")
-        print(f"featurize_pca: error: {reason}", file=sys.stderr)
     finally:
+        if INTERRUPTED.is_set():
+            wait_for_cancelled_jobs(session.sparkContext if session is not None else None)
         out = _output_store(options) if options is not None else None
         if options is not None and out is not None:
             record = outcome_of(options, run_id, started, code, reason, result, session)
             uri = outcomes.write(out, record)
             if uri:
                 log.info("outcome: %s (%s)", record.status, uri)
-        if spark is None and session is not None:
+        if spark is None and session is not None and not INTERRUPTED.is_set():
             # The first local run on a machine: let its JVM write the class archive.
             jvm_archive.finish(session)
+        if reason is not None:  # the last line, after everything else the run logs
+            line = INTERRUPTED_LINE if code == INTERRUPTED_STATUS else f"featurize_pca: error: {reason}"
+            print(line, file=sys.stderr)
     return code

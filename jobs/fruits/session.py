@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from pyspark import SparkContext
@@ -68,22 +70,86 @@ def get_session(app_name: str = APP_NAME) -> SparkSession:
             raise RuntimeError("the early Spark session neither started nor failed")
         # What getOrCreate does for the thread that calls it: this thread's JVM side sees the session as active.
         session._jvm.SparkSession.setActiveSession(session._jsparkSession)
-        _cancel_jobs_on_interrupt(session.sparkContext)
-        return session
-    return _builder(app_name).getOrCreate()
+    else:
+        session = _builder(app_name).getOrCreate()
+    _cancel_jobs_on_interrupt(session.sparkContext)
+    return session
+
+
+#: Set once Ctrl-C (SIGINT) has interrupted the run: whatever fails after it failed because of it.
+INTERRUPTED = threading.Event()
+#: The thread cancelling Spark's jobs after Ctrl-C, while it runs.
+_CANCELLING: list[threading.Thread] = []
+CANCEL_WAIT_S = 15.0
+
+
+#: ConsoleProgressBar redraws every 200 ms and clears itself on the first redraw without a running stage.
+_PROGRESS_BAR_CLEARS_S = 0.3
+
+
+def wait_for_cancelled_jobs(sc: SparkContext | None, timeout: float = CANCEL_WAIT_S) -> None:
+    """After Ctrl-C, once the run has unwound: cancel what background work started meanwhile and wait (up to
+    ``timeout``) until Spark runs no job, so that nothing of them is still running, or printing (the console
+    progress bar), when the run's last line is written."""
+    deadline = time.monotonic() + timeout
+    for thread in _CANCELLING:
+        thread.join(timeout)
+    if sc is None:
+        return
+    try:
+        while time.monotonic() < deadline:
+            sc.cancelAllJobs()
+            if not sc.statusTracker().getActiveJobsIds():
+                break
+            time.sleep(0.1)
+        time.sleep(_PROGRESS_BAR_CLEARS_S)
+    except Exception:  # the JVM is going away already: nothing left to wait for
+        pass
 
 
 def _cancel_jobs_on_interrupt(sc: SparkContext) -> None:
-    """What a SparkContext made in the main thread installs itself (it cannot from another thread): Ctrl-C
-    cancels the running Spark jobs, then interrupts the run."""
+    """Ctrl-C cancels the running Spark jobs and interrupts the run (in the main thread only, where signals are
+    handled), replacing what a SparkContext installs itself.
+
+    PySpark's own handler calls the JVM from inside the handler, on the connection the main thread is waiting
+    on: py4j then fails with "reentrant call", and the run ended with seven tracebacks and a last line blaming
+    whatever Spark call was running. Here the jobs are cancelled from a thread of their own (its own
+    connection), Spark's log is silenced first (the cancelled tasks' errors say nothing the user needs), and
+    the main thread gets the KeyboardInterrupt that :func:`fruits.job.main` turns into exit status 130.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
 
+    def cancel() -> None:
+        try:
+            sc.setLogLevel("OFF")
+            sc.cancelAllJobs()
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while sc.statusTracker().getActiveJobsIds() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except Exception:  # the JVM may be going away already: nothing left to cancel
+            pass
+
     def interrupted(signum: int, frame: object) -> None:
-        sc.cancelAllJobs()
+        if INTERRUPTED.is_set():
+            return  # a second Ctrl-C while the first is being handled
+        INTERRUPTED.set()
+        _CANCELLING.append(threading.Thread(target=cancel, name="fruits-cancel-jobs", daemon=True))
+        _CANCELLING[-1].start()
         raise KeyboardInterrupt()
 
     signal.signal(signal.SIGINT, interrupted)
+    # Py4J logs the interrupt of a call it was waiting on as an error with its traceback (on the root logger).
+    logging.getLogger().addFilter(_not_the_interrupt)
+
+
+def _not_the_interrupt(record: logging.LogRecord) -> bool:
+    """False for a record of the KeyboardInterrupt itself: the run's last line says it was interrupted."""
+    return not (
+        record.exc_info
+        and record.exc_info[0] is not None
+        and issubclass(record.exc_info[0], KeyboardInterrupt)
+    )
 
 
 def _builder(app_name: str) -> SparkSession.Builder:

@@ -263,10 +263,15 @@ class LocalStore(Store):
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
         tmp = _temp_name(path)
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # a full disk, say: leave no temp file behind, and name the file meant
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _raise_naming(error, tmp, path)
         return tmp
 
     @staticmethod
@@ -403,11 +408,21 @@ def _atomic_local_copy(src: str, dst: str) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            _raise_naming(error, tmp, dst)
         raise
     LocalStore._fsync_dir(folder)
+
+
+def _raise_naming(error: OSError, tmp: str, path: str) -> None:
+    """Raise ``error`` naming ``path``, the file being written, where it named its hidden temp file ``tmp`` or
+    nothing (a failed write names no file); any other error as it is (a missing source names the source)."""
+    if error.filename not in (None, tmp) and error.filename2 != tmp:
+        raise error
+    raise OSError(error.errno, error.strerror or str(error), path) from error  # the errno keeps its subclass
 
 
 class S3Store(Store):
