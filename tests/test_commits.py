@@ -272,3 +272,37 @@ def test_commit_number_parses_exactly_what_commit_key_writes(key: str, number: i
     assert layout.commit_number(key) == number
     if number is not None:
         assert commit_key(number) == key
+
+
+def test_a_publication_that_fails_halfway_leaves_no_manifest_naming_a_mix(store: Store, monkeypatch) -> None:
+    """manifest.json says which run the root shows: it goes first and comes back last, so a root whose copies
+    could not all be replaced has none; unpublish then leaves no run's files at all rather than two runs'."""
+    from fruits.commits import published_run, unpublish
+
+    names = ("results.csv", "manifest.json", "rejected.csv")
+    old, new = run_at(0), run_at(1)
+    write_run(store, old, b"old\n", **{"rejected.csv": b"old rejected\n"})
+    commit_run(store, old)
+    publish_latest(store, old, names)
+    assert published_run(store) == old
+    write_run(store, new, b"new\n", **{"rejected.csv": b"new rejected\n"})
+    commit_run(store, new)
+    real_copy = type(store).copy
+
+    def copy(self: Store, src: str, dst: str) -> None:  # the disk fills up at the second copy
+        if dst == "rejected.csv":
+            raise OSError(28, "No space left on device", dst)
+        real_copy(self, src, dst)
+
+    monkeypatch.setattr(type(store), "copy", copy)
+    with pytest.raises(OSError, match="No space left"):
+        publish_latest(store, new, names)
+    assert published_run(store) is None and not store.exists("manifest.json")
+    assert (
+        store.read_bytes("results.csv") == b"new\n" and store.read_bytes("rejected.csv") == b"old rejected\n"
+    )
+    unpublish(store, names)
+    assert not any(store.exists(name) for name in names)
+    monkeypatch.setattr(type(store), "copy", real_copy)
+    publish_latest(store, new, names)  # what the next run does when it finds the root showing no run
+    assert published_run(store) == new and store.read_bytes("rejected.csv") == b"new rejected\n"

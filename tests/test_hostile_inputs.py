@@ -669,6 +669,49 @@ def test_formula_labels_stay_exact_in_the_csv_and_are_warned_about(spark, tmp_pa
     assert warning.startswith("4 labels start with =, +, -, @") and "'@Pear'" in warning
 
 
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_publication_that_fails_after_the_commit_exits_0_and_the_next_run_heals_the_root(
+    spark, tmp_path, monkeypatch, caplog
+):
+    """A full disk while the top-level copies are made: the run IS committed (exit 0, a warning naming the cause
+    and the run's folder), the root shows no run rather than a mix, and the next run writes the copies again."""
+    from fruits import commits
+    from fruits.storage import LocalStore
+
+    images, output = tmp_path / "in", tmp_path / "out"
+    for index in range(4):
+        solid_jpeg(images / ("Dark", "Dim")[index % 2] / f"{index}.jpg", (20 + 30 * index, 10, 30))
+    assert run_job(spark, images, output) == 0
+    real_copy = LocalStore.copy
+
+    def full_disk(self, src: str, dst: str) -> None:  # type: ignore[no-untyped-def]
+        if dst == "rejected.csv":  # results.csv is already the new run's
+            raise OSError(28, "No space left on device", self.uri_for(dst))
+        real_copy(self, src, dst)
+
+    monkeypatch.setattr(LocalStore, "copy", full_disk)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fruits"):
+        assert run_job(spark, images, output, "--overwrite") == 0
+    last = caplog.records[-1].getMessage()  # the run's last line
+    current = commits.latest_commit(LocalStore(output))
+    assert current["number"] == 2 and f"run {current['run_id']} is committed (commit 2)" in last
+    assert f"no space left on the device: {output}/rejected.csv" in last and "runs/" in last, last
+    assert not [name for name in layout_names() if (output / name).exists()]  # no mix: no run at the root
+    monkeypatch.setattr(LocalStore, "copy", real_copy)
+    assert run_job(spark, images, output) == 2  # no --overwrite: refused, but the root is healed first
+    run_folder = output / "runs" / current["run_id"]
+    for name in layout_names():
+        assert (output / name).read_bytes() == (run_folder / name).read_bytes(), name
+
+
+def layout_names() -> tuple[str, ...]:
+    from fruits.layout import PUBLISHED_NAMES
+
+    return PUBLISHED_NAMES
+
+
 # --- how a run ends: the last line names the cause -------------------------------------------------------
 
 

@@ -55,10 +55,12 @@ __all__ = [
     "parse_commit",
     "prune_runs",
     "publish_latest",
+    "published_run",
     "read_commit",
     "read_run_manifest",
     "run_prefix",
     "scan_commits",
+    "unpublish",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,6 +244,10 @@ def publish_latest(
     Every name must exist in the run (checked before anything is copied), so the root never mixes a new
     ``results.csv`` with an old ``rejected.csv``: write an empty (header-only) file rather than none. Refuses
     to publish a run that is not the current commit, which would put older results over newer ones.
+
+    The root's ``manifest.json`` says which run the root's copies belong to, so it is removed first and copied
+    last: while the copies are replaced, or when replacing them failed (a full disk, a refused write), the root
+    holds no manifest.json, never one naming a run whose copies are not all there (:func:`published_run`).
     """
     latest = latest_commit(store)
     if latest is None or latest.get("run_id") != run_id:
@@ -254,9 +260,30 @@ def publish_latest(
     missing = [name for name in names if not store.exists(prefix + name)]
     if missing:
         raise NotFound(f"run {run_id} has no {', '.join(missing)} under {store.uri_for(prefix)}")
-    for name in names:
+    last = [MANIFEST_JSON] if MANIFEST_JSON in names else []
+    for name in last:
+        store.delete(name)
+    for name in [*(name for name in names if name not in last), *last]:
         store.copy(prefix + name, name)
     return list(names)
+
+
+def published_run(store: Store) -> str | None:
+    """The run whose copies the root holds (its manifest.json's ``run_id``); None when it holds none, or while
+    a run's copies are being replaced or could not all be (see :func:`publish_latest`)."""
+    try:
+        document = store.read_json(MANIFEST_JSON)
+    except (NotFound, ValueError):  # absent, or not JSON: no run's copies to trust
+        return None
+    run_id = document.get("run_id") if isinstance(document, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def unpublish(store: Store, names: list[str] | tuple[str, ...] = PUBLISHED_NAMES) -> None:
+    """Remove the root's copies (manifest.json first): after a publication that failed halfway, a root with no
+    run's files rather than one mixing two runs'."""
+    for name in sorted(names, key=lambda name: name != MANIFEST_JSON):
+        store.delete(name)
 
 
 def prune_runs(store: Store, keep: int) -> list[str]:

@@ -759,9 +759,10 @@ def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized
 
 def publish_stage(
     ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None = None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str | None]:
     """Write the manifest, commit the run (with its input fingerprint and trigger, when it has them), then replace
-    the top-level files; returns the commit."""
+    the top-level files; returns the commit, and a warning when the run is committed but its top-level copies
+    could not be made (:func:`publish_copies`)."""
     ctx.out.write_json(ctx.key_for(layout.MANIFEST_JSON), document)
     checkpoint("commit")
     lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
@@ -779,11 +780,62 @@ def publish_stage(
             **({"trigger": ctx.options.trigger} if ctx.options.trigger else {}),
         },
     )
-    commits.publish_latest(ctx.out, ctx.run_id, PUBLISHED)
+    # Committed: from here on nothing fails the run, whose results are complete under runs/<run_id>/.
+    stale = publish_copies(ctx.out, ctx.run_id, f"commit {commit['number']}")
     if ctx.options.keep_runs:
-        removed = commits.prune_runs(ctx.out, ctx.options.keep_runs)
-        log.info("retention: removed %d old runs", len(removed))
-    return commit
+        try:
+            removed = commits.prune_runs(ctx.out, ctx.options.keep_runs)
+            log.info("retention: removed %d old runs", len(removed))
+        except Exception as error:
+            log.warning(
+                "retention: old runs could not be removed (%s); the next run tries again", _cause(error)
+            )
+    return commit, stale
+
+
+def _cause(error: BaseException) -> str:
+    """An error in a few words: a full disk with its path, else its first line."""
+    return failures.no_space(error) or (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def publish_copies(out: Store, run_id: str, what: str) -> str | None:
+    """Copy a committed run's files to the output's root; None, or the warning to end the run's log with when
+    that failed (a full disk, a refused write).
+
+    The run is committed either way (exit 0). Readers never see a mix of two runs at the root: the copies
+    made are removed (manifest.json first, see :func:`fruits.commits.publish_latest`), and the warning points
+    to the run's own folder, which ``fruits results`` reads; the next run on this output writes the copies
+    again (:func:`heal_published`).
+    """
+    try:
+        commits.publish_latest(out, run_id, PUBLISHED)
+        return None
+    except Exception as error:
+        cause = _cause(error)
+        log.warning("the top-level copies of run %s could not be written", run_id, exc_info=True)
+    try:
+        commits.unpublish(out, PUBLISHED)
+        root = "the output's root now shows no run's files"
+    except Exception:
+        root = "the output's root may mix two runs' files"
+    return (
+        f"run {run_id} is committed ({what}), but its top-level copies could not be written ({cause}): {root}; "
+        f"read {out.uri_for(layout.run_prefix(run_id))} (fruits results does); the next run on this output "
+        "writes them again"
+    )
+
+
+def heal_published(out: Store, latest: dict[str, Any]) -> None:
+    """Make the output's root show the current commit's run when it does not (a publication that failed or was
+    interrupted after its commit); a failure here is a warning, never the run's."""
+    run_id = latest.get("run_id")
+    if not isinstance(run_id, str) or commits.published_run(out) == run_id:
+        return
+    stale = publish_copies(out, run_id, f"commit {latest.get('number')}")
+    if stale:
+        log.warning("%s", stale)
+    else:
+        log.info("the output's top-level copies now show the current run %s again", run_id)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -867,6 +919,8 @@ def run(
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
             previous = _previous_commit(ctx)
+            if previous:
+                heal_published(ctx.out, previous)
             if previous and not options.overwrite:
                 raise OutputExists(
                     f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
@@ -1109,7 +1163,7 @@ def _published(
 ) -> dict[str, Any]:
     """Commit the run whose manifest is ``document`` (with its input fingerprint, when it has one) and publish its
     files; returns the manifest."""
-    commit = publish_stage(ctx, document, lease, input_fingerprint)
+    commit, stale = publish_stage(ctx, document, lease, input_fingerprint)
     counts = document["counts"]
     log.info(
         "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
@@ -1117,7 +1171,10 @@ def _published(
         commit["number"],
         *(counts[n] for n in ("found", "featurized", "rejected", "reused", "newly_featurized")),
     )
-    log.info("results: %s", ctx.out.uri_for(layout.RESULTS_CSV))
+    results = ctx.key_for(layout.RESULTS_CSV) if stale else layout.RESULTS_CSV  # the copies failed: the run's
+    log.info("results: %s", ctx.out.uri_for(results))
+    if stale:
+        log.warning("%s", stale)  # the run's last word (its outcome record follows)
     return document
 
 
