@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -818,3 +819,106 @@ def test_a_local_write_that_fails_names_the_file_meant_and_leaves_no_temp_file(t
         store.write_bytes("big file.bin", b"x" * 200_000)
     assert raised.value.errno == 28 and raised.value.filename == str(tiny_disk / "big file.bin")
     assert sorted(os.listdir(tiny_disk)) == []
+
+
+# --- S3 key shapes through Spark's own file system -------------------------------------------------------
+
+
+def s3a_jars() -> list[str]:
+    """hadoop-aws and its SDK bundle for pyspark's Hadoop (scripts/fetch-jars.sh, cached); skips without them."""
+    done = subprocess.run(
+        [str(Path(__file__).parents[1] / "scripts" / "fetch-jars.sh")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"no S3A jars for Spark (scripts/fetch-jars.sh: {done.stderr.strip()[-200:]})")
+    return sorted(str(path) for path in Path(done.stdout.strip().splitlines()[-1]).glob("*.jar"))
+
+
+def s3a_submit_args(endpoint: str, jars: list[str]) -> str:
+    """Local Spark reading and writing s3:// through S3A against moto, as the cloud rehearsal does."""
+    conf = {
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+        "spark.hadoop.fs.s3a.aws.credentials.provider": "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "4",
+    }
+    settings = " ".join(f"--conf {key}={value}" for key, value in conf.items())
+    return f"--master local[2] --driver-memory 1g --jars {','.join(jars)} {settings} pyspark-shell"
+
+
+@pytest.mark.slow
+def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named(moto_s3, tmp_path):
+    """The issue's --output s3://bucket/results#2, and more: the job's Parquet, CSVs, pipeline and feature store
+    go through Spark (S3A), its lease, commits and copies through boto3; a second run reads the store back."""
+    from tests.job_faults import FAST, run_job_process
+
+    jars = s3a_jars()
+    prefix = "results#2 ?%41+&=é\tx"  # what a URL parser would cut or decode, and a tab
+    keys = [
+        "in/Kiwi #1/a?.jpg",
+        "in/Kiwi #1/b%41.jpg",
+        "in/Pear+/c d.jpg",
+        "in/Pear+/é#.jpg",
+        "in/Pear//e.jpg",
+    ]
+    for index, key in enumerate(keys):
+        moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=key, Body=_image_bytes("JPEG", index))
+    output = f"s3://{moto_s3.bucket}/{prefix}"
+    args = ["--input", f"s3://{moto_s3.bucket}/in", "--output", output, *FAST]
+    env = {"PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url, jars)}
+    for run, extra in enumerate(([], ["--overwrite"])):
+        log = tmp_path / f"run{run}.log"
+        assert run_job_process([*args, *extra], log, master=None, env=env) == 0, log.read_text()[-3000:]
+    written = [
+        item["Key"]
+        for page in moto_s3.client.get_paginator("list_objects_v2").paginate(Bucket=moto_s3.bucket)
+        for item in page.get("Contents", [])
+        if not item["Key"].startswith("in/")
+    ]
+    assert written and all(key.startswith(prefix + "/") for key in written), written  # never results/ etc.
+    names = {key[len(prefix) + 1 :].split("/")[0] for key in written}
+    assert {"results.csv", "manifest.json", "_commits", "runs", "feature_store"} <= names, names
+    body = moto_s3.client.get_object(Bucket=moto_s3.bucket, Key=f"{prefix}/manifest.json")["Body"].read()
+    manifest = json.loads(body)
+    assert manifest["counts"]["found"] == manifest["counts"]["featurized"] == 5
+    assert (
+        manifest["counts"]["reused"] == 5 and manifest["counts"]["newly_featurized"] == 0
+    )  # read back by Spark
+    results = moto_s3.client.get_object(Bucket=moto_s3.bucket, Key=f"{prefix}/results.csv")["Body"].read()
+    rows = list(csv.DictReader(io.StringIO(results.decode("utf-8"))))
+    assert {row["path"]: row["label"] for row in rows} == {
+        f"s3://{moto_s3.bucket}/{key}": ("Pear" if "//" in key else key.split("/")[1]) for key in keys
+    }
+
+
+@pytest.mark.slow
+def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_name(moto_s3, tmp_path):
+    """Hypothesis, in a process whose Spark has S3A (tests/spark_s3_shapes.py): the feature store's Parquet and
+    results.csv, written and read through Spark and the job's store, land under exactly the prefix generated."""
+    jars = s3a_jars()
+    script = Path(__file__).parent / "spark_s3_shapes.py"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1] / "jobs"), str(Path(__file__).parents[1])]
+        ),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    done = subprocess.run(
+        [sys.executable, str(script), moto_s3.endpoint_url, moto_s3.bucket, *jars],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
