@@ -922,3 +922,31 @@ def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_n
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def test_a_publication_refused_before_anything_changed_leaves_the_older_run_whole(tmp_path, monkeypatch):
+    """The root's manifest.json cannot even be removed (a refused write): nothing was replaced, nothing is
+    removed, and the warning says which run the root still shows."""
+    from fruits import commits
+    from fruits.job import publish_copies
+    from fruits.layout import PUBLISHED_NAMES
+    from fruits.storage import LocalStore
+
+    store = LocalStore(tmp_path / "out")
+    old, new = "20261125T130000Z-aaaaaa", "20261125T140000Z-bbbbbb"
+    for run_id in (old, new):
+        for name in PUBLISHED_NAMES:
+            data = {"run_id": run_id} if name == "manifest.json" else {"name": name, "run": run_id}
+            store.write_json(f"runs/{run_id}/{name}", data)
+        commits.commit_run(store, run_id)
+        if run_id == old:
+            commits.publish_latest(store, old)
+
+    def refused(self, key: str) -> None:  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", self.uri_for(key))
+
+    monkeypatch.setattr(LocalStore, "delete", refused)
+    message = publish_copies(store, new, "commit 2")
+    assert message and f"run {new} is committed (commit 2)" in message
+    assert f"the output's root still shows run {old}, whole" in message and "Permission denied" in message
+    assert all(store.read_bytes(name) == store.read_bytes(f"runs/{old}/{name}") for name in PUBLISHED_NAMES)

@@ -802,10 +802,11 @@ def publish_copies(out: Store, run_id: str, what: str) -> str | None:
     """Copy a committed run's files to the output's root; None, or the warning to end the run's log with when
     that failed (a full disk, a refused write).
 
-    The run is committed either way (exit 0). Readers never see a mix of two runs at the root: the copies
-    made are removed (manifest.json first, see :func:`fruits.commits.publish_latest`), and the warning points
-    to the run's own folder, which ``fruits results`` reads; the next run on this output writes the copies
-    again (:func:`heal_published`).
+    The run is committed either way (exit 0). Readers never see a mix of two runs at the root: once the root's
+    manifest.json is gone (it goes first, see :func:`fruits.commits.publish_latest`) the copies made are removed;
+    before that nothing was replaced, and the root still shows one (older) run whole. The warning points to the
+    run's own folder, which ``fruits results`` reads; the next run on this output writes the copies again
+    (:func:`heal_published`).
     """
     try:
         commits.publish_latest(out, run_id, PUBLISHED)
@@ -814,10 +815,17 @@ def publish_copies(out: Store, run_id: str, what: str) -> str | None:
         cause = _cause(error)
         log.warning("the top-level copies of run %s could not be written", run_id, exc_info=True)
     try:
-        commits.unpublish(out, PUBLISHED)
-        root = "the output's root now shows no run's files"
+        shown = commits.published_run(out)
     except Exception:
-        root = "the output's root may mix two runs' files"
+        shown = None
+    if shown is not None:
+        root = f"the output's root still shows run {shown}, whole"
+    else:
+        try:
+            commits.unpublish(out, PUBLISHED)
+            root = "the output's root now shows no run's files"
+        except Exception:
+            root = "the output's root may mix two runs' files"
     return (
         f"run {run_id} is committed ({what}), but its top-level copies could not be written ({cause}): {root}; "
         f"read {out.uri_for(layout.run_prefix(run_id))} (fruits results does); the next run on this output "

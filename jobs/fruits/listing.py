@@ -273,7 +273,8 @@ def _walk_s3(
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     owned_prefixes = _s3_owners(bucket, owners)
-    skipped: set[str] = set()
+    hidden_names: set[str] = set()
+    owned_names: set[str] = set()
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)  # type: ignore[attr-defined]
     for page in pages:
         for item in page.get("Contents", []):
@@ -284,15 +285,15 @@ def _walk_s3(
             hidden_at = next((i for i, part in enumerate(parts) if is_hidden(part)), None)
             if hidden_at is not None:
                 name = "/".join(parts[: hidden_at + 1])
-                if name not in skipped:
-                    skipped.add(name)
+                if name not in hidden_names:
+                    hidden_names.add(name)
                     folder = "/" if hidden_at + 1 < len(parts) else ""
                     listing.skip_hidden(f"{scheme}://{bucket}/{prefix}{name}{folder}")
                 continue
             owned = _owned_name(key.split("/"), owned_prefixes)
             if owned is not None:
-                if owned not in skipped:
-                    skipped.add(owned)
+                if owned not in owned_names:
+                    owned_names.add(owned)
                     listing.skip_job_output()
                 continue
             size = int(item["Size"])
