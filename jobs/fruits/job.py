@@ -799,8 +799,8 @@ def _cause(error: BaseException) -> str:
 
 
 def publish_copies(out: Store, run_id: str, what: str) -> str | None:
-    """Copy a committed run's files to the output's root; None, or the warning to end the run's log with when
-    that failed (a full disk, a refused write).
+    """Copy a committed run's files to the output's root; None, or the warning the run ends with when that
+    failed (a full disk, a refused write).
 
     The run is committed either way (exit 0). Readers never see a mix of two runs at the root: once the root's
     manifest.json is gone (it goes first, see :func:`fruits.commits.publish_latest`) the copies made are removed;
