@@ -1,8 +1,9 @@
 """Property-based: S3 prefixes of any shape, written and read back by Spark (S3A) through the job's own code.
 
-Run as a script by tests/test_hostile_inputs.py, in a process of its own: its Spark session needs the S3A jars
-on its classpath from the start, which the tests' shared session does not have. Arguments: the moto endpoint,
-the bucket, then the jars. Exit status 0 when every example held; Hypothesis prints the failing one otherwise.
+Run as a script by tests/test_hostile_inputs.py, in a process of its own: its Spark (SPARK_HOME, with S3A; its
+settings in PYSPARK_SUBMIT_ARGS) needs the S3A jars on its classpath from the start, which the tests' shared
+session does not have. Argument: the bucket on moto. Exit status 0 when every example held; Hypothesis prints the
+failing one otherwise.
 """
 
 from __future__ import annotations
@@ -31,29 +32,14 @@ PREFIXES = st.lists(
 ).map("/".join)
 
 
-def main(endpoint: str, bucket: str, jars: list[str]) -> int:
+def main(bucket: str) -> int:
     from pyspark.sql import SparkSession
 
     from fruits import feature_store, writing
     from fruits.linalg import pack
     from fruits.storage import make_s3_client, open_store
 
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.jars", ",".join(jars))
-        .config("spark.hadoop.fs.s3.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
-        .config("spark.hadoop.fs.s3a.endpoint", endpoint)
-        .config("spark.hadoop.fs.s3a.endpoint.region", "us-east-1")
-        .config("spark.hadoop.fs.s3a.path.style.access", "true")
-        .config("spark.hadoop.fs.s3a.connection.ssl.enabled", "false")
-        .config(
-            "spark.hadoop.fs.s3a.aws.credentials.provider",
-            "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
-        )
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
-    )
+    spark = SparkSession.builder.getOrCreate()  # master and S3A from PYSPARK_SUBMIT_ARGS
     spark.sparkContext.setLogLevel("ERROR")
     client = make_s3_client()
 
@@ -90,4 +76,4 @@ def main(endpoint: str, bucket: str, jars: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
+    sys.exit(main(sys.argv[1]))

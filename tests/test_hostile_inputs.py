@@ -830,34 +830,42 @@ def test_a_local_write_that_fails_names_the_file_meant_and_leaves_no_temp_file(t
 # --- S3 key shapes through Spark's own file system -------------------------------------------------------
 
 
-def s3a_jars() -> list[str]:
-    """hadoop-aws and its SDK bundle for pyspark's Hadoop (scripts/fetch-jars.sh, cached); skips without them."""
+def s3a_spark_home() -> Path:
+    """pyspark's Spark with emr-7.13.0's Hadoop client and S3A, as the cloud rehearsal builds it (its jars from
+    scripts/fetch-jars.sh, its folder under /var/lib): skips without root, Maven or the jars."""
+    if os.geteuid() != 0:
+        pytest.skip("the rehearsal's Spark with S3A is built as root")
     done = subprocess.run(
         [str(Path(__file__).parents[1] / "scripts" / "fetch-jars.sh")],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1800,
         check=False,
     )
     if done.returncode != 0:
         pytest.skip(f"no S3A jars for Spark (scripts/fetch-jars.sh: {done.stderr.strip()[-200:]})")
-    return sorted(str(path) for path in Path(done.stdout.strip().splitlines()[-1]).glob("*.jar"))
+    from tests.rehearsal.node import spark_home
+
+    return spark_home(Path(done.stdout.strip().splitlines()[-1]))
 
 
-def s3a_submit_args(endpoint: str, jars: list[str]) -> str:
-    """Local Spark reading and writing s3:// through S3A against moto, as the cloud rehearsal does."""
-    conf = {
-        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-        "spark.hadoop.fs.s3a.endpoint": endpoint,
-        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
-        "spark.hadoop.fs.s3a.path.style.access": "true",
-        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
-        "spark.hadoop.fs.s3a.aws.credentials.provider": "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
-        "spark.ui.enabled": "false",
-        "spark.sql.shuffle.partitions": "4",
-    }
-    settings = " ".join(f"--conf {key}={value}" for key, value in conf.items())
-    return f"--master local[2] --driver-memory 1g --jars {','.join(jars)} {settings} pyspark-shell"
+#: Local Spark reading and writing s3:// through S3A against moto, as the cloud rehearsal configures it
+#: (credentials from the environment: S3A's default chain reads AWS_ACCESS_KEY_ID).
+S3A_CONF = {
+    "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+    "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+    "spark.hadoop.fs.s3a.path.style.access": "true",
+    "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+    "spark.hadoop.fs.s3a.retry.limit": "3",
+    "spark.hadoop.fs.s3a.attempts.maximum": "3",
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "4",
+}
+
+
+def s3a_submit_args(endpoint: str) -> str:
+    settings = " ".join(f"--conf {key}={value}" for key, value in S3A_CONF.items())
+    return f"--master local[2] --driver-memory 1g --conf spark.hadoop.fs.s3a.endpoint={endpoint} {settings} pyspark-shell"
 
 
 @pytest.mark.slow
@@ -866,7 +874,7 @@ def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named
     go through Spark (S3A), its lease, commits and copies through boto3; a second run reads the store back."""
     from tests.job_faults import FAST, run_job_process
 
-    jars = s3a_jars()
+    home = s3a_spark_home()
     prefix = "results#2 ?%41+&=é\tx"  # what a URL parser would cut or decode, and a tab
     keys = [
         "in/Kiwi #1/a?.jpg",
@@ -879,7 +887,7 @@ def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named
         moto_s3.client.put_object(Bucket=moto_s3.bucket, Key=key, Body=_image_bytes("JPEG", index))
     output = f"s3://{moto_s3.bucket}/{prefix}"
     args = ["--input", f"s3://{moto_s3.bucket}/in", "--output", output, *FAST]
-    env = {"PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url, jars)}
+    env = {"PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url), "SPARK_HOME": str(home)}
     for run, extra in enumerate(([], ["--overwrite"])):
         log = tmp_path / f"run{run}.log"
         assert run_job_process([*args, *extra], log, master=None, env=env) == 0, log.read_text()[-3000:]
@@ -909,7 +917,7 @@ def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named
 def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_name(moto_s3, tmp_path):
     """Hypothesis, in a process whose Spark has S3A (tests/spark_s3_shapes.py): the feature store's Parquet and
     results.csv, written and read through Spark and the job's store, land under exactly the prefix generated."""
-    jars = s3a_jars()
+    home = s3a_spark_home()
     script = Path(__file__).parent / "spark_s3_shapes.py"
     env = {
         **os.environ,
@@ -917,10 +925,11 @@ def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_n
             [str(Path(__file__).parents[1] / "jobs"), str(Path(__file__).parents[1])]
         ),
         "PYSPARK_PYTHON": sys.executable,
+        "SPARK_HOME": str(home),
+        "PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url),
     }
-    env.pop("PYSPARK_SUBMIT_ARGS", None)
     done = subprocess.run(
-        [sys.executable, str(script), moto_s3.endpoint_url, moto_s3.bucket, *jars],
+        [sys.executable, str(script), moto_s3.bucket],
         env=env,
         capture_output=True,
         text=True,
