@@ -830,11 +830,10 @@ def test_a_local_write_that_fails_names_the_file_meant_and_leaves_no_temp_file(t
 # --- S3 key shapes through Spark's own file system -------------------------------------------------------
 
 
-def s3a_spark_home() -> Path:
-    """pyspark's Spark with emr-7.13.0's Hadoop client and S3A, as the cloud rehearsal builds it (its jars from
-    scripts/fetch-jars.sh, its folder under /var/lib): skips without root, Maven or the jars."""
-    if os.geteuid() != 0:
-        pytest.skip("the rehearsal's Spark with S3A is built as root")
+def s3a_spark_home(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pyspark's Spark with emr-7.13.0's Hadoop client and S3A, built as the cloud rehearsal builds it (its jars
+    from scripts/fetch-jars.sh) but in this test session's cache, never over the rehearsal's own (another
+    checkout's rehearsal may be using it): skips without Maven or the jars."""
     done = subprocess.run(
         [str(Path(__file__).parents[1] / "scripts" / "fetch-jars.sh")],
         capture_output=True,
@@ -844,9 +843,10 @@ def s3a_spark_home() -> Path:
     )
     if done.returncode != 0:
         pytest.skip(f"no S3A jars for Spark (scripts/fetch-jars.sh: {done.stderr.strip()[-200:]})")
-    from tests.rehearsal.node import spark_home
+    from tests.rehearsal import node
 
-    return spark_home(Path(done.stdout.strip().splitlines()[-1]))
+    monkeypatch.setattr(node, "STATE", Path(os.environ["FRUITS_CACHE"]) / "s3a-spark")
+    return node.spark_home(Path(done.stdout.strip().splitlines()[-1]))
 
 
 #: Local Spark reading and writing s3:// through S3A against moto, as the cloud rehearsal configures it
@@ -869,12 +869,14 @@ def s3a_submit_args(endpoint: str) -> str:
 
 
 @pytest.mark.slow
-def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named(moto_s3, tmp_path):
+def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named(
+    moto_s3, tmp_path, monkeypatch
+):
     """The issue's --output s3://bucket/results#2, and more: the job's Parquet, CSVs, pipeline and feature store
     go through Spark (S3A), its lease, commits and copies through boto3; a second run reads the store back."""
     from tests.job_faults import FAST, run_job_process
 
-    home = s3a_spark_home()
+    home = s3a_spark_home(monkeypatch)
     prefix = "results#2 ?%41+&=é\tx"  # what a URL parser would cut or decode, and a tab
     keys = [
         "in/Kiwi #1/a?.jpg",
@@ -914,10 +916,12 @@ def test_spark_writes_and_reads_back_an_s3_output_under_exactly_the_prefix_named
 
 
 @pytest.mark.slow
-def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_name(moto_s3, tmp_path):
+def test_every_s3_prefix_shape_is_written_and_read_back_by_spark_under_its_own_name(
+    moto_s3, tmp_path, monkeypatch
+):
     """Hypothesis, in a process whose Spark has S3A (tests/spark_s3_shapes.py): the feature store's Parquet and
     results.csv, written and read through Spark and the job's store, land under exactly the prefix generated."""
-    home = s3a_spark_home()
+    home = s3a_spark_home(monkeypatch)
     script = Path(__file__).parent / "spark_s3_shapes.py"
     env = {
         **os.environ,
