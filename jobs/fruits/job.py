@@ -26,7 +26,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
@@ -36,7 +36,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits import (
+    calibration,
     commits,
+    engines,
     feature_store,
     jvm_archive,
     layout,
@@ -48,6 +50,7 @@ from fruits import (
     summaries,
     writing,
 )
+from fruits.calibration import Calibration
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
@@ -65,7 +68,7 @@ from fruits.options import (
     wants_help,
 )
 from fruits.progress import StageTimer, report_progress
-from fruits.reading import read_images
+from fruits.reading import max_bytes, read_images
 from fruits.session import get_session
 from fruits.storage import Store, StoreError, open_store, s3_region
 from fruits.summaries import ClassSums
@@ -128,6 +131,7 @@ class RunContext:
     weights: models.Weights
     model_key: str
     threads: int
+    calibration: Calibration | None = None  # the images a calibrated engine's model was (or is) calibrated on
 
     def key_for(self, name: str) -> str:
         """Key of ``name`` inside this run's prefix."""
@@ -154,11 +158,54 @@ class RunContext:
             store=open_store(options.store_uri),
             timer=StageTimer(),
             weights=weights,
-            model_key=feature_store.model_key(
-                options.model, options.alpha, options.image_size, options.decode_size, _weights_id(weights)
-            ),
+            model_key=_model_key(options, weights, None),
             threads=threads,
         )
+
+    def calibrate(self, listing: Listing) -> RunContext:
+        """For a calibrated engine (``litert-int8``): the context with its calibration images, read from
+        ``--calibration`` or else from ``listing`` (the input's), and the model key they give; for the others,
+        this context as it is. Reads the chosen images only (:mod:`fruits.calibration`)."""
+        options = self.options
+        if options.engine not in engines.CALIBRATED:
+            return self
+        with self.timer.stage("prepare model", "(calibration images)"):
+            source = (
+                calibration.list_source(options.calibration, options.max_file_mb)
+                if options.calibration
+                else listing
+            )
+            try:
+                found = calibration.collect(
+                    source, options.calibration_images, max_bytes(options.max_file_mb)
+                )
+            except InputError:
+                if options.calibration:
+                    raise
+                raise NothingFeaturized(
+                    f"no image under {options.input} could be read to calibrate the {options.engine} model"
+                ) from None
+        log.info(
+            "calibration: %d images of %s%s, id %s",
+            len(found.ids),
+            found.source,
+            f" ({found.split})" if found.split else "",
+            found.identity,
+        )
+        return replace(self, calibration=found, model_key=_model_key(options, self.weights, found))
+
+
+def _model_key(options: JobOptions, weights: models.Weights, calibrated: Calibration | None) -> str:
+    """The feature store's key: the float engines share one; a calibrated engine's names its calibration."""
+    quantized = engines.CALIBRATED.get(options.engine)
+    return feature_store.model_key(
+        options.model,
+        options.alpha,
+        options.image_size,
+        options.decode_size,
+        _weights_id(weights),
+        f"{quantized}-c{calibrated.identity}" if quantized and calibrated else None,
+    )
 
 
 def _weights_id(weights: models.Weights) -> str:
@@ -305,7 +352,7 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     sc = spark.sparkContext
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibration)
     partitions = task_count(todo_count, options.images_per_task, sc.defaultParallelism)
     with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
         checkpoint("featurize")
@@ -334,7 +381,7 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
     images = len(listing.to_read)
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibration)
     sc = spark.sparkContext
     with (
         ctx.timer.stage("featurize", f"{images} images: read, decode, infer in one pass"),
@@ -669,6 +716,7 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
             return None
         raise InputError(f"input is empty: no files under {options.input}")
     try:
+        ctx = ctx.calibrate(listing)  # a calibrated engine's images and model key (reads those images only)
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
             previous = commits.latest_commit(ctx.out)
@@ -727,6 +775,7 @@ def _extract_transform_load(
         skipped={"hidden": listing.hidden, "examples": listing.hidden_examples},
         feature_dim=reduced.feature_dim,
         model_source=featurized.model_source,
+        calibration=ctx.calibration.describe() if ctx.calibration else None,
         threads=ctx.threads,
         weights=ctx.weights,
         weights_sha=ctx.weights.sha256,

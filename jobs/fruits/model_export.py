@@ -2,7 +2,7 @@
 
 Building the Keras model and converting it for LiteRT costs seconds and a TensorFlow import, on every run,
 although the exported file depends only on what decides the features (model, alpha, image size, decode size,
-weights: the feature store's model key) and on the engine. So the export is kept, named by its SHA-256:
+weights, and for ``litert-int8`` its calibration images: the feature store's model key) and on the engine. So the export is kept, named by its SHA-256:
 
 1. in a local cache, ``$FRUITS_CACHE/models`` or ``~/.cache/fruits/models`` (skipped when it is not writable, as for
    YARN's users on a cluster);
@@ -23,9 +23,12 @@ import sys
 import tempfile
 from typing import Any
 
+import numpy as np
 from pyspark.sql import SparkSession
 
 from fruits import engines, models
+from fruits.calibration import Calibration
+from fruits.listing import InputError
 from fruits.local_cache import local_cache_dir
 from fruits.storage import NotFound, Store
 
@@ -82,7 +85,24 @@ def _from_store(store: Store, key: str, engine: str, folder: str) -> tuple[dict[
     return pointer, path
 
 
-def _build(options: Any, weights: models.Weights, folder: str) -> tuple[dict[str, Any], str]:
+def _calibration_images(options: Any, calibration: Calibration | None) -> list[np.ndarray] | None:
+    """The decoded calibration images of a calibrated engine (None for the others)."""
+    if options.engine not in engines.CALIBRATED:
+        return None
+    if calibration is None:
+        raise ValueError(f"engine {options.engine} needs calibration images (RunContext.calibrate)")
+    images = calibration.decoded(options.decode_size, options.max_pixels)
+    if not images:
+        raise InputError(
+            f"none of the {len(calibration.ids)} calibration images of {calibration.source} could be decoded"
+        )
+    return images
+
+
+def _build(
+    options: Any, weights: models.Weights, folder: str, calibration: Calibration | None
+) -> tuple[dict[str, Any], str]:
+    images = _calibration_images(options, calibration)
     model = models.build_feature_model(
         models.get_spec(options.model),
         image_size=options.image_size,
@@ -90,7 +110,7 @@ def _build(options: Any, weights: models.Weights, folder: str) -> tuple[dict[str
         alpha=options.alpha,
         weights=weights,
     )
-    exported = engines.export(model, options.engine, folder, options.engine)
+    exported = engines.export(model, options.engine, folder, options.engine, images)
     sha = models.sha256_file(exported)[:16]
     stem, extension = os.path.splitext(exported)
     path = f"{stem}-{sha}{extension}"
@@ -101,6 +121,7 @@ def _build(options: Any, weights: models.Weights, folder: str) -> tuple[dict[str
         "engine": options.engine,
         "input_size": options.decode_size,
         "feature_dim": int(model.output_shape[-1]),
+        "calibration": calibration.describe() if images is not None and calibration else None,
         "built_with": {
             name: getattr(sys.modules.get(name), "__version__", "not loaded")
             for name in ("tensorflow", "keras")
@@ -110,19 +131,26 @@ def _build(options: Any, weights: models.Weights, folder: str) -> tuple[dict[str
 
 
 def prepare_model(
-    spark: SparkSession, options: Any, weights: models.Weights, store: Store, key: str, folder: str
+    spark: SparkSession,
+    options: Any,
+    weights: models.Weights,
+    store: Store,
+    key: str,
+    folder: str,
+    calibration: Calibration | None = None,
 ) -> tuple[engines.ModelArtifact, str]:
     """The engine's model for this model key, shipped to every node with ``addFile``; (artifact, where from).
 
     ``folder`` is a scratch folder that must outlive the Spark jobs using the artifact (Spark copies the file
-    when it is added, but the path must stay valid while this session runs).
+    when it is added, but the path must stay valid while this session runs). ``calibration``: the images of a
+    calibrated engine, used only when its model is built (their identity is already in ``key``).
     """
     cache = local_cache_dir("models")
     found, source = _from_local(cache, key, options.engine), "local cache"
     if found is None:
         found, source = _from_store(store, key, options.engine, folder), "feature store"
     if found is None:
-        found, source = _build(options, weights, folder), "built"
+        found, source = _build(options, weights, folder, calibration), "built"
         pointer, path = found
         try:
             with open(path, "rb") as handle:
