@@ -185,6 +185,12 @@ class RunContext:
                 raise NothingFeaturized(
                     f"no image under {options.input} could be read to calibrate the {options.engine} model"
                 ) from None
+        if not self.weights.pretrained:
+            log.warning(
+                "%s with random weights: their activations lie far below int8's resolution, so the features "
+                "are (nearly) all zero; good for timing only",
+                options.engine,
+            )
         log.info(
             "calibration: %d images of %s%s, id %s",
             len(found.ids),
