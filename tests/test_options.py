@@ -196,3 +196,25 @@ def test_an_output_in_a_read_only_folder_is_refused(shared_tmp):
     options = parse_options(["--input", str(shared_tmp), "--output", str(locked / "out")])
     with pytest.raises(UsageError, match="is not writable"):
         as_unprivileged(check_output, options)
+
+
+def test_the_calibration_of_litert_int8_comes_from_any_layer_and_is_bounded(tmp_path):
+    uri = _file(tmp_path, {**BASE, "engine": "litert-int8", "calibration": "s3://in/calibration/"})
+    options = parse_options(["--calibration-images", "50"], {DEFAULTS_CONF_KEY: uri})
+    assert (options.engine, options.calibration, options.calibration_images) == (
+        "litert-int8",
+        "s3://in/calibration/",
+        50,
+    )
+    assert parse_options([], {}, BASE).calibration == ""  # the input itself
+    with pytest.raises(UsageError, match=r"spark\.fruits\.calibrationImages: must be >= 1"):
+        parse_options([], {"spark.fruits.calibrationImages": "0"}, BASE)
+
+
+def test_the_readme_names_every_engine_of_the_one_list():
+    from fruits.engines import ENGINES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `--engine`")]
+    assert [engine for engine in ENGINES if f"`{engine}`" not in row] == []
+    assert "| `--calibration`" in readme and "| `--calibration-images`" in readme

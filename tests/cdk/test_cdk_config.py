@@ -6,6 +6,7 @@ import pytest
 from aws_cdk import App
 from cdkapp import CDK_JSON
 from fruits_infra.config import DEFAULTS, ConfigError, FruitsConfig
+from fruits_infra.job_contract import ENGINES
 
 
 def test_cdk_json_documents_every_context_key_with_its_default():
@@ -106,3 +107,13 @@ def test_stage_and_generation_name_the_stacks_and_the_cluster():
     dev = FruitsConfig.from_context(App(context={"stage": "dev", "clusterGeneration": "3"}).node)
     assert dev.stack_name("FruitsEmrStack") == "FruitsEmrStack-dev"
     assert dev.full_cluster_name == "fruits-featurize-dev-g3"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_of_the_job_is_a_valid_engine_context(engine):
+    assert FruitsConfig.from_context(App(context={"engine": engine}).node).engine == engine
+
+
+def test_an_unknown_engine_is_refused_naming_the_job_engines():
+    with pytest.raises(ConfigError, match=f"engine must be one of {', '.join(ENGINES)}, got 'onnx'"):
+        FruitsConfig.from_context(App(context={"engine": "onnx"}).node)
