@@ -533,8 +533,10 @@ def test_pool_script_on_generated_images_equals_the_engine_and_pca_of_the_job(tm
     assert result["equal"], result
 
 
-def test_int8_job_runs_calibrate_on_one_folder_and_the_limit_exports_from_it(tmp_path):
+def test_int8_job_runs_calibrate_on_one_folder_and_the_limit_exports_from_it(tmp_path, monkeypatch):
     from benchmarks.common import calibration_folder, job_command
+
+    monkeypatch.delenv("FRUITS_DATA", raising=False)
 
     args = bench.parse(["--data", str(tmp_path), "--sizes", "500"])
     command = job_command(args, "litert-int8", tmp_path / "n500", tmp_path / "out")
