@@ -104,6 +104,15 @@ def test_int8_features_have_their_own_key_named_by_the_calibration_and_the_float
              "--overwrite", *extra]
         ))  # fmt: skip
 
+    from fruits.job import RunContext
+
+    options = parse_options(
+        ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8"]
+    )
+    assert RunContext.start(spark, options).model_key.endswith(
+        "-int8-uncalibrated-f32"
+    )  # never the float key
+
     first = job("litert-int8")
     described = first["model"]["calibration"]
     assert described["source"] == str(source) and described["split"] == "Training"

@@ -202,15 +202,14 @@ class RunContext:
 
 
 def _model_key(options: JobOptions, weights: models.Weights, calibrated: Calibration | None) -> str:
-    """The feature store's key: the float engines share one; a calibrated engine's names its calibration."""
+    """The feature store's key: the float engines share one; a calibrated engine's names its calibration. Before
+    :meth:`RunContext.calibrate` a calibrated engine's key is an ``-uncalibrated`` one, never the float key: no
+    batch is ever written under it (its model cannot be built without calibration images)."""
     quantized = engines.CALIBRATED.get(options.engine)
+    if quantized:
+        quantized += f"-c{calibrated.identity}" if calibrated else "-uncalibrated"
     return feature_store.model_key(
-        options.model,
-        options.alpha,
-        options.image_size,
-        options.decode_size,
-        _weights_id(weights),
-        f"{quantized}-c{calibrated.identity}" if quantized and calibrated else None,
+        options.model, options.alpha, options.image_size, options.decode_size, _weights_id(weights), quantized
     )
 
 
