@@ -2,7 +2,8 @@
 
 Building the Keras model and converting it for LiteRT costs seconds and a TensorFlow import, on every run,
 although the exported file depends only on what decides the features (model, alpha, image size, decode size,
-weights, and for ``litert-int8`` its calibration images: the feature store's model key) and on the engine. So the export is kept, named by its SHA-256:
+weights, and for ``litert-int8`` its calibration images: the feature store's model key) and on the engine. So
+the export is kept, named by its SHA-256:
 
 1. in a local cache, ``$FRUITS_CACHE/models`` or ``~/.cache/fruits/models`` (skipped when it is not writable, as for
    YARN's users on a cluster);
