@@ -322,12 +322,14 @@ STAGE_ORDER = (
     "PCA",
     "write results",
     "quality report",
+    "identify files",
     "plots",
 )
 SHORT_STAGE = {
     "prepare model": "model",
     "write results": "results",
     "quality report": "quality",
+    "identify files": "identify",
 }
 
 

@@ -60,7 +60,7 @@ class Edge:
 PARTS: tuple[Part, ...] = (
     Part("input", "input bucket\nimages/", DATA, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "data", "StorageInputBucket"),
     Part("results", "results bucket\nresults/\nfeatures/", DATA, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "data", "StorageResultsBucket"),
-    Part("artifacts", "artifacts bucket\njob/ bootstrap/\nconfig/ studio/", DATA, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "data", "StorageArtifactsBucket"),
+    Part("artifacts", "artifacts bucket\njob/ bootstrap/\nconfig/ models/", DATA, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "data", "StorageArtifactsBucket"),
     Part("logs", "logs bucket\nemr/ s3-access/\nvpc-flow-logs/", DATA, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "data", "StorageLogsBucket"),
     Part("deploy", "job deployment\nfruits.zip, bootstrap,\ndefaults", DATA, "Custom::CDKBucketDeployment", "compute.Lambda", "data"),
     Part("vpc", "VPC\nprivate subnets", EMR, "AWS::EC2::VPC", "network.VPC", "vpc"),
@@ -74,11 +74,13 @@ PARTS: tuple[Part, ...] = (
     Part("profile", "instance profile\napp buckets, SSM", EMR, "AWS::IAM::InstanceProfile", "security.IAMRole", "emr"),
     Part("kms", "KMS key\nlocal disks + EBS", EMR, "AWS::KMS::Key", "security.KMS", "emr"),
     Part("secconf", "security config\nencryption, IMDSv2", EMR, "AWS::EMR::SecurityConfiguration", "security.IAMPermissions", "emr"),
-    Part("cleanup", "group clean-up\n(on stack delete)", EMR, "Custom::EmrManagedGroupRules", "compute.Lambda", "emr"),
+    Part("cleanup", "group clean-up\n(when the groups go)", EMR, "Custom::EmrManagedGroupRules", "compute.Lambda", "emr"),
     Part("studio", "EMR Studio (IAM auth)\noptional: studio=true", EMR, "AWS::EMR::Studio", "analytics.EMR", "studio", optional=True),
     Part("studiorole", "Studio service role", EMR, "AWS::IAM::Role", "security.IAMRole", "studio", "StudioServiceRole", optional=True),
     Part("studiogroups", "engine + workspace\ngroups (18888)", EMR, "AWS::EC2::SecurityGroup", "network.Nacl", "studio", "Studio", many=True, optional=True),
-    Part("notebooks", "notebook deployment\nstudio/notebooks/", EMR, "Custom::CDKBucketDeployment", "compute.Lambda", "studio", optional=True),
+    Part("notebooks", "notebook deployment\nnotebooks/", EMR, "Custom::CDKBucketDeployment", "compute.Lambda", "studio", optional=True),
+    Part("studiobucket", "Studio bucket\nworkspaces/ notebooks/", EMR, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "studio", "StudioBucket", optional=True),
+    Part("studiopolicy", "Studio users' policy\n(StudioUserPolicyArn)", EMR, "AWS::IAM::ManagedPolicy", "security.IAMPermissions", "studio", "StudioUserPolicy", optional=True),
 )  # fmt: skip
 
 EDGES: tuple[Edge, ...] = (
@@ -100,8 +102,9 @@ EDGES: tuple[Edge, ...] = (
     Edge("cleanup", "groups", "revokes cross-rules"),
     Edge("studio", "studiogroups"),
     Edge("studiorole", "studio", "service role"),
-    Edge("studio", "artifacts", "workspaces in studio/"),
-    Edge("notebooks", "artifacts", "writes"),
+    Edge("studio", "studiobucket", "workspaces/"),
+    Edge("notebooks", "studiobucket", "writes"),
+    Edge("studiopolicy", "studio", "opens (IAM users)"),
     Edge("studiogroups", "cluster", "18888 to JEG", flow=True),
 )
 

@@ -151,9 +151,8 @@ class Deployment:
     def console_step_args(self) -> list[str]:
         """The step the outputs describe for a console step or `fruits submit` (without job options).
 
-        It runs the stack's own script in the stack's own deploy mode, and waits for the application: unlike
-        the stack's step, which only starts the run (``waitAppCompletion=false``) so that a deploy never waits
-        for data, and which passes ``--allow-empty`` for a fresh account's empty bucket.
+        It runs the stack's own script in the stack's own deploy mode, and waits for the application, as the
+        stack's own step does; that step runs the job's ``--check`` instead of a production run.
         """
         outputs = self.outputs()
         return [

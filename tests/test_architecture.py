@@ -33,7 +33,9 @@ def test_every_box_names_a_resource_of_the_synthesized_templates(templates):
         "AWS::S3::Bucket",
         "AWS::EC2::VPC",
     } <= types
-    assert len([1 for *_, kind in drawn if kind == "AWS::S3::Bucket"]) == 4
+    assert (
+        len([1 for *_, kind in drawn if kind == "AWS::S3::Bucket"]) == 5
+    )  # four data buckets + the Studio's
 
 
 def test_every_arrow_is_backed_by_the_templates(templates):

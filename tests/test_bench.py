@@ -569,3 +569,29 @@ def test_the_limit_measures_only_the_engines_the_sections_run():
 def test_a_target_at_the_edge_shows_the_digit_that_decides_it(value, threshold, shown):
     target = report.Target("t", value, threshold, ">=", True, "here")
     assert target.shown == shown
+
+
+def test_the_identify_benchmarks_synthetic_known_file_is_what_identify_reads_at_that_scale(tmp_path):
+    from benchmarks import identify as identify_bench
+    from fruits import identify
+
+    path = identify_bench.synthetic_known(500, 7, tmp_path)
+    known = identify.read_known([str(path)])
+    assert len(known.paths) == len(set(known.paths)) == 500 and known.pcs.shape == (500, 7)
+    assert len(set(known.labels)) > 100  # Fruits-360's many classes, not one
+    scale = identify_bench.at_scale(500, 7, repeats=1)
+    assert scale["known_parquet_bytes"] >= 500 * 7 * 4  # float32 components do not compress away
+    assert scale["load_seconds"] > 0 and scale["nearest_seconds_per_photo"] > 0
+
+
+def test_the_identify_benchmark_counts_right_answers_against_the_class_folders():
+    from benchmarks.identify import accuracy
+
+    document = {
+        "answers": [
+            {"path": "/d/Test/Lemon/1.jpg", "class": "Lemon"},
+            {"path": "/d/Test/Lemon/2.jpg", "class": "Kiwi"},
+            {"path": "/d/Test/Kiwi/3.jpg", "class": None, "reason": "corrupt image: broken data stream"},
+        ]
+    }
+    assert accuracy(document) == (1, 2)  # an unanswered photo is neither right nor wrong

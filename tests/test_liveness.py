@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -13,7 +16,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from fruits.lease import Lease, LeaseHeld
-from fruits.liveness import identity, local_process_probe, process_start, yarn_application_probe
+from fruits.liveness import (
+    identity,
+    local_process_probe,
+    process_start,
+    resource_manager_url,
+    yarn_application_probe,
+)
 from fruits.storage import open_store
 
 
@@ -71,12 +80,63 @@ class FakeResourceManager(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def resource_manager():
-    server = HTTPServer(("127.0.0.1", 0), FakeResourceManager)
+def serve(server: HTTPServer):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"127.0.0.1:{server.server_port}"
+    return server
+
+
+@pytest.fixture
+def resource_manager():
+    server = serve(HTTPServer(("127.0.0.1", 0), FakeResourceManager))
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def self_signed_certificate(directory) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (as a ResourceManager with TLS would present one) and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "resourcemanager")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "rm.pem", directory / "rm.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def https_resource_manager(tmp_path):
+    """A ResourceManager serving its REST API over HTTPS only; yields (URL, its certificate's PEM file)."""
+    cert_file, key_file = self_signed_certificate(tmp_path)
+    server = HTTPServer(("127.0.0.1", 0), FakeResourceManager)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    serve(server)
+    yield f"https://127.0.0.1:{server.server_port}", cert_file
     server.shutdown()
 
 
@@ -98,9 +158,59 @@ def test_an_unreachable_resource_manager_leaves_it_to_the_ttl():
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
     assert (
-        yarn_application_probe(f"127.0.0.1:{port}", timeout=1)(holder(reentrant_key="application_1_0001"))
+        yarn_application_probe(f"http://127.0.0.1:{port}", timeout=1)(
+            holder(reentrant_key="application_1_0001")
+        )
         is None
     )
+
+
+HTTP_ONLY_CONF = {
+    "yarn.resourcemanager.hostname": "ip-10-40-1-5.ec2.internal",
+    "yarn.resourcemanager.webapp.address": "ip-10-40-1-5.ec2.internal:8088",
+    "yarn.resourcemanager.webapp.https.address": "ip-10-40-1-5.ec2.internal:8090",
+}
+
+
+@pytest.mark.parametrize(
+    ("conf", "url"),
+    [
+        (HTTP_ONLY_CONF, "http://ip-10-40-1-5.ec2.internal:8088"),
+        ({**HTTP_ONLY_CONF, "yarn.http.policy": "HTTP_ONLY"}, "http://ip-10-40-1-5.ec2.internal:8088"),
+        ({**HTTP_ONLY_CONF, "yarn.http.policy": "HTTPS_ONLY"}, "https://ip-10-40-1-5.ec2.internal:8090"),
+        # YARN's defaults bind every interface: the RM's host name is what a client connects to.
+        ({"yarn.resourcemanager.hostname": "rm.internal", "yarn.resourcemanager.webapp.https.address":
+          "0.0.0.0:8090", "yarn.http.policy": "HTTPS_ONLY"}, "https://rm.internal:8090"),
+        ({"yarn.resourcemanager.webapp.address": "0.0.0.0:8088"}, None),  # no host to connect to
+        ({"yarn.http.policy": "HTTPS_ONLY", "yarn.resourcemanager.webapp.address": "rm:8088"}, None),
+        ({}, None),
+    ],
+)  # fmt: skip
+def test_the_resource_managers_url_follows_yarns_http_policy(conf, url):
+    assert resource_manager_url(conf.get) == url
+
+
+def test_an_https_only_resource_manager_is_asked_over_https(https_resource_manager, monkeypatch):
+    url, certificate = https_resource_manager
+    monkeypatch.setenv("SSL_CERT_FILE", certificate)  # the node's trust store holds the cluster's certificate
+    probe = yarn_application_probe(url)
+    assert (
+        probe(holder(reentrant_key="application_1_0003"))
+        == "its YARN application application_1_0003 is KILLED"
+    )
+    assert probe(holder(reentrant_key="application_1_0002")) is None
+
+
+def test_an_untrusted_certificate_leaves_it_to_the_ttl(https_resource_manager, caplog):
+    url, _ = https_resource_manager
+    with caplog.at_level("INFO", logger="fruits.liveness"):
+        assert yarn_application_probe(url, timeout=2)(holder(reentrant_key="application_1_0003")) is None
+    assert any("CERTIFICATE_VERIFY_FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_a_url_without_scheme_is_refused():
+    with pytest.raises(ValueError, match="http:// or https://"):
+        yarn_application_probe("127.0.0.1:8088")
 
 
 def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path, caplog):

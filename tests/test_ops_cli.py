@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fruits import commits, layout
+from fruits import commits, layout, outcomes
 from fruits.ops import aws, runs
 from fruits.ops.cli import main
 from fruits.ops.status import step_report
@@ -95,12 +95,15 @@ def test_submit_adds_the_step_the_stack_describes(emr: Any, dep: Deployment, cap
     assert step["ActionOnFailure"] == stack_step["ActionOnFailure"]
     assert step["Config"]["Jar"] == stack_step["Jar"]
     assert step["Config"]["Args"] == [*dep.console_step_args(), "--k", "50", "--limit", "1000"]
-    # The same script in the same deploy mode as the stack's own step, which only differs by starting the run
-    # without waiting for it (a deploy never waits for data) and by tolerating an empty input.
+    # The same script in the same deploy mode as the stack's own step, which runs the job's --check (bounded
+    # by timeout) instead of a production run; both wait for the application.
     script = dep.outputs()["StepApplicationLocation"]
-    assert script in stack_step["Args"] and stack_step["Args"][:3] == step["Config"]["Args"][:3]
-    assert "spark.yarn.submit.waitAppCompletion=false" in stack_step["Args"]
-    assert "spark.yarn.submit.waitAppCompletion=false" not in step["Config"]["Args"]
+    spark_submit = stack_step["Args"].index("spark-submit")
+    assert (
+        script in stack_step["Args"]
+        and stack_step["Args"][spark_submit : spark_submit + 3] == step["Config"]["Args"][:3]
+    )
+    assert stack_step["Args"][-1] == "--check" and "--check" not in step["Config"]["Args"]
 
 
 def test_job_options_replace_the_stacks_step_arguments(emr: Any, dep: Deployment, capsys) -> None:
@@ -190,8 +193,7 @@ def test_wait_for_step_gives_up_after_the_timeout(emr: Any, dep: Deployment) -> 
 def test_submit_to_an_ended_cluster_prints_the_redeploy_command(
     emr: Any, dep: Deployment, capsys, state: str
 ) -> None:
-    outputs = dep.outputs()
-    outputs[aws.GENERATION_OUTPUT] = "3"
+    outputs = dep.outputs()  # the real stack's outputs: RedeployCommand as the CDK app spells it
     dep.make_stack("Generations", outputs)
     set_cluster_state(dep.cluster_id, state)
 
@@ -199,9 +201,36 @@ def test_submit_to_an_ended_cluster_prints_the_redeploy_command(
 
     line = one_error_line(capsys.readouterr().err)
     assert f"cluster {dep.cluster_id} is {state}" in line
-    assert "npx cdk deploy Generations -c clusterGeneration=4" in line
-    assert '"clusterGeneration": 4 in cdk.json' in line
+    assert "without a new cluster generation would roll back" in line
+    assert f"as: {outputs[aws.REDEPLOY_OUTPUT]}  (" in line
+    assert outputs[aws.REDEPLOY_OUTPUT].endswith(
+        f"-c clusterGeneration={int(outputs[aws.GENERATION_OUTPUT]) + 1}"
+    )
+    assert f'"clusterGeneration": {int(outputs[aws.GENERATION_OUTPUT]) + 1} in cdk.json' in line
     assert job_steps(emr, dep.cluster_id) == []
+
+
+@pytest.mark.parametrize(
+    ("stack", "command"),
+    [
+        ("Generations", "npx cdk deploy Generations -c clusterGeneration=4"),
+        # A stage's stack: without -c stage=dev, cdk would find no stack of that name.
+        ("FruitsEmrStack-dev", "npx cdk deploy FruitsEmrStack-dev -c stage=dev -c clusterGeneration=4"),
+    ],
+)
+def test_a_stack_without_the_redeploy_output_gets_the_command_built(
+    emr: Any, dep: Deployment, capsys, stack: str, command: str
+) -> None:
+    outputs = dep.outputs()
+    outputs.pop(aws.REDEPLOY_OUTPUT)  # deployed before the output existed
+    outputs[aws.GENERATION_OUTPUT] = "3"
+    dep.make_stack(stack, outputs)
+    emr.terminate_job_flows(JobFlowIds=[dep.cluster_id])
+
+    assert main(["submit", "--stack", stack]) == 2
+
+    line = one_error_line(capsys.readouterr().err)
+    assert f"as: {command}  (" in line and '"clusterGeneration": 4 in cdk.json' in line
 
 
 def test_without_a_generation_output_the_advice_says_where_n_is(emr: Any, dep: Deployment, capsys) -> None:
@@ -409,6 +438,132 @@ def test_status_of_a_running_step_exits_0(dep: Deployment, capsys) -> None:
 
     assert main(["status"]) == 0
     assert "RUNNING" in capsys.readouterr().out
+
+
+def put_outcome(s3: Any, dep: Deployment, minutes: float, status: str, **fields: Any) -> outcomes.Outcome:
+    """The outcome record of a run that started ``minutes`` after T0, as the job writes it."""
+    started = T0 + timedelta(minutes=minutes)
+    record = outcomes.Outcome(
+        run_id=commits.new_run_id(started),
+        status=status,
+        exit_code=fields.pop("exit_code", 0 if status != outcomes.FAILED else 2),
+        reason=fields.pop("reason", None),
+        started_at=started.isoformat(),
+        finished_at=(started + timedelta(minutes=2)).isoformat(),
+        input="s3://input/images/",
+        output=dep.results_uri,
+        **fields,
+    )
+    assert outcomes.write(results(s3, dep), record)
+    return record
+
+
+def test_a_completed_step_whose_run_failed_is_read_as_failed(
+    emr: Any, s3: Any, dep: Deployment, capsys
+) -> None:
+    """A step that only handed its application to YARN completes whatever the job does: its record tells."""
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED", started=T0)
+    put_outcome(s3, dep, 1, outcomes.FAILED, reason="input is empty: no files under s3://input/images/")
+
+    assert main(["status", step_id]) == 1
+
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "failed: input is empty: no files under s3://input/images/"
+    assert main(["status", step_id, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["outcome"] == "failed" and report["run_outcome"]["exit_code"] == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "first_line"),
+    [
+        (outcomes.CHECKED, "succeeded: the cluster check passed: this cluster can run the job"),
+        (
+            outcomes.NOTHING_TO_DO,
+            "succeeded: nothing to featurize under s3://input/images/: no run committed",
+        ),
+    ],
+)
+def test_a_step_that_committed_nothing_names_why(
+    emr: Any, s3: Any, dep: Deployment, capsys, status: str, first_line: str
+) -> None:
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED", started=T0)
+    put_outcome(s3, dep, 0.5, status)
+
+    assert main(["status", step_id]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(first_line)
+
+
+def test_a_committed_run_is_named_with_its_counts(emr: Any, s3: Any, dep: Deployment, capsys) -> None:
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "COMPLETED", started=T0)
+    counts = {"found": 11, "featurized": 9, "rejected": 2}
+    record = put_outcome(s3, dep, 1, outcomes.SUCCEEDED, counts=counts, commit=3)
+
+    assert main(["status", step_id]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"succeeded: run {record.run_id} committed as #3: found 11 = featurized 9 + rejected 2"
+    )
+
+
+def test_the_steps_own_application_picks_its_record(emr: Any, s3: Any, dep: Deployment, capsys) -> None:
+    """Two runs started while the step ran (another client's beside the step's): the step's application decides."""
+    app = "application_1700000000000_0007"
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "FAILED", "Step failed with exitCode 1.", started=T0)
+    put_log(
+        s3,
+        dep,
+        log_key(dep, dep.cluster_id, "steps", step_id, "stderr.gz"),
+        SPARK_SUBMIT_REPORT.format(app=app),
+    )
+    put_outcome(s3, dep, 1, outcomes.FAILED, reason="the step's own reason", application_id=app)
+    put_outcome(
+        s3, dep, 2, outcomes.FAILED, reason="somebody else's", application_id="application_1700000000000_0008"
+    )
+
+    assert main(["status", step_id]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == "failed: the step's own reason"
+
+
+def test_a_failed_step_without_a_record_takes_the_jobs_line_from_the_driver_log(
+    emr: Any, s3: Any, dep: Deployment, capsys
+) -> None:
+    """A run whose output is elsewhere (or killed outright) leaves no record here: the driver's log says why."""
+    app = "application_1700000000000_0009"
+    step_id = submitted(capsys, [])
+    set_step_state(dep.cluster_id, step_id, "FAILED", "Step failed with exitCode 1.", started=T0)
+    put_log(
+        s3,
+        dep,
+        log_key(dep, dep.cluster_id, "steps", step_id, "stderr.gz"),
+        SPARK_SUBMIT_REPORT.format(app=app),
+    )
+    driver = (
+        "INFO starting\nfeaturize_pca: error: output is in use: s3://r/results/ is held by 'x'\nINFO exit\n"
+    )
+    put_log(
+        s3,
+        dep,
+        log_key(
+            dep, dep.cluster_id, "containers", app, "container_1700000000000_0009_01_000001", "stderr.gz"
+        ),
+        driver,
+    )
+
+    assert main(["status", step_id]) == 1
+    assert (
+        capsys.readouterr().out.splitlines()[0] == "failed: output is in use: s3://r/results/ is held by 'x'"
+    )
+
+
+def test_a_running_step_is_named_running(dep: Deployment, capsys) -> None:
+    step_id = submitted(capsys, [])
+
+    assert main(["status", step_id]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith(f"running: step {step_id} is RUNNING")
 
 
 # --- results ---------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fruits.lda import fit_lda
 from fruits.linalg import pack
-from fruits.quality import SHRINKAGES, fit_lda, report
+from fruits.quality import SHRINKAGES, report
 from fruits.summaries import ClassSums, holdout_roles, pickled, summarize, summarize_frames
 
 
@@ -47,6 +48,31 @@ def test_lda_from_sums_predicts_like_scikit_learns_shrinkage_lda():
     theirs = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=0.01).fit(x, y).predict(xt)
     assert (ours == theirs).mean() > 0.98
     assert abs((ours == yt).mean() - (theirs == yt).mean()) < 0.01
+
+
+def test_lda_probabilities_are_the_posterior_of_its_gaussians():
+    # Two classes in one dimension, means -1 and +1, pooled variance exactly 1 (scatter 4 s^2 over n - 2 = 2),
+    # equal priors: the posterior of the second is sigmoid(2 x), whatever the shrinkage (one dimension: the
+    # target is the variance itself).
+    s = 1 / np.sqrt(2)
+    x = np.array([[-1 - s], [-1 + s], [1 - s], [1 + s]])
+    classifier = fit_lda(sums_of(x, np.array(["a", "a", "b", "b"], dtype=object)), shrinkage=0.2)
+    points = np.array([[-2.0], [-0.3], [0.0], [0.7], [3.0]])
+    probabilities = classifier.probabilities(points)
+    assert np.allclose(probabilities[:, 1], 1 / (1 + np.exp(-2 * points[:, 0])))
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+    assert list(classifier.predict(points[[0, 3]])) == ["a", "b"]
+    ((first, p_first), (second, p_second)), *_ = classifier.ranked(points[[0, 4]], 2)
+    assert (first, second) == ("a", "b") and p_first == pytest.approx(1 - p_second) and p_first > 0.98
+    assert [[name for name, _ in row] for row in classifier.ranked(points, 1)] == [
+        ["a"],
+        ["a"],
+        ["a"],
+        ["b"],
+        ["b"],
+    ]
+    far = classifier.probabilities(np.array([[1e6]]))  # scores of millions: no overflow, no NaN
+    assert far[0, 1] == 1.0 and not np.isnan(far).any()
 
 
 def test_lda_needs_two_classes():
@@ -168,7 +194,7 @@ def test_no_report_without_both_splits(spark):
 
 @pytest.mark.spark
 def test_marks_made_in_the_projection_pass_give_the_same_report_as_a_pass_of_their_own(spark):
-    from fruits.quality import fit_classifiers, marking, score, tally
+    from fruits.quality import fit_classifiers, marking, score, tallied, tally
     from fruits.reduce import Projection, project
 
     x, y = blobs(700, 4, 8, 2.0)
@@ -201,6 +227,29 @@ def test_marks_made_in_the_projection_pass_give_the_same_report_as_a_pass_of_the
         key = "test_accuracy_full_features" if space == "full" else "test_accuracy_pca"
         assert result["shrinkage"][space] == SHRINKAGES[best]
         assert result[key] == pytest.approx(accuracy, abs=1e-12)
+        # The classifier a run keeps for `fruits identify` is that very one: the same predictions on Test.
+        kept = classifiers.chosen(tallied(projected, classifiers).chosen)[space]
+        assert (kept.predict(vectors[test]) == y[test]).mean() == pytest.approx(accuracy, abs=1e-12)
+
+
+@pytest.mark.spark
+def test_a_run_over_training_alone_still_chooses_its_classifier(spark):
+    from fruits.quality import fit_classifiers, marking, tallied
+    from fruits.reduce import Projection, project
+
+    x, y = blobs(400, 3, 6, 2.0)
+    frame = frame_of(spark, x, y, ["Training"] * 400)
+    sums = summarize(frame, 6)
+    mean = sums.total.total / sums.total.n
+    classifiers = fit_classifiers(sums.training, mean, np.eye(6)[:, :2])
+    result = tallied(
+        project(Projection(mean, np.eye(6)[:, :2]), frame, False, marking(classifiers)), classifiers
+    )
+    assert result.report is None  # nothing to score it on
+    assert set(result.chosen) == {"full", "pca"}
+    assert all(0 <= i < len(SHRINKAGES) for i in result.chosen.values())
+    chosen = classifiers.chosen(result.chosen)["full"]
+    assert (chosen.predict(x.astype(np.float32)) == y).mean() > 0.9
 
 
 def test_marks_of_a_batch_without_holdout_or_test_rows_are_zeros():

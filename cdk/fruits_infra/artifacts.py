@@ -5,10 +5,14 @@
     job/featurize_pca.py                    the entry script (jobs/featurize_pca.py, unchanged)
     job/fruits.zip                          the ``fruits`` package at the zip root, for --py-files
     bootstrap/<digest>/install-runtime.sh   the cluster bootstrap action
-    bootstrap/<digest>/requirements.txt     the repository's requirements.txt, unchanged
+    bootstrap/<digest>/requirements.txt     bootstrap/cluster-requirements.txt: the pins with their wheels' SHA-256
 
 and :class:`JobArtifacts` adds ``config/job-defaults.json`` (the job's defaults, with the bucket names resolved
 at deploy time).
+
+With context ``wheelhouse`` the bootstrap installs the wheels from ``wheelhouse/<lock digest>/`` in the same
+bucket instead of PyPI (a cluster without internet egress); the operator uploads them (``make wheelhouse``), and
+the digest of the lock names the folder, so a pin change asks for a new upload instead of mixing two sets.
 
 The bootstrap files are content-addressed (``<digest>`` hashes both files): a node that managed scaling adds
 later runs the same script and pins as the nodes already running, and a pin change gives the cluster a new
@@ -43,6 +47,10 @@ PACKAGE = "fruits"
 BOOTSTRAP_SCRIPT = "install-runtime.sh"
 
 REQUIREMENTS = "requirements.txt"
+#: What the bootstrap installs (uploaded as bootstrap/<digest>/requirements.txt): requirements.txt's pins with
+#: the SHA-256 of each wheel (scripts/cluster_requirements.py writes it; a test keeps the versions equal).
+CLUSTER_REQUIREMENTS = REPO_ROOT / "bootstrap" / "cluster-requirements.txt"
+WHEELHOUSE_PREFIX = "wheelhouse/"
 
 SCRIPT_KEY = f"job/{ENTRY_SCRIPT}"
 PYFILES_KEY = f"job/{PACKAGE}.zip"
@@ -96,11 +104,16 @@ def bootstrap_keys(digest: str) -> tuple[str, str]:
     return f"bootstrap/{digest}/{BOOTSTRAP_SCRIPT}", f"bootstrap/{digest}/{REQUIREMENTS}"
 
 
+def wheelhouse_key(requirements: Path = CLUSTER_REQUIREMENTS) -> str:
+    """``wheelhouse/<16 hex digits>/``: where the wheels of ``requirements`` go in the artifacts bucket."""
+    return f"{WHEELHOUSE_PREFIX}{hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]}/"
+
+
 def build_bundle(
     out_dir: Path,
     *,
     jobs_dir: Path = REPO_ROOT / "jobs",
-    requirements: Path = REPO_ROOT / "requirements.txt",
+    requirements: Path = CLUSTER_REQUIREMENTS,
     bootstrap_dir: Path = REPO_ROOT / "bootstrap",
 ) -> list[str]:
     """Rebuild ``out_dir`` with the deployable tree; return its keys (sorted, POSIX)."""
@@ -171,6 +184,10 @@ class JobArtifacts(Construct):
                 f"{key!r} is not deployed by {self.node.path} (deployed: {sorted(self.deployed_keys)})"
             )
         return f"s3://{(via or self.bucket).bucket_name}/{key}"
+
+    def wheelhouse_uri(self, *, via: s3.IBucket | None = None) -> str:
+        """``s3://<artifacts>/wheelhouse/<digest>/``: where the operator uploads the cluster's wheels."""
+        return f"s3://{(via or self.bucket).bucket_name}/{wheelhouse_key()}"
 
     @property
     def script_uri(self) -> str:

@@ -19,6 +19,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from fruits_infra.config import FruitsConfig
+from fruits_infra.hadoop_conf import s3a_commit_conf, yarn_configurations
 from fruits_infra.instances import spark_memory
 from fruits_infra.job_contract import DEFAULTS_CONF_KEY, imagenet_weights_file
 from fruits_infra.nag import acknowledge
@@ -63,13 +64,27 @@ def job_defaults(
     return defaults
 
 
-def bootstrap_args(config: FruitsConfig, requirements_uri: str) -> list[str]:
-    """The bootstrap's arguments: the pins, and the weights the job will load (custom, or Keras' ImageNet file)."""
+def bootstrap_args(
+    config: FruitsConfig, requirements_uri: str, wheelhouse_uri: str | None = None
+) -> list[str]:
+    """The bootstrap's arguments: the pins and where their wheels come from (``wheelhouse_uri`` with context
+    ``wheelhouse``, ``pipIndexUrl``, else PyPI), and the weights the job will load (custom, or Keras' ImageNet
+    file) with the SHA-256 they must have when it is known."""
     args = ["--requirements", requirements_uri]
+    if config.wheelhouse:
+        if not wheelhouse_uri:
+            raise ValueError("context wheelhouse needs the wheelhouse's URI")
+        args += ["--wheelhouse", wheelhouse_uri]
+    elif config.pip_index_url:
+        args += ["--index-url", config.pip_index_url]
     if config.weights_uri:
-        return [*args, "--weights-uri", config.weights_uri]
-    imagenet = imagenet_weights_file(config.model, config.job_alpha, config.image_size)
-    return [*args, "--weights-url", imagenet.url, "--weights-file", imagenet.file_name]
+        args += ["--weights-uri", config.weights_uri]
+        sha256 = config.weights_sha256
+    else:
+        imagenet = imagenet_weights_file(config.model, config.job_alpha, config.image_size)
+        args += ["--weights-url", imagenet.url, "--weights-file", imagenet.file_name]
+        sha256 = config.weights_sha256 or imagenet.sha256
+    return [*args, "--weights-sha256", sha256] if sha256 else args
 
 
 def _environment() -> dict[str, str]:
@@ -117,6 +132,7 @@ def spark_configurations(
         **spark_memory((*config.core_instance_types, *config.task_instance_types)),
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(config.arrow_max_records_per_batch),
         "spark.python.worker.reuse": "true",
+        **s3a_commit_conf(),
         DEFAULTS_CONF_KEY: job_defaults_uri,
     }
     studio = (
@@ -168,6 +184,7 @@ class FruitsCluster(Construct):
         log_uri: str,
         bootstrap_uri: str,
         requirements_uri: str,
+        wheelhouse_uri: str,
         py_files_uri: str,
         job_defaults_uri: str,
     ) -> None:
@@ -237,13 +254,14 @@ class FruitsCluster(Construct):
                 emr.CfnCluster.BootstrapActionConfigProperty(
                     name="install-python-runtime",
                     script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
-                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri)
+                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri, wheelhouse_uri)
                     ),
                 )
             ],
-            configurations=spark_configurations(
-                config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri
-            ),
+            configurations=[
+                *spark_configurations(config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri),
+                *yarn_configurations(),
+            ],
             auto_termination_policy=emr.CfnCluster.AutoTerminationPolicyProperty(
                 idle_timeout=config.idle_timeout_seconds
             ),

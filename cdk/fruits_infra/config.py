@@ -38,6 +38,12 @@ DEFAULTS: dict[str, Any] = {
     "subnetIds": [],
     "inTransitCertificatesUri": None,
     "weightsUri": None,
+    # SHA-256 the bootstrap checks the weights file against (default: the digest known for Keras' ImageNet file).
+    "weightsSha256": None,
+    # Where the bootstrap gets the pinned wheels: the artifacts bucket's wheelhouse/ (a cluster without internet
+    # egress; upload it with `make wheelhouse`), or a private package index; default PyPI.
+    "wheelhouse": False,
+    "pipIndexUrl": None,
     "deployStep": True,
     "stepArguments": [],
     # The job's own defaults (one owner: fruits.options); cdk.json repeats them, a test keeps the two equal.
@@ -58,6 +64,7 @@ _OS_RELEASE = re.compile(r"^2023\.\d+\.\d{8}(\.\d+)?$")
 # A stage goes into stack names, export names and the cluster name: lower case, short, starts with a letter.
 _STAGE = re.compile(r"^([a-z][a-z0-9-]{0,15})?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _IDLE_MIN, _IDLE_MAX = 60, 7 * 24 * 3600  # the bounds EMR accepts for AutoTerminationPolicy.IdleTimeout
 
 
@@ -135,6 +142,9 @@ class FruitsConfig:
     subnet_ids: tuple[str, ...] = tuple(DEFAULTS["subnetIds"])
     in_transit_certificates_uri: str | None = DEFAULTS["inTransitCertificatesUri"]
     weights_uri: str | None = DEFAULTS["weightsUri"]
+    weights_sha256: str | None = DEFAULTS["weightsSha256"]
+    wheelhouse: bool = DEFAULTS["wheelhouse"]
+    pip_index_url: str | None = DEFAULTS["pipIndexUrl"]
     deploy_step: bool = DEFAULTS["deployStep"]
     step_arguments: tuple[str, ...] = tuple(DEFAULTS["stepArguments"])
     model: str = DEFAULTS["model"]
@@ -191,6 +201,14 @@ class FruitsConfig:
             raise ConfigError(
                 f"weightsUri must be an s3:// URI of an .h5 or .keras file, got {self.weights_uri!r}"
             )
+        if self.weights_sha256 is not None and not _SHA256.match(self.weights_sha256):
+            raise ConfigError(f"weightsSha256 must be 64 lower-case hex digits, got {self.weights_sha256!r}")
+        if self.pip_index_url is not None and not self.pip_index_url.startswith("https://"):
+            raise ConfigError(f"pipIndexUrl must be an https:// URL, got {self.pip_index_url!r}")
+        if self.wheelhouse and self.pip_index_url:
+            raise ConfigError(
+                "give wheelhouse or pipIndexUrl, not both: the bootstrap installs from one source"
+            )
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.model not in MODELS:
@@ -239,6 +257,16 @@ class FruitsConfig:
         """``FruitsEmrStack`` for the default stage, ``FruitsEmrStack-<stage>`` otherwise."""
         return f"{base}-{self.stage}" if self.stage else base
 
+    def next_generation_deploy(self, stack_name: str) -> str:
+        """The one deploy command that works once this cluster has terminated: the same stage, the next generation.
+
+        A terminated cluster cannot be restarted, and a deploy that changes the cluster or its step makes
+        CloudFormation call EMR on it and roll back; the next ``clusterGeneration`` (replacement-only, in the
+        cluster's Name) makes it create a new cluster instead, with any other change in the same deploy.
+        """
+        stage = f" -c stage={self.stage}" if self.stage else ""
+        return f"npx cdk deploy {stack_name}{stage} -c clusterGeneration={self.cluster_generation + 1}"
+
     @property
     def task_capacity(self) -> bool:
         """True when Spot task capacity is requested."""
@@ -277,6 +305,9 @@ class FruitsConfig:
             subnet_ids=tuple(_parse_list("subnetIds", get("subnetIds"))),
             in_transit_certificates_uri=_optional_str(get("inTransitCertificatesUri")),
             weights_uri=_optional_str(get("weightsUri")),
+            weights_sha256=_optional_str(get("weightsSha256")),
+            wheelhouse=_parse_bool("wheelhouse", get("wheelhouse")),
+            pip_index_url=_optional_str(get("pipIndexUrl")),
             deploy_step=_parse_bool("deployStep", get("deployStep")),
             step_arguments=tuple(_parse_list("stepArguments", get("stepArguments"))),
             model=str(get("model")),

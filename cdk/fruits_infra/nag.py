@@ -21,9 +21,10 @@ def apply_nag(app: App) -> None:
 
 
 def acknowledge(construct: IConstruct, finding: str, reason: str) -> None:
-    """Acknowledge one cdk-nag finding (e.g. ``AwsSolutions-IAM5[Resource::*]``) on ``construct``."""
-    if not finding.startswith("AwsSolutions-"):
-        raise ValueError(f"not an AwsSolutions finding id: {finding!r}")
+    """Acknowledge one cdk-nag finding (e.g. ``AwsSolutions-IAM5[Resource::*]``) on ``construct``, or one of
+    aws-cdk-lib's own warnings, which the validation report lists too (``Annotation::@aws-cdk/...``)."""
+    if not finding.startswith(("AwsSolutions-", "Annotation::@aws-cdk/")):
+        raise ValueError(f"not an AwsSolutions finding or aws-cdk-lib annotation id: {finding!r}")
     if len(reason.strip()) < _MIN_REASON:
         raise ValueError(f"acknowledging {finding} needs a real reason, got {reason!r}")
     Validations.of(construct).acknowledge(Acknowledgment(id=finding, reason=reason))
@@ -56,7 +57,7 @@ def acknowledge_bucket_deployment(stack: Stack, destination: IBucket, *, what: s
         f"Resource::arn:<AWS::Partition>:s3:::cdk-{qualifier}-assets-<AWS::AccountId>-<AWS::Region>/*": (
             "the asset's key in the CDK assets bucket is content-addressed and only known at deploy time"
         ),
-        f"Resource::{destination_name}/*": f"it writes {what} into the artifacts bucket",
+        f"Resource::{destination_name}/*": f"it writes {what} into its destination bucket",
     }
     for child in stack.node.children:
         if not child.node.id.startswith("Custom::CDKBucketDeployment"):

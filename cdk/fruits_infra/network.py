@@ -1,8 +1,10 @@
 """Network for the cluster: a new VPC (default) or an existing VPC and subnet(s) from context.
 
-New VPC: private subnets (with egress through one NAT gateway, which the bootstrap's pip install and the
-ImageNet weights download need), public subnets for the NAT only, an S3 gateway endpoint (S3 traffic never
-crosses the NAT), and flow logs to the logs bucket. Either way the three EMR-managed security groups are
+New VPC: private subnets in two zones (with egress through one NAT gateway, in the first zone, which the
+bootstrap's pip install and the ImageNet weights download need: one, not one per zone, is a cost choice the
+README's "One NAT gateway, and instanceMode=fleets" explains), public subnets for the NAT only, an S3 gateway endpoint (S3 traffic never
+crosses the NAT), and flow logs (:data:`FLOW_LOG_FORMAT`) to the logs bucket, or, in an ephemeral environment, to
+a log group that goes with this stack. Either way the three EMR-managed security groups are
 created here. The VPC, the private (cluster) subnets and the groups carry the tag that lets
 ``AmazonEMRServicePolicy_v2`` act on them; the public subnets (the NAT's) do not, so EMR can never place a node
 there.
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Fn, Tags
+from aws_cdk import Fn, RemovalPolicy, Tags
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -24,6 +27,14 @@ EMR_MANAGED_TAG = ("for-use-with-amazon-emr-managed-policies", "true")
 SERVICE_ACCESS_PORT = 9443
 #: ... and the service reaches the nodes on 8443.
 NODE_SERVICE_PORT = 8443
+#: Flow-log records: the default fields, then the AWS service a packet went to and the path it took, so the
+#: records show S3 traffic leaving through the gateway endpoint (``traffic-path`` 7) rather than the NAT
+#: (https://docs.aws.amazon.com/vpc/latest/userguide/flow-log-records.html).
+FLOW_LOG_FORMAT = (
+    ec2.LogFormat.ALL_DEFAULT_FIELDS,
+    ec2.LogFormat.PKT_DST_AWS_SERVICE,
+    ec2.LogFormat.TRAFFIC_PATH,
+)
 
 
 class FruitsNetwork(Construct):
@@ -67,11 +78,9 @@ class FruitsNetwork(Construct):
             )
             vpc.add_flow_log(
                 "FlowLogs",
-                destination=ec2.FlowLogDestination.to_s3(flow_logs_bucket, FLOW_LOGS_PREFIX),
+                destination=self._flow_log_destination(flow_logs_bucket, ephemeral),
                 traffic_type=ec2.FlowLogTrafficType.ALL,
-                # An ephemeral logs bucket is emptied and deleted after this stack: deliver within a minute, so
-                # no flow-log file lands in it after it was emptied (the default window is 10 minutes).
-                max_aggregation_interval=ec2.FlowLogMaxAggregationInterval.ONE_MINUTE if ephemeral else None,
+                log_format=list(FLOW_LOG_FORMAT),
             )
             # The tag goes on the VPC itself and the private subnets only (Tags.of(vpc) would tag every child,
             # the public NAT subnets included).
@@ -130,6 +139,21 @@ class FruitsNetwork(Construct):
         )
         Tags.of(self.service_sg).add(*EMR_MANAGED_TAG)
         self.service_sg_id = self.service_sg.attr_group_id
+
+    def _flow_log_destination(self, bucket: s3.IBucket, ephemeral: bool) -> ec2.FlowLogDestination:
+        """The logs bucket; in an ephemeral environment a log group deleted with this stack instead.
+
+        Flow logs reach S3 as files "published ... at 5-minute intervals"
+        (https://docs.aws.amazon.com/vpc/latest/userguide/flow-logs-s3-path.html), so one can land in an ephemeral
+        logs bucket after ``cdk destroy`` emptied it, and its deletion fails with BucketNotEmpty; a log group owned
+        by this stack has no such race.
+        """
+        if not ephemeral:
+            return ec2.FlowLogDestination.to_s3(bucket, FLOW_LOGS_PREFIX)
+        self.flow_log_group = logs.LogGroup(
+            self, "FlowLogGroup", retention=logs.RetentionDays.ONE_WEEK, removal_policy=RemovalPolicy.DESTROY
+        )
+        return ec2.FlowLogDestination.to_cloud_watch_logs(self.flow_log_group)
 
     @property
     def group_ids(self) -> list[str]:

@@ -34,6 +34,12 @@ from fruits_infra.storage import (
 from fruits_infra.studio import FruitsStudio
 
 PROJECT_TAGS = {"project": "fruits-featurize", "managed-by": "cdk"}
+#: Where operators look first (the console's stack list): the one rule that keeps a deploy from rolling back.
+EMR_STACK_DESCRIPTION = (
+    "Fruits featurize: EMR cluster and job step. Once the cluster has terminated (idle timeout), deploy this "
+    "stack only with the next clusterGeneration (output RedeployCommand): a deploy that changes the terminated "
+    "cluster or its step calls EMR on it and rolls back."
+)
 DATA_STACK = "FruitsDataStack"
 EMR_STACK = "FruitsEmrStack"
 
@@ -41,6 +47,7 @@ EMR_STACK = "FruitsEmrStack"
 OUTPUT_KEYS = (
     "ClusterId",
     "ClusterGeneration",
+    "RedeployCommand",
     "InputUri",
     "ResultsUri",
     "FeatureStoreUri",
@@ -115,9 +122,7 @@ class FruitsEmrStack(Stack):
         artifacts: JobArtifacts,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            scope, construct_id, description="Fruits featurize: EMR cluster and job step", **kwargs
-        )
+        super().__init__(scope, construct_id, description=EMR_STACK_DESCRIPTION, **kwargs)
         storage = _ImportedStorage(self, storage)
         self.network = FruitsNetwork(
             self,
@@ -155,6 +160,7 @@ class FruitsEmrStack(Stack):
             log_uri=storage.emr_log_uri,
             bootstrap_uri=artifacts.uri(artifacts.bootstrap_key, via=storage.artifacts_bucket),
             requirements_uri=artifacts.uri(artifacts.requirements_key, via=storage.artifacts_bucket),
+            wheelhouse_uri=artifacts.wheelhouse_uri(via=storage.artifacts_bucket),
             py_files_uri=py_files_uri,
             job_defaults_uri=job_defaults_uri,
         )
@@ -167,7 +173,7 @@ class FruitsEmrStack(Stack):
                 cluster_id=self.cluster.cluster_id,
                 script_uri=script_uri,
                 arguments=config.step_arguments,
-                name=f"featurize-pca-g{config.cluster_generation}",
+                name=f"check-cluster-g{config.cluster_generation}",
             )
 
         outputs = {
@@ -175,6 +181,11 @@ class FruitsEmrStack(Stack):
             "ClusterGeneration": (
                 str(config.cluster_generation),
                 "Context clusterGeneration of this cluster; after it terminated, deploy with this number + 1",
+            ),
+            "RedeployCommand": (
+                config.next_generation_deploy(self.stack_name),
+                "After the cluster terminated, the deploy that works (a new cluster, with any other change); "
+                "a deploy without it rolls back. Then record the new clusterGeneration in cdk.json",
             ),
             "InputUri": (storage.input_uri, "Upload images here (one folder per label)"),
             "ResultsUri": (storage.results_uri, "Where the job writes its PCA results"),
@@ -205,6 +216,13 @@ class FruitsEmrStack(Stack):
         assert tuple(outputs) == OUTPUT_KEYS
         for key, (value, description) in outputs.items():
             CfnOutput(self, key, value=value, description=description)
+        if config.wheelhouse:
+            CfnOutput(
+                self,
+                "WheelhouseUri",
+                value=artifacts.wheelhouse_uri(via=storage.artifacts_bucket),
+                description="Upload the cluster's wheels here before the cluster starts: make wheelhouse",
+            )
         self.studio = _studio(self, config, storage) if config.studio else None
         _tag(self, config)
 
@@ -217,7 +235,8 @@ def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStora
         name=f"fruits{'-' + config.stage if config.stage else ''}",
         vpc=stack.network.vpc,
         subnet_ids=stack.network.subnet_ids,
-        artifacts_bucket=storage.artifacts_bucket,
+        logs_bucket=storage.logs_bucket,
+        ephemeral=config.ephemeral,
     )
     # EMR Studio attaches the engine group to the cluster's primary node: delete the groups after the cluster.
     for group in (studio.engine_sg, studio.workspace_sg):
@@ -229,6 +248,24 @@ def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStora
         "StudioNotebooksUri",
         value=studio.notebooks_uri,
         description="The analysts' notebook, to upload into a Workspace",
+    )
+    CfnOutput(
+        stack,
+        "StudioUserPolicyArn",
+        value=studio.user_policy.managed_policy_arn,
+        description="Attach to the analysts' IAM users, groups or roles: opens this Studio (IAM authentication)",
+    )
+    CfnOutput(
+        stack,
+        "StudioServiceRoleArn",
+        value=studio.service_role.role_arn,
+        description="EMR Studio's service role (Workspace network channel, the Studio bucket's workspaces/)",
+    )
+    CfnOutput(
+        stack,
+        "StudioBucketName",
+        value=studio.bucket.bucket_name,
+        description="Workspaces and the deployed notebook (apart from the artifacts bucket)",
     )
     return studio
 

@@ -1,14 +1,21 @@
-"""The job as an EMR step of the stack: ``spark-submit`` through ``command-runner.jar``.
+"""The stack's own step: a bounded check that the cluster can run the job, never a production run.
 
-The cluster's ``spark-defaults`` carry what every submission needs (the package, cluster deploy mode, one YARN
-attempt, the defaults file), so a console step or ``fruits submit`` needs only the script. The stack's own step
-adds two things, because CloudFormation waits for it:
+CloudFormation creates the step with the cluster and waits for it, so it runs at every deploy that replaces the
+cluster (a new generation, a pin, model or Studio change). A production run there would start whenever anyone
+deploys, whether or not anyone asked for it, and would hold the output's lease against the next console step. So
+the step runs the job with ``--check`` (fruits.cluster_check): the weights, the input's listing, writes to the
+output, the model prepared as a first run prepares it (kept in the feature store, so that run finds it ready) and
+a few synthetic images featurized on the executors; nothing is read from the input and nothing is committed.
 
-- ``--conf spark.yarn.submit.waitAppCompletion=false``: in cluster mode spark-submit then returns once YARN
-  accepted the application (https://spark.apache.org/docs/3.5.6/running-on-yarn.html), so the step (and the
-  deployment) completes in a minute whatever the job's size; the job's outcome is in YARN and in its commits.
-- ``--allow-empty``: on a fresh account the input bucket is empty; the job logs one line and exits 0 instead of
-  failing the step, which would roll the whole cluster back.
+It runs in cluster mode like every other run, and waits for the application (spark-submit's default,
+``spark.yarn.submit.waitAppCompletion=true``, https://spark.apache.org/docs/3.5.6/running-on-yarn.html), so its
+state is the check's outcome: a cluster that cannot run the job fails the step, and the deploy with it.
+``timeout`` bounds it (GNU coreutils, on every Amazon Linux node): a cluster that never gives the application its
+containers fails the deploy after :data:`CHECK_TIMEOUT_SECONDS` instead of keeping CloudFormation waiting.
+
+Production runs are steps an operator adds (``fruits submit``, the console): they need only the script, the
+cluster's ``spark-defaults`` carry the rest, and they wait for the application too, so every step's state is its
+run's outcome.
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ from constructs import Construct
 STEP_TYPE = "Spark application"
 DEPLOY_MODE = "cluster"
 ACTION_ON_FAILURE = "CONTINUE"
-#: The stack's step only hands the application to YARN; see the module docstring.
-NO_WAIT_CONF = ("--conf", "spark.yarn.submit.waitAppCompletion=false")
-ALLOW_EMPTY = "--allow-empty"
+CHECK = "--check"
+#: The check's bound: a first start on a fresh cluster (executors asked for, the model converted) takes minutes.
+CHECK_TIMEOUT_SECONDS = 1200
+#: After the bound, spark-submit gets this long to stop before it is killed.
+KILL_AFTER_SECONDS = 60
 
 
 def spark_submit_options() -> list[str]:
@@ -32,20 +41,22 @@ def spark_submit_options() -> list[str]:
 
 
 def step_args(*, script_uri: str, arguments: Sequence[str] = ()) -> list[str]:
-    """``command-runner.jar`` arguments of the stack's step."""
+    """``command-runner.jar`` arguments of the stack's step: the job's ``--check``, bounded in time."""
     return [
+        "timeout",
+        f"--kill-after={KILL_AFTER_SECONDS}",
+        str(CHECK_TIMEOUT_SECONDS),
         "spark-submit",
         "--deploy-mode",
         DEPLOY_MODE,
-        *NO_WAIT_CONF,
         script_uri,
-        ALLOW_EMPTY,
+        CHECK,
         *arguments,
     ]
 
 
 class FruitsJobStep(Construct):
-    """One ``AWS::EMR::Step`` running the featurize + PCA job with the cluster defaults."""
+    """One ``AWS::EMR::Step``: the cluster's check (the job with ``--check``) with the cluster defaults."""
 
     def __init__(
         self,
@@ -55,7 +66,7 @@ class FruitsJobStep(Construct):
         cluster_id: str,
         script_uri: str,
         arguments: Sequence[str] = (),
-        name: str = "featurize-pca",
+        name: str = "check-cluster",
     ) -> None:
         super().__init__(scope, construct_id)
         self.args = step_args(script_uri=script_uri, arguments=arguments)

@@ -27,6 +27,8 @@ FEATURES_PREFIX = "features/"
 EMR_LOGS_PREFIX = "emr/"
 ACCESS_LOGS_PREFIX = "s3-access/"
 FLOW_LOGS_PREFIX = "vpc-flow-logs/"
+#: Server access logs of the optional EMR Studio's bucket, which lives in the EMR stack (fruits_infra.studio).
+STUDIO_ACCESS_LOGS_PREFIX = f"{ACCESS_LOGS_PREFIX}studio/"
 
 ABORT_MULTIPART_AFTER = Duration.days(3)
 LOG_RETENTION = Duration.days(90)
@@ -113,6 +115,19 @@ class FruitsStorage(Construct):
                 conditions={"StringEquals": {"aws:SourceAccount": account}},
             )
         )
+
+        if not ephemeral:
+            # The Studio's bucket is in the other stack, which cannot edit this policy: S3's log delivery is
+            # granted its prefix here, for this account's buckets only.
+            self.logs_bucket.add_to_resource_policy(
+                iam.PolicyStatement(
+                    sid="StudioBucketAccessLogs",
+                    principals=[iam.ServicePrincipal("logging.s3.amazonaws.com")],
+                    actions=["s3:PutObject"],
+                    resources=[self.logs_bucket.arn_for_objects(f"{STUDIO_ACCESS_LOGS_PREFIX}*")],
+                    conditions={"StringEquals": {"aws:SourceAccount": account}},
+                )
+            )
 
         def data_bucket(construct_id: str, prefix: str, *, versioned: bool) -> s3.Bucket:
             bucket = secure_bucket(

@@ -4,11 +4,19 @@ What EMR Studio needs, from its documentation (Amazon EMR Management Guide):
 
 - **The Studio** (``AWS::EMR::Studio``) with IAM authentication (``AuthMode: IAM``: users and roles sign in with
   their IAM permissions, no IAM Identity Center and no user role), in the cluster's VPC and private subnets, with
-  its default S3 location: ``s3://<artifacts>/studio/``, where Workspaces and their notebooks are kept.
+  its default S3 location ``s3://<studio bucket>/workspaces/``, where Workspaces and their notebooks are kept.
+- **Its own bucket** (the app's bucket factory: TLS only, SSE-S3, versioned, access logs to the logs bucket),
+  apart from the artifacts bucket whose bootstrap script every node runs as root: nothing the Studio, its role or
+  its users may write sits next to code that runs on the cluster.
 - **Its service role**, assumed by ``elasticmapreduce.amazonaws.com``: the example policy of "Create an EMR Studio
   service role" (network interfaces and security-group rules only on resources tagged
   ``for-use-with-amazon-emr-managed-policies=true``, read-only EMR and EC2 calls, tagged Git secrets), scoped to
-  this account and region and to this stack's clusters, plus read and write on the ``studio/`` prefix only.
+  this account and region and to this stack's clusters, plus read and write on ``workspaces/`` of the Studio's
+  bucket only.
+- **Its users' policy** (a managed policy, output ``StudioUserPolicyArn``, attached by an administrator to the
+  analysts' IAM users, groups or roles): "IAM authentication mode" users need their own permissions to open the
+  Studio and work in Workspaces. AWS's basic user policy, narrowed: this Studio only, this account's clusters,
+  the Studio's bucket and the EMR logs, ``iam:PassRole`` on the service role only; no cluster creation.
 - **Two security groups**, both tagged for those policies ("Define security groups to control EMR Studio network
   traffic"): an *engine* group that lets the *workspace* group in on TCP 18888 (Jupyter Enterprise Gateway on the
   cluster), and a *workspace* group with no inbound rule, whose egress is 18888 to the engine group and HTTPS
@@ -16,17 +24,15 @@ What EMR Studio needs, from its documentation (Amazon EMR Management Guide):
 - **On the cluster**: Spark, Livy and Jupyter Enterprise Gateway ("Cluster requirements": EMR on EC2 clusters
   must have all three); :data:`STUDIO_APPLICATIONS` are added by :mod:`fruits_infra.cluster` when the key is on,
   with Livy sessions in cluster mode, as that page recommends. Changing a cluster's ``Applications`` replaces it.
-- **The notebook** where a Workspace finds it: ``notebooks/`` deployed to ``s3://<artifacts>/studio/notebooks/``;
+- **The notebook** where a Workspace finds it: ``notebooks/`` deployed to ``s3://<studio bucket>/notebooks/``;
   the job package is the deployed ``job/fruits.zip`` (the notebook's ``FRUITS_ZIP`` parameter:
   ``sc.addPyFile``).
 
 Pages (Amazon EMR Management Guide): https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-service-role.html,
+https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-user-permissions.html,
 https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-security-groups.html,
 https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-considerations.html#emr-studio-cluster-requirements;
 ``AuthMode``: https://docs.aws.amazon.com/cdk/api/v2/python/aws_cdk.aws_emr/CfnStudioProps.html.
-
-Users' own permissions to open the Studio (``elasticmapreduce:CreateStudioPresignedUrl``, Workspaces, ...) belong
-to their IAM identities, not to this stack.
 """
 
 from __future__ import annotations
@@ -46,10 +52,11 @@ from fruits_infra.artifacts import REPO_ROOT
 from fruits_infra.nag import acknowledge, acknowledge_bucket_deployment, finding_name
 from fruits_infra.network import EMR_MANAGED_TAG
 from fruits_infra.roles import emr_service_principal
+from fruits_infra.storage import EMR_LOGS_PREFIX, STUDIO_ACCESS_LOGS_PREFIX, secure_bucket
 
-#: Where the Studio keeps Workspaces (its default S3 location) and where the notebooks are deployed.
-STUDIO_PREFIX = "studio/"
-NOTEBOOKS_PREFIX = f"{STUDIO_PREFIX}notebooks/"
+#: In the Studio's bucket: where it keeps Workspaces (its default S3 location), where the notebooks are deployed.
+WORKSPACES_PREFIX = "workspaces/"
+NOTEBOOKS_PREFIX = "notebooks/"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 #: Jupyter Enterprise Gateway on the cluster: the only port the Workspaces reach.
 ENGINE_PORT = 18888
@@ -68,9 +75,13 @@ _S3_OBJECTS = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
 _S3_BUCKET = ["s3:ListBucket", "s3:GetEncryptionConfiguration"]
 
 
+CLUSTERS = f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:cluster/*"
+
+
 def studio_service_policy(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
-    """The service role's statements: AWS's example policy, narrowed to this account, region and bucket prefix."""
-    clusters = f"arn:{Aws.PARTITION}:elasticmapreduce:{Aws.REGION}:{Aws.ACCOUNT_ID}:cluster/*"
+    """The service role's statements: AWS's example policy, narrowed to this account, region and the Studio's
+    bucket (``workspaces/``)."""
+    clusters = CLUSTERS
     network_interfaces = f"{_ARN}:network-interface/*"
     security_groups = f"{_ARN}:security-group/*"
     return [
@@ -171,14 +182,92 @@ def studio_service_policy(bucket: s3.IBucket) -> list[iam.PolicyStatement]:
         iam.PolicyStatement(
             sid="StudioLocationObjects",
             actions=_S3_OBJECTS,
-            resources=[bucket.arn_for_objects(f"{STUDIO_PREFIX}*")],
+            resources=[bucket.arn_for_objects(f"{WORKSPACES_PREFIX}*")],
         ),
         iam.PolicyStatement(sid="StudioLocationBucket", actions=_S3_BUCKET, resources=[bucket.bucket_arn]),
     ]
 
 
+#: What an analyst does in this Studio (AWS's basic user policy for IAM authentication, EMR on EC2 only):
+#: Workspaces, linking Git repositories, and the Spark UI of the cluster's applications.
+_WORKSPACE_ACTIONS = [
+    "elasticmapreduce:CreateEditor",
+    "elasticmapreduce:DescribeEditor",
+    "elasticmapreduce:ListEditors",
+    "elasticmapreduce:StartEditor",
+    "elasticmapreduce:StopEditor",
+    "elasticmapreduce:DeleteEditor",
+    "elasticmapreduce:OpenEditorInConsole",
+    "elasticmapreduce:AttachEditor",
+    "elasticmapreduce:DetachEditor",
+    "elasticmapreduce:CreateRepository",
+    "elasticmapreduce:DescribeRepository",
+    "elasticmapreduce:DeleteRepository",
+    "elasticmapreduce:ListRepositories",
+    "elasticmapreduce:LinkRepository",
+    "elasticmapreduce:UnlinkRepository",
+    "elasticmapreduce:CreatePersistentAppUI",
+    "elasticmapreduce:DescribePersistentAppUI",
+    "elasticmapreduce:GetPersistentAppUIPresignedURL",
+]
+
+
+def studio_user_policy(
+    studio_arn: str, service_role_arn: str, bucket: s3.IBucket, logs_bucket: s3.IBucket
+) -> list[iam.PolicyStatement]:
+    """The analysts' statements: AWS's basic user policy for IAM authentication mode
+    (https://docs.aws.amazon.com/emr/latest/ManagementGuide/emr-studio-user-permissions.html), narrowed to this
+    Studio (``CreateStudioPresignedUrl`` on its ARN is what admits a user), this account's clusters, the
+    Studio's bucket (read: notebooks and Workspaces) and the EMR logs (read), with ``iam:PassRole`` on the
+    Studio's service role only. Without EMR on EKS, Service Catalog or cluster creation (RunJobFlow), and without
+    creating secrets (Git credentials are stored by an administrator, tagged for the service role)."""
+    return [
+        iam.PolicyStatement(
+            sid="OpenThisStudio",
+            actions=["elasticmapreduce:CreateStudioPresignedUrl", "elasticmapreduce:DescribeStudio"],
+            resources=[studio_arn],
+        ),
+        iam.PolicyStatement(
+            # No resource-level permissions: the console lists Studios, clusters and Workspaces to show them.
+            sid="ListAndWork",
+            actions=["elasticmapreduce:ListStudios", "elasticmapreduce:ListClusters", *_WORKSPACE_ACTIONS],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="ReadClusters",
+            actions=[
+                "elasticmapreduce:DescribeCluster",
+                "elasticmapreduce:ListInstanceGroups",
+                "elasticmapreduce:ListBootstrapActions",
+                "elasticmapreduce:ListSteps",
+            ],
+            resources=[CLUSTERS],
+        ),
+        iam.PolicyStatement(
+            sid="PassStudioServiceRole",
+            actions=["iam:PassRole"],
+            resources=[service_role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}},
+        ),
+        iam.PolicyStatement(
+            sid="StudioBucket",
+            actions=["s3:ListBucket", "s3:GetBucketLocation"],
+            resources=[bucket.bucket_arn],
+        ),
+        iam.PolicyStatement(
+            sid="StudioObjects", actions=["s3:GetObject"], resources=[bucket.arn_for_objects("*")]
+        ),
+        iam.PolicyStatement(
+            sid="EmrLogs",
+            actions=["s3:GetObject"],
+            resources=[logs_bucket.arn_for_objects(f"{EMR_LOGS_PREFIX}*")],
+        ),
+    ]
+
+
 class FruitsStudio(Construct):
-    """The Studio, its service role and security groups, and the notebooks deployed to its S3 location."""
+    """The Studio, its bucket, service role, users' policy and security groups, and the notebooks deployed to its
+    bucket."""
 
     def __init__(
         self,
@@ -188,10 +277,36 @@ class FruitsStudio(Construct):
         name: str,
         vpc: ec2.IVpc,
         subnet_ids: list[str],
-        artifacts_bucket: s3.IBucket,
+        logs_bucket: s3.IBucket,
+        ephemeral: bool,
         notebooks_dir: Path = NOTEBOOKS_DIR,
     ) -> None:
         super().__init__(scope, construct_id)
+        # Apart from the artifacts bucket (bootstrap scripts run as root): versioned, as analysts' notebooks are
+        # data. Its access logs go to the logs bucket under a prefix that bucket's policy grants S3 up front.
+        self.bucket = secure_bucket(
+            self,
+            "Bucket",
+            ephemeral=ephemeral,
+            access_logs=None if ephemeral else logs_bucket,
+            access_logs_prefix=None if ephemeral else STUDIO_ACCESS_LOGS_PREFIX,
+            versioned=True,
+        )
+        if ephemeral:
+            acknowledge(
+                self.bucket,
+                "AwsSolutions-S1",
+                "ephemeral=true (a throw-away environment): S3 delivers access logs late, into a logs bucket that "
+                "cdk destroy has already emptied, and its deletion then fails with BucketNotEmpty "
+                "(aws/aws-cdk#16332). Deploy without ephemeral to keep access logs.",
+            )
+        else:
+            acknowledge(
+                self.bucket,
+                "Annotation::@aws-cdk/aws-s3:accessLogsPolicyNotAdded",
+                "The logs bucket is the data stack's: its policy grants S3's log delivery this bucket's prefix "
+                "(StudioBucketAccessLogs in fruits_infra.storage), which this stack cannot add.",
+            )
         self.workspace_sg = ec2.SecurityGroup(
             self,
             "WorkspaceSg",
@@ -222,13 +337,13 @@ class FruitsStudio(Construct):
             self,
             "ServiceRole",
             assumed_by=emr_service_principal(),
-            description="EMR Studio service role: Workspace network channel to the cluster, studio/ in the "
-            "artifacts bucket",
+            description="EMR Studio service role: Workspace network channel to the cluster, workspaces/ in the "
+            "Studio's bucket",
         )
-        for statement in studio_service_policy(artifacts_bucket):
+        for statement in studio_service_policy(self.bucket):
             self.service_role.add_to_policy(statement)
 
-        self.default_s3_location = f"s3://{artifacts_bucket.bucket_name}/{STUDIO_PREFIX}"
+        self.default_s3_location = f"s3://{self.bucket.bucket_name}/{WORKSPACES_PREFIX}"
         self.studio = emr.CfnStudio(
             self,
             "Studio",
@@ -244,8 +359,17 @@ class FruitsStudio(Construct):
         )
         # The role's policy must exist before EMR Studio uses the role.
         self.studio.node.add_dependency(self.service_role)
+        self.user_policy = iam.ManagedPolicy(
+            self,
+            "UserPolicy",
+            description="EMR Studio users (IAM authentication): open this Studio, work in Workspaces on the "
+            "Fruits cluster",
+            statements=studio_user_policy(
+                self.studio.attr_arn, self.service_role.role_arn, self.bucket, logs_bucket
+            ),
+        )
 
-        self.notebooks_uri = f"s3://{artifacts_bucket.bucket_name}/{NOTEBOOKS_PREFIX}"
+        self.notebooks_uri = f"s3://{self.bucket.bucket_name}/{NOTEBOOKS_PREFIX}"
         self.deployment_logs = logs.LogGroup(
             self,
             "NotebookDeploymentLogs",
@@ -256,24 +380,24 @@ class FruitsStudio(Construct):
             self,
             "Notebooks",
             sources=[s3deploy.Source.asset(str(notebooks_dir), exclude=[".ipynb_checkpoints", "*.pyc"])],
-            destination_bucket=artifacts_bucket,
+            destination_bucket=self.bucket,
             destination_key_prefix=NOTEBOOKS_PREFIX,
             # The prefix holds only what this deployment writes: a removed notebook goes too. Workspaces live
-            # beside it (studio/<workspace id>/), never under it.
+            # beside it (workspaces/<workspace id>/), never under it.
             prune=True,
             retain_on_delete=False,
             log_group=self.deployment_logs,
         )
-        self._acknowledge(artifacts_bucket)
+        self._acknowledge(logs_bucket)
 
     @property
     def group_ids(self) -> list[str]:
         """Workspace and engine groups."""
         return [self.workspace_sg.security_group_id, self.engine_sg.security_group_id]
 
-    def _acknowledge(self, bucket: s3.IBucket) -> None:
+    def _acknowledge(self, logs_bucket: s3.IBucket) -> None:
         stack = Stack.of(self)
-        bucket_name = finding_name(stack, bucket)
+        bucket_name = finding_name(stack, self.bucket)
         role_findings = {
             "Resource::*": "EC2 Describe* calls support no resource-level permissions, and the security-group "
             "rule actions are conditioned on the for-use-with-amazon-emr-managed-policies tag, as in AWS's "
@@ -305,16 +429,34 @@ class FruitsStudio(Construct):
                 "Only secrets tagged for EMR's managed policies: Git credentials an admin stores to link a "
                 "Workspace to a repository."
             ),
-            f"Resource::{bucket_name}/{STUDIO_PREFIX}*": (
-                "The Studio's own S3 location (studio/ in the artifacts bucket), where EMR Studio keeps "
+            f"Resource::{bucket_name}/{WORKSPACES_PREFIX}*": (
+                "The Studio's own S3 location (workspaces/ in the Studio's bucket), where EMR Studio keeps "
                 "Workspaces and notebooks under ids it chooses."
             ),
         }
         for finding, reason in role_findings.items():
             acknowledge(self.service_role, f"AwsSolutions-IAM5[{finding}]", reason)
+        user_findings = {
+            "Resource::*": "ListStudios and ListClusters support no resource-level permissions; Workspaces "
+            "(editors), Git repositories and persistent app UIs are created at run time under ids EMR chooses "
+            "(AWS's basic user policy uses * for them). Admission to the Studio is the presigned URL on this "
+            "Studio's ARN only.",
+            "Resource::arn:<AWS::Partition>:elasticmapreduce:<AWS::Region>:<AWS::AccountId>:cluster/*": (
+                "Read-only calls on this account's clusters in this region, to attach a Workspace: the cluster id "
+                "changes with every clusterGeneration."
+            ),
+            f"Resource::{bucket_name}/*": (
+                "Read-only: the deployed notebooks and the Workspaces' files in the Studio's own bucket."
+            ),
+            f"Resource::{finding_name(stack, logs_bucket)}/{EMR_LOGS_PREFIX}*": (
+                "Read-only: the cluster's EMR logs (steps, containers), to debug what a notebook ran."
+            ),
+        }
+        for finding, reason in user_findings.items():
+            acknowledge(self.user_policy, f"AwsSolutions-IAM5[{finding}]", reason)
         acknowledge_bucket_deployment(
             stack,
-            bucket,
+            self.bucket,
             what="the notebooks",
-            deletes="remove notebooks no longer in notebooks/ from studio/notebooks/",
+            deletes="remove notebooks no longer in notebooks/ from the Studio bucket's notebooks/",
         )

@@ -11,11 +11,14 @@ modified; rejections are stored too, so a corrupt file is not decoded again by e
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from fruits.engines import CALIBRATED
+from fruits.models import Weights
 from fruits.storage import Store
 
 STORE_SCHEMA = "id string, features binary, reason string"  # features: float32 bytes (fruits.linalg.pack)
@@ -39,6 +42,28 @@ def model_key(
     variant = f"-{quantized}" if quantized else ""
     raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}{variant}-{STORE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
+
+
+def weights_id(weights: Weights) -> str:
+    """How the feature store tells weights apart (their file's hash when known)."""
+    if weights.kind == "random":
+        return "random-seed0"
+    if weights.kind == "file":
+        return str(weights.sha256)[:16]
+    return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
+
+
+def model_key_for(options: Any, weights: Weights, calibration_id: str | None = None) -> str:
+    """The model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``: the float
+    engines share one; a calibrated engine's (:data:`fruits.engines.CALIBRATED`) names its calibration
+    (``calibration_id``), and before it is calibrated it is an ``-uncalibrated`` one, never the float key: no
+    batch is ever written under it (its model cannot be built without calibration images)."""
+    quantized = CALIBRATED.get(options.engine)
+    if quantized:
+        quantized += f"-c{calibration_id}" if calibration_id else "-uncalibrated"
+    return model_key(
+        options.model, options.alpha, options.image_size, options.decode_size, weights_id(weights), quantized
+    )
 
 
 def _writer(frame: DataFrame) -> DataFrameWriter:

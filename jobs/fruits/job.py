@@ -40,10 +40,13 @@ from fruits import (
     commits,
     engines,
     feature_store,
+    identify,
     jvm_archive,
     layout,
     manifest,
+    model_export,
     models,
+    outcomes,
     plots,
     quality,
     reduce,
@@ -51,11 +54,12 @@ from fruits import (
     writing,
 )
 from fruits.calibration import Calibration
+from fruits.cluster_check import CheckFailed, run_check
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
 from fruits.lease import Lease, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
-from fruits.liveness import Probe, local_process_probe, yarn_application_probe
+from fruits.liveness import Probe, local_process_probe, resource_manager_url, yarn_application_probe
 from fruits.logs import configure_logging
 from fruits.model_export import prepare_model
 from fruits.options import (
@@ -138,7 +142,7 @@ class RunContext:
         return layout.run_prefix(self.run_id) + name
 
     @classmethod
-    def start(cls, spark: SparkSession, options: JobOptions) -> RunContext:
+    def start(cls, spark: SparkSession, options: JobOptions, run_id: str | None = None) -> RunContext:
         """Resolve the weights and the feature store's model key; nothing is read or written yet."""
         started = _now()
         weights = models.resolve_weights(
@@ -152,13 +156,13 @@ class RunContext:
         return cls(
             spark=spark,
             options=options,
-            run_id=commits.new_run_id(started),
+            run_id=run_id or commits.new_run_id(started),
             started=started,
             out=open_store(options.output),
             store=open_store(options.store_uri),
             timer=StageTimer(),
             weights=weights,
-            model_key=_model_key(options, weights, None),
+            model_key=feature_store.model_key_for(options, weights),
             threads=threads,
         )
 
@@ -198,28 +202,11 @@ class RunContext:
             f" ({found.split})" if found.split else "",
             found.identity,
         )
-        return replace(self, calibration=found, model_key=_model_key(options, self.weights, found))
-
-
-def _model_key(options: JobOptions, weights: models.Weights, calibrated: Calibration | None) -> str:
-    """The feature store's key: the float engines share one; a calibrated engine's names its calibration. Before
-    :meth:`RunContext.calibrate` a calibrated engine's key is an ``-uncalibrated`` one, never the float key: no
-    batch is ever written under it (its model cannot be built without calibration images)."""
-    quantized = engines.CALIBRATED.get(options.engine)
-    if quantized:
-        quantized += f"-c{calibrated.identity}" if calibrated else "-uncalibrated"
-    return feature_store.model_key(
-        options.model, options.alpha, options.image_size, options.decode_size, _weights_id(weights), quantized
-    )
-
-
-def _weights_id(weights: models.Weights) -> str:
-    """How the feature store tells weights apart (their file's hash when known)."""
-    if weights.kind == "random":
-        return "random-seed0"
-    if weights.kind == "file":
-        return str(weights.sha256)[:16]
-    return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
+        return replace(
+            self,
+            calibration=found,
+            model_key=feature_store.model_key_for(options, self.weights, found.identity),
+        )
 
 
 # --- extract -------------------------------------------------------------------------------------------
@@ -597,11 +584,12 @@ def project_stage(
 
 def quality_stage(
     ctx: RunContext, projected: DataFrame, reduced: Reduced, classifiers: quality.Classifiers | None
-) -> dict[str, Any] | None:
+) -> quality.Tally | None:
     """Test accuracy with PCA and with all features when the input has Training/ and Test/: the tally of the marks
-    the projection's pass made."""
+    the projection's pass made (and the shrinkages it chose, for the classifiers the run keeps)."""
     with ctx.timer.stage("quality report", "(tally)"):
-        report = quality.tally(projected, classifiers) if classifiers else None
+        tally = quality.tallied(projected, classifiers) if classifiers else None
+    report = tally.report if tally else None
     if report:
         log.info(
             "quality: test accuracy %.1f%% with %d PCA components, %.1f%% with all %d features",
@@ -610,7 +598,43 @@ def quality_stage(
             100 * report["test_accuracy_full_features"],
             reduced.feature_dim,
         )
-    return report
+    return tally
+
+
+def identify_stage(
+    ctx: RunContext,
+    projected: DataFrame,
+    reduced: Reduced,
+    classifiers: quality.Classifiers | None,
+    tally: quality.Tally | None,
+    featurized: int,
+) -> dict[str, Any]:
+    """What `fruits identify` answers new photos with (:mod:`fruits.identify`), in the run's prefix: the known
+    images' components, written by the executors from the persisted projection, and the projection and the
+    report's own classifiers as arrays; returns the manifest's section naming them."""
+    with ctx.timer.stage("identify files"):
+        uri = ctx.out.uri_for(ctx.key_for(layout.IDENTIFY_KNOWN))
+        writing.write_known(projected, uri, reduced.k, featurized)
+        chosen = classifiers.chosen(tally.chosen) if classifiers and tally else None
+        shrinkage = {s: classifiers.shrinkages[i] for s, i in tally.chosen.items()} if chosen else None
+        arrays = identify.model_npz(reduced.projection.mean, reduced.projection.components, chosen)
+        ctx.out.write_bytes(ctx.key_for(layout.IDENTIFY_MODEL), arrays, "application/octet-stream")
+        pointer = model_export.kept_pointer(ctx.store, ctx.model_key, ctx.options.engine)
+    options = ctx.options
+    return identify.describe(
+        model_key=ctx.model_key,
+        feature_store=options.store_uri,
+        model_file=pointer,
+        classifiers=chosen,
+        shrinkage=shrinkage,
+        no_classifier=identify.no_classifier_reason(any(sums.counts for sums in reduced.training.values())),
+        known_images=featurized,
+        k=reduced.k,
+        feature_dim=reduced.feature_dim,
+        decode_size=options.decode_size,
+        max_file_mb=options.max_file_mb,
+        max_pixels=options.max_pixels,
+    )
 
 
 def _scatter_sample(results: DataFrame, total: int, limit: int = SCATTER_POINTS) -> pd.DataFrame:
@@ -669,10 +693,9 @@ def _lease_probes(spark: SparkSession) -> list[Probe]:
     """How a run recognises a dead holder: its process on this host, or (on YARN) its ended application."""
     probes: list[Probe] = [local_process_probe]
     if str(spark.sparkContext.master or "").startswith("yarn"):
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-        address = hadoop.get("yarn.resourcemanager.webapp.address")
-        if address:
-            probes.append(yarn_application_probe(address))
+        url = resource_manager_url(spark.sparkContext._jsc.hadoopConfiguration().get)
+        if url:
+            probes.append(yarn_application_probe(url))
     return probes
 
 
@@ -700,8 +723,9 @@ def _nothing_to_featurize(options: JobOptions) -> None:
     log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
-def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
-    """Featurize, reduce and publish one run under the output's lease; returns its manifest.
+def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
+    """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
+    returns its manifest.
 
     None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
     """
@@ -712,7 +736,7 @@ def run(spark: SparkSession, options: JobOptions) -> dict[str, Any] | None:
         # Arrow's default 10,000 rows a batch is far too many images; the content per row is a whole file.
         spark.conf.set(ARROW_BATCH_ROWS, str(max(options.batch_size * 4, 256)))
     spark.conf.set(ARROW_ENABLED, "true")  # listings and samples via Arrow
-    ctx = RunContext.start(spark, options)
+    ctx = RunContext.start(spark, options, run_id)
 
     listing = list_stage(ctx)  # extract (1): nothing is read yet
     if not listing.entries:
@@ -767,7 +791,8 @@ def _extract_transform_load(
         persisted.append(projected)
         write_stage(ctx, projected, reconciled, reduced.k)  # load
         plot_stage(ctx, projected, reduced, reconciled.counts["featurized"])
-        report = quality_stage(ctx, projected, reduced, classifiers)
+        tally = quality_stage(ctx, projected, reduced, classifiers)
+        kept = identify_stage(ctx, projected, reduced, classifiers, tally, reconciled.counts["featurized"])
         ctx.timer.join()  # before anything is committed: a failed save fails the run
     finally:
         ctx.timer.join(raise_failure=False)  # a failing run stops no writer halfway, and keeps its own error
@@ -787,14 +812,22 @@ def _extract_transform_load(
         k=reduced.k,
         explained=reduced.explained,
         fitted_here=reduced.fitted_here,
-        quality=report,
+        quality=tally.report if tally else None,
+        identify=kept,
         feature_store={
             "uri": ctx.options.store_uri,
             "model_key": ctx.model_key,
             "batches": featurized.batches,
         },
         outputs={
-            name: ctx.out.uri_for(ctx.key_for(name)) for name in [*PUBLISHED, "results.parquet", "pca_model"]
+            name: ctx.out.uri_for(ctx.key_for(name))
+            for name in [
+                *PUBLISHED,
+                "results.parquet",
+                "pca_model",
+                layout.IDENTIFY_MODEL,
+                layout.IDENTIFY_KNOWN,
+            ]
         },
         timings=ctx.timer.seconds,
         background_timings=ctx.timer.background_seconds,
@@ -818,21 +851,74 @@ def _extract_transform_load(
 # --- entry point ---------------------------------------------------------------------------------------
 
 #: Errors a user can cause and fix: one line on stderr, exit status 2.
-USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError)
+USER_ERRORS = (UsageError, InputError, LeaseHeld, models.WeightsError, StoreError, CheckFailed)
+
+
+def failure(error: Exception) -> tuple[int, str]:
+    """(exit status, the one line to print) for an error that ended a run."""
+    if isinstance(error, USER_ERRORS):
+        return 2, str(error)
+    response = getattr(error, "response", None)
+    if isinstance(response, dict) and "Error" in response:
+        # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
+        return 2, f"S3 refused a request ({response['Error'].get('Code', '')}): {error}"
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return 1, f"{type(error).__name__}: {first} (the full trace is in the log above)"
+
+
+def outcome_of(
+    options: JobOptions,
+    run_id: str,
+    started: dt.datetime,
+    code: int,
+    reason: str | None,
+    result: Any,
+    spark: Any,
+) -> outcomes.Outcome:
+    """The outcome record of a run that ended with exit status ``code`` (``result``: what it returned)."""
+    if code:
+        status = outcomes.FAILED
+    elif options.check:
+        status = outcomes.CHECKED
+    else:
+        status = outcomes.NOTHING_TO_DO if result is None else outcomes.SUCCEEDED
+    document = result if isinstance(result, dict) and not options.check else {}
+    commit = None
+    if document:
+        latest = commits.latest_commit(open_store(options.output))
+        commit = latest["number"] if latest and latest.get("run_id") == run_id else None
+    return outcomes.Outcome(
+        run_id=run_id,
+        status=status,
+        exit_code=code,
+        reason=reason,
+        started_at=started.isoformat(),
+        finished_at=_now().isoformat(),
+        input=options.input,
+        output=options.output,
+        application_id=reentrant_key(spark.sparkContext) if spark is not None else None,
+        host=outcomes.this_host(),
+        counts=document.get("counts"),
+        commit=commit,
+        details=result if options.check and isinstance(result, dict) else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
     """Run the job: 0 on success, 2 with a one-line error for what a user can fix, 1 for anything else.
 
     Options are checked before Spark starts (when no session is given); the full trace of an unexpected
-    failure goes to the log, and stderr ends with one line saying what failed.
+    failure goes to the log, and stderr ends with one line saying what failed. Every run whose options parsed
+    leaves its outcome under the output (:mod:`fruits.outcomes`), success or failure.
     """
     configure_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     if wants_help(argv):
         build_parser().print_help()
         return 0
-    session = None
+    session, options, result = None, None, None
+    started, run_id = _now(), commits.new_run_id()
+    code, reason = 0, None
     try:
         if spark is None:
             check_command_line(argv)  # fail fast, before a JVM starts
@@ -840,29 +926,23 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
         check_output(options)
-        run(session, options)
-    except USER_ERRORS as error:
-        print(f"featurize_pca: error: {error}", file=sys.stderr)
-        return 2
-    except StoreError as error:
-        print(f"featurize_pca: error: {error}", file=sys.stderr)
-        return 2
+        if options.check:
+            result = run_check(session, options, run_id)
+            log.info("check passed: this cluster can run the job")
+        else:
+            result = run(session, options, run_id=run_id)
     except Exception as error:
-        response = getattr(error, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            # An S3 refusal (access denied, no such bucket): the request and AWS's answer, in one line.
-            code = response["Error"].get("Code", "")
-            print(f"featurize_pca: error: S3 refused a request ({code}): {error}", file=sys.stderr)
-            return 2
-        log.exception("the run failed")
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        print(
-            f"featurize_pca: error: {type(error).__name__}: {first} (the full trace is in the log above)",
-            file=sys.stderr,
-        )
-        return 1
+        code, reason = failure(error)
+        if code == 1:
+            log.exception("the run failed")
+        print(f"featurize_pca: error: {reason}", file=sys.stderr)
     finally:
+        if options is not None:
+            record = outcome_of(options, run_id, started, code, reason, result, session)
+            uri = outcomes.write(open_store(options.output), record)
+            if uri:
+                log.info("outcome: %s (%s)", record.status, uri)
         if spark is None and session is not None:
             # The first local run on a machine: let its JVM write the class archive.
             jvm_archive.finish(session)
-    return 0
+    return code

@@ -5,7 +5,9 @@
     <output>/
       _lease.json                   the single writer's lease (fruits.lease)
       _commits/00000001.json        one commit object per published run; the highest number is current
+      _outcomes/<run_id>.json       how each run ended, committed or not (fruits.outcomes)
       runs/<run_id>/                everything one run writes; PUBLISHED_NAMES among it
+        identify/                   what `fruits identify` answers new photos with (fruits.identify)
       results.csv, manifest.json... copies of the current run's PUBLISHED_NAMES (fruits.commits.publish_latest)
       feature_store/                the default feature store (``--feature-store`` moves it)
 
@@ -19,6 +21,9 @@ import re
 
 LEASE_KEY = "_lease.json"
 COMMITS_PREFIX = "_commits/"
+OUTCOMES_PREFIX = "_outcomes/"
+#: Scratch objects of ``--check`` (fruits.cluster_check): written and deleted at once.
+CHECKS_PREFIX = "_checks/"
 RUNS_PREFIX = "runs/"
 FEATURE_STORE_DIR = "feature_store"
 
@@ -31,6 +36,13 @@ PCA_SCATTER_PNG = "pca_scatter.png"
 PUBLISHED_NAMES = (RESULTS_CSV, MANIFEST_JSON, REJECTED_CSV, EXPLAINED_VARIANCE_PNG, PCA_SCATTER_PNG)
 #: Without these a committed run is broken; the others may be missing from runs of an older job.
 REQUIRED_NAMES = frozenset({RESULTS_CSV, MANIFEST_JSON})
+
+#: What `fruits identify` reads, inside a run's prefix (written by the job, read by fruits.identify): the PCA's
+#: projection and the report's classifiers as plain arrays, and the k components of every known image.
+IDENTIFY_MODEL = "identify/model.npz"
+IDENTIFY_KNOWN = "identify/known.parquet"
+#: The manifest's section naming them, with the model key and the exported model file they were made with.
+MANIFEST_IDENTIFY_FIELD = "identify"
 
 #: The commit object's field holding the key (relative to the output root) of the run's manifest.
 COMMIT_MANIFEST_FIELD = "manifest"
@@ -74,9 +86,26 @@ def run_prefix(run_id: str) -> str:
     return f"{RUNS_PREFIX}{run_id}/"
 
 
+def outcome_key(run_id: str) -> str:
+    """``_outcomes/<run_id>.json``: how run ``run_id`` ended (fruits.outcomes)."""
+    if not is_run_id(run_id):
+        raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
+    return f"{OUTCOMES_PREFIX}{run_id}.json"
+
+
 def manifest_key(run_id: str) -> str:
     """``runs/<run_id>/manifest.json``: where a run writes its manifest."""
     return run_prefix(run_id) + MANIFEST_JSON
+
+
+def split_run_uri(uri: str) -> tuple[str, str | None]:
+    """(output root, run id) of a run's own folder (``<output>/runs/<run_id>``, a trailing ``/`` or not); (uri,
+    None) for anything else, an output root."""
+    head, _, run_id = uri.rstrip("/").rpartition("/")
+    if not is_run_id(run_id) or head.rpartition("/")[2] + "/" != RUNS_PREFIX:
+        return uri, None
+    root = head[: len(head) - len(RUNS_PREFIX) + 1]  # without "runs"
+    return root.rstrip("/") or ("/" if root else "."), run_id
 
 
 def default_feature_store(output: str) -> str:

@@ -33,7 +33,7 @@ DEFAULT_MAX_FILE_MB = (
     64  # a Fruits-360 image is ~5 KB; a phone photo ~5 MB; anything bigger is not a fruit photo
 )
 HIDDEN_EXAMPLES = 20
-_FOLDER_MARKER = "_$folder$"  # EMRFS marks folders with such keys
+_FOLDER_MARKER = "_$folder$"  # EMRFS (s3:// on EMR before 7.10.0) marks folders with such keys
 _S3_SCHEMES = ("s3", "s3a", "s3n")
 
 

@@ -7,7 +7,8 @@ returns why the holder is certainly gone, or None when it cannot tell (then the 
 - :func:`local_process_probe`: the holder ran on this host (same host name and boot) and its process is no
   longer there, or the pid now belongs to a process started at another time (pids are reused);
 - :func:`yarn_application_probe`: the holder was a YARN application that the ResourceManager reports as
-  FINISHED, FAILED or KILLED (its REST API, ``/ws/v1/cluster/apps/<id>``).
+  FINISHED, FAILED or KILLED (its REST API, ``/ws/v1/cluster/apps/<id>``), asked at the address and with the
+  scheme YARN serves it on (:func:`resource_manager_url`: plain HTTP, or HTTPS only).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -73,17 +75,55 @@ def local_process_probe(holder: dict[str, Any]) -> str | None:
     return None
 
 
-def yarn_application_probe(resource_manager: str, timeout: float = 5.0) -> Probe:
-    """A probe asking the ResourceManager at ``resource_manager`` (``host:port`` of its web app) about the
-    holder's YARN application (the lease's ``reentrant_key``, ``application_<ts>_<n>``)."""
+#: YARN's web endpoints: HTTP_ONLY (YARN's default) or HTTPS_ONLY, from ``yarn.http.policy``
+#: (https://hadoop.apache.org/docs/r3.3.6/hadoop-yarn/hadoop-yarn-common/yarn-default.xml).
+HTTPS_ONLY = "HTTPS_ONLY"
+_BIND_ALL = "0.0.0.0"
+
+
+def resource_manager_url(conf: Callable[[str], str | None]) -> str | None:
+    """``http://host:port`` or ``https://host:port`` of the ResourceManager's web app, from YARN's settings.
+
+    ``conf`` looks a key up (the Hadoop configuration's ``get``). With ``yarn.http.policy=HTTPS_ONLY`` (YARN's web
+    endpoints over TLS only) the RM listens on ``yarn.resourcemanager.webapp.https.address`` only; otherwise on
+    ``yarn.resourcemanager.webapp.address``. A bind-all host (``0.0.0.0``, YARN's default) names no machine: it
+    is replaced by ``yarn.resourcemanager.hostname``, as YARN's own clients do. None when the address is unset.
+    """
+    https = (conf("yarn.http.policy") or "").strip().upper() == HTTPS_ONLY
+    address = (
+        conf("yarn.resourcemanager.webapp.https.address" if https else "yarn.resourcemanager.webapp.address")
+        or ""
+    ).strip()
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    if host in ("", _BIND_ALL):
+        host = (conf("yarn.resourcemanager.hostname") or "").strip()
+        if not host or host == _BIND_ALL:
+            return None
+    return f"{'https' if https else 'http'}://{host}:{port}"
+
+
+def yarn_application_probe(url: str, timeout: float = 5.0) -> Probe:
+    """A probe asking the ResourceManager at ``url`` (``http(s)://host:port``, see
+    :func:`resource_manager_url`) about the holder's YARN application (the lease's ``reentrant_key``,
+    ``application_<ts>_<n>``).
+
+    HTTPS is verified against the system's trusted certificates (``SSL_CERT_FILE`` names another bundle): a
+    ResourceManager whose certificate is not trusted is not asked, and the lease's expiry decides.
+    """
+    base = url.rstrip("/")
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise ValueError(f"the ResourceManager's URL needs http:// or https://, got {url!r}")
 
     def probe(holder: dict[str, Any]) -> str | None:
         application = str(holder.get("reentrant_key") or "")
         if not application.startswith("application_"):
             return None
-        url = f"http://{resource_manager}/ws/v1/cluster/apps/{application}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # the cluster's own RM
+            with urllib.request.urlopen(
+                f"{base}/ws/v1/cluster/apps/{application}", timeout=timeout
+            ) as response:  # the cluster's own RM
                 state = json.load(response)["app"]["state"]
         except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
             log.info(

@@ -77,6 +77,7 @@ def build(
     explained: list[float],
     fitted_here: bool,
     quality: dict[str, Any] | None,
+    identify: dict[str, Any] | None,
     feature_store: dict[str, Any],
     outputs: dict[str, str],
     timings: dict[str, float],
@@ -128,6 +129,7 @@ def build(
             "cumulative_explained_variance": curve,
         },
         "quality": quality,
+        "identify": identify,  # what `fruits identify` answers new photos with (fruits.identify.describe)
         "feature_store": feature_store,
         "outputs": outputs,
         "timings_seconds": timings,  # one after another: they add up to the run

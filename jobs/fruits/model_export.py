@@ -12,7 +12,8 @@ the export is kept, named by its SHA-256:
 
 A run that finds it downloads one file and never imports TensorFlow on the driver (and the LiteRT engine never
 imports it on the workers). A run that builds it writes it to both places; the store's JSON pointer is created
-only if absent, so two runs sharing a store agree on one file.
+only if absent, so two runs sharing a store agree on one file. ``fruits identify`` finds the very file a run
+used the same way (:func:`kept_pointer`, :func:`kept_model`), without Spark: nothing here imports pyspark.
 """
 
 from __future__ import annotations
@@ -22,23 +23,34 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pyspark.sql import SparkSession
 
 from fruits import engines, models
-from fruits.calibration import Calibration
 from fruits.listing import InputError
 from fruits.local_cache import local_cache_dir
 from fruits.storage import NotFound, Store
+
+if TYPE_CHECKING:  # fruits identify imports this module and must not load pyspark
+    from pyspark.sql import SparkSession
+
+    from fruits.calibration import Calibration
 
 log = logging.getLogger(__name__)
 ENGINES_DIR = "engines"
 
 
+class ModelMismatch(ValueError):
+    """The model file found under a run's model key is not the one the run used (its SHA-256 differs)."""
+
+
 def _pointer_key(key: str, engine: str) -> str:
     return f"{key}/{ENGINES_DIR}/{engine}.json"
+
+
+def _file_key(key: str, file_name: str) -> str:
+    return f"{key}/{ENGINES_DIR}/{file_name}"
 
 
 def _from_local(folder: str | None, key: str, engine: str) -> tuple[dict[str, Any], str] | None:
@@ -77,13 +89,23 @@ def _from_store(store: Store, key: str, engine: str, folder: str) -> tuple[dict[
     try:
         pointer = store.read_json(_pointer_key(key, engine))
         path = os.path.join(folder, pointer["file_name"])
-        store.download_file(f"{key}/{ENGINES_DIR}/{pointer['file_name']}", path)
+        store.download_file(_file_key(key, pointer["file_name"]), path)
     except (NotFound, ValueError, KeyError):
         return None
     if not models.sha256_file(path).startswith(pointer["sha256"]):
         log.warning("the stored %s model does not match its checksum: building it again", engine)
         return None
     return pointer, path
+
+
+def _to_store(store: Store, key: str, engine: str, pointer: dict[str, Any], path: str) -> None:
+    try:
+        with open(path, "rb") as handle:
+            store.put_if_absent(_file_key(key, pointer["file_name"]), handle.read())
+        if store.put_if_absent(_pointer_key(key, engine), json.dumps(pointer).encode()) is None:
+            log.info("another run stored this %s model first; both are the same model", engine)
+    except Exception as error:  # keeping the export is an optimisation, never a failure
+        log.warning("could not keep the exported model in the feature store: %s", error)
 
 
 def _calibration_images(options: Any, calibration: Calibration | None) -> list[np.ndarray] | None:
@@ -152,14 +174,7 @@ def prepare_model(
         found, source = _from_store(store, key, options.engine, folder), "feature store"
     if found is None:
         found, source = _build(options, weights, folder, calibration), "built"
-        pointer, path = found
-        try:
-            with open(path, "rb") as handle:
-                store.put_if_absent(f"{key}/{ENGINES_DIR}/{pointer['file_name']}", handle.read())
-            if store.put_if_absent(_pointer_key(key, options.engine), json.dumps(pointer).encode()) is None:
-                log.info("another run stored this %s model first; both are the same model", options.engine)
-        except Exception as error:  # keeping the export is an optimisation, never a failure
-            log.warning("could not keep the exported model in the feature store: %s", error)
+        _to_store(store, key, options.engine, *found)
     pointer, path = found
     if source != "local cache":
         _to_local(cache, key, options.engine, pointer, path)
@@ -175,3 +190,47 @@ def prepare_model(
         artifact.feature_dim,
     )
     return artifact, source
+
+
+def kept_pointer(store: Store, key: str, engine: str) -> dict[str, Any] | None:
+    """The pointer (``file_name``, ``sha256``, ``engine``, ``input_size``, ``feature_dim``) to the exported model
+    of ``key`` for ``engine`` in the feature store; None when neither the store nor the local cache has one.
+
+    A run that took its model from the local cache wrote nothing to the store: the cache's file and pointer are
+    copied there now (once per store), so that `fruits identify` on another machine finds the run's model."""
+    try:
+        return dict(store.read_json(_pointer_key(key, engine)))
+    except (NotFound, ValueError):
+        pass
+    found = _from_local(local_cache_dir("models"), key, engine)
+    if found is None:
+        return None
+    _to_store(store, key, engine, *found)
+    return found[0]
+
+
+def kept_model(store: Store, key: str, pointer: dict[str, Any], folder: str) -> str:
+    """The local path of the exported model file ``pointer`` names (:func:`kept_pointer`), checked against its
+    SHA-256: from the local cache, else downloaded from the feature store into ``folder`` and then kept in the
+    cache. Raises :class:`~fruits.storage.NotFound` when neither holds it, :class:`ModelMismatch` when the file
+    found is another model."""
+    name, sha = pointer["file_name"], pointer["sha256"]
+    cache = local_cache_dir("models")
+    if cache is not None:
+        cached = os.path.join(cache, key, name)
+        if os.path.isfile(cached) and models.sha256_file(cached).startswith(sha):
+            return cached
+    path = os.path.join(folder, name)
+    try:
+        store.download_file(_file_key(key, name), path)
+    except NotFound:
+        raise NotFound(
+            f"the model file {name} is neither in the local cache nor in {store.uri_for(_file_key(key, name))}"
+        ) from None
+    if not models.sha256_file(path).startswith(sha):
+        raise ModelMismatch(
+            f"{store.uri_for(_file_key(key, name))} is not the model the run used (its SHA-256 does not start "
+            f"with {sha})"
+        )
+    _to_local(cache, key, pointer["engine"], pointer, path)
+    return path

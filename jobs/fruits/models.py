@@ -194,10 +194,20 @@ def resolve_weights(
 
 @dataclass(frozen=True)
 class ImagenetFile:
-    """The ImageNet no-top weights file Keras fetches for one backbone: its cache file name and origin URL."""
+    """The ImageNet no-top weights file Keras fetches for one backbone: its cache file name, origin URL and, where
+    known, its SHA-256 (the cluster's bootstrap refuses a download with another digest)."""
 
     file_name: str
     url: str
+    sha256: str | None = None
+
+
+#: SHA-256 of Keras' published files, where known. Keras itself pins none for MobileNet; this one was taken from a
+#: byte-for-byte copy of the published file whose git blob id was checked (the team's shared folder, PROVENANCE.md).
+#: Other files: the CDK context weightsSha256 pins them (the bootstrap logs each file's digest).
+KNOWN_SHA256 = {
+    "mobilenet_2_5_224_tf_no_top.h5": "dbdb03ee2a22fd895301636cd328b234bb3a9952358f436d82f46b81e0d5b0bf",
+}
 
 
 _KERAS_WEIGHTS = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -218,7 +228,7 @@ def imagenet_weights_file(model: str, alpha: float = 1.0, image_size: int = 224)
     if spec.name == "mobilenet":
         rows = image_size if image_size in _MOBILENET_ROWS else 224
         name = f"mobilenet_{_MOBILENET_ALPHA_TEXT[float(alpha)]}_{rows}_tf_no_top.h5"
-        return ImagenetFile(name, f"{_KERAS_WEIGHTS}mobilenet/{name}")
+        return ImagenetFile(name, f"{_KERAS_WEIGHTS}mobilenet/{name}", KNOWN_SHA256.get(name))
     if spec.name == "mobilenet_v2":
         rows = image_size if image_size in _MOBILENET_V2_ROWS else 224
         name = f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"

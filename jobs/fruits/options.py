@@ -70,6 +70,7 @@ class JobOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     allow_empty: bool = False
+    check: bool = False
 
     @property
     def store_uri(self) -> str:
@@ -185,6 +186,12 @@ OPTIONS: tuple[Option, ...] = (
         "flag",
         "when the input holds no files or none can be featurized, log one line and exit 0 without committing "
         "(default: exit 2)",
+    ),
+    Option(
+        "check",
+        "flag",
+        "check that this cluster can run the job (weights, input listing, output writes, the model, executors) "
+        "on a few synthetic images, and exit: no image is read and nothing is committed",
     ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}

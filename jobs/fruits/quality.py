@@ -28,103 +28,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField
 
+from fruits.lda import SPACES, Candidates, LinearClassifier
 from fruits.linalg import Beside
 from fruits.summaries import ClassSums, holdout_roles
 
 CLASSIFIER = "shrinkage LDA: one shared covariance, fitted on every Training row, scored on every Test row"
 SHRINKAGES = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5)
-
-
-@dataclass(frozen=True)
-class LinearClassifier:
-    """``argmax(x @ weights + bias)`` over ``classes``."""
-
-    classes: list[str]
-    weights: np.ndarray  # (dim, classes)
-    bias: np.ndarray  # (classes,)
-
-    def predict(self, vectors: np.ndarray) -> np.ndarray:
-        """The predicted class of each row."""
-        scores = np.asarray(vectors, dtype=np.float64) @ self.weights + self.bias
-        return np.asarray(self.classes, dtype=object)[np.argmax(scores, axis=1)]
-
-
-@dataclass(frozen=True)
-class PooledGaussian:
-    """Class means and priors, and the eigendecomposition of the pooled within-class covariance: every
-    shrinkage's LDA follows from it with matrix products only (one ``eigh`` for all candidates)."""
-
-    classes: list[str]
-    means: np.ndarray  # (classes, dim)
-    log_priors: np.ndarray  # (classes,)
-    eigenvalues: np.ndarray  # (dim,)
-    eigenvectors: np.ndarray  # (dim, dim)
-    level: float  # mean variance: the shrinkage target is level * I
-
-
-def pooled(sums: ClassSums) -> PooledGaussian:
-    """The pooled Gaussian of the class sums."""
-    classes = sorted(sums.counts)
-    if len(classes) < 2:
-        raise ValueError("LDA needs at least two classes")
-    n = sum(sums.counts.values())
-    counts = np.array([sums.counts[c] for c in classes], dtype=np.float64)
-    means = np.stack([sums.sums[c] / sums.counts[c] for c in classes])
-    assert sums.gram is not None
-    scatter = sums.gram - (means * counts[:, None]).T @ means  # within-class scatter
-    covariance = scatter / max(n - len(classes), 1)
-    values, vectors = np.linalg.eigh((covariance + covariance.T) / 2)
-    values = np.clip(values, 0.0, None)
-    return PooledGaussian(classes, means, np.log(counts / n), values, vectors, float(values.mean()) or 1.0)
-
-
-def lda(gaussian: PooledGaussian, shrinkage: float) -> LinearClassifier:
-    """LDA with the pooled covariance shrunk by ``shrinkage`` towards its mean variance:
-    ``(1 - s) * Sigma + s * level * I``, inverted through the eigendecomposition."""
-    q = gaussian.eigenvectors
-    scale = (1 - shrinkage) * gaussian.eigenvalues + shrinkage * gaussian.level
-    solved = q @ ((q.T @ gaussian.means.T) / scale[:, None])  # (dim, classes): Sigma_s^-1 mu_c
-    bias = -0.5 * np.einsum("cd,dc->c", gaussian.means, solved) + gaussian.log_priors
-    return LinearClassifier(gaussian.classes, solved, bias)
-
-
-def fit_lda(sums: ClassSums, shrinkage: float) -> LinearClassifier:
-    """LDA from class sums: pooled within-class covariance shrunk by ``shrinkage`` towards its mean variance."""
-    return lda(pooled(sums), shrinkage)
-
-
-SPACES = ("full", "pca")
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """The LDA of every shrinkage for one space and one fit, stacked so that one product scores them all."""
-
-    classes: list[str]
-    weights: np.ndarray  # (dim, shrinkages * classes)
-    bias: np.ndarray  # (shrinkages * classes,)
-
-    @classmethod
-    def of(cls, sums: ClassSums, shrinkages: tuple[float, ...]) -> Candidates:
-        gaussian = pooled(sums)
-        models = [lda(gaussian, alpha) for alpha in shrinkages]
-        return cls(
-            gaussian.classes, np.hstack([m.weights for m in models]), np.concatenate([m.bias for m in models])
-        )
-
-    @property
-    def count(self) -> int:
-        """How many candidates (shrinkages) are stacked."""
-        return len(self.bias) // len(self.classes)
-
-    def correct(self, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """(rows, shrinkages) booleans: whether each candidate classifies each row right."""
-        index = {label: i for i, label in enumerate(self.classes)}
-        truth = np.array([index.get(label, -1) for label in labels])
-        scores = (np.asarray(vectors, dtype=np.float64) @ self.weights + self.bias).reshape(
-            len(vectors), -1, len(self.classes)
-        )
-        return scores.argmax(axis=2) == truth[:, None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +47,11 @@ class Classifiers:
     everything: ClassSums  # every Training row's sums
     mean: np.ndarray
     components: np.ndarray
+
+    def chosen(self, choice: dict[str, int]) -> dict[str, LinearClassifier]:
+        """Per space, the candidate fitted on every Training row with the shrinkage ``choice`` names (an index
+        into :attr:`shrinkages`, as :func:`tallied` chose it): the classifier the report scores on Test."""
+        return {space: self.models[(space, "all")].pick(choice[space]) for space in SPACES}
 
 
 def fit_classifiers(
@@ -239,8 +153,23 @@ def score(rows: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
     return tally(marked, classifiers)
 
 
+@dataclass(frozen=True)
+class Tally:
+    """What the marks tell: per space the shrinkage the holdout chose (an index into the candidates), and the
+    report, or None without any Test row."""
+
+    chosen: dict[str, int]
+    report: dict[str, Any] | None
+
+
 def tally(marked: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
     """The report from rows carrying ``label`` and :func:`marks`' columns: one small aggregation."""
+    return tallied(marked, classifiers).report
+
+
+def tallied(marked: DataFrame, classifiers: Classifiers) -> Tally:
+    """:func:`tally`, with the shrinkages it chose (chosen without Test rows too: a run over Training alone still
+    has its classifier, :meth:`Classifiers.chosen`)."""
     shrinkages, can_choose = classifiers.shrinkages, classifiers.can_choose
     names = mark_columns(classifiers)
     table = (
@@ -249,10 +178,6 @@ def tally(marked: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
         .agg(F.count("*").alias("rows"), *[F.sum(name).alias(name) for name in names])
         .toPandas()  # one row per (role, class)
     )
-    test = table[table[ROLE] == "test"].set_index("label")
-    test_rows = int(test["rows"].sum()) if len(test) else 0
-    if not test_rows:
-        return None
     chosen: dict[str, int] = {}
     holdout = table[table[ROLE] == "holdout"]
     for space in SPACES:
@@ -261,6 +186,10 @@ def tally(marked: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
             chosen[space] = max(range(len(shrinkages)), key=lambda i, right=right: (right[i], i))
         else:
             chosen[space] = 0
+    test = table[table[ROLE] == "test"].set_index("label")
+    test_rows = int(test["rows"].sum()) if len(test) else 0
+    if not test_rows:
+        return Tally(chosen, None)
     correct = {space: test[f"{space}_all_{chosen[space]}"] for space in SPACES}
     per_class = {
         str(label): {
@@ -271,18 +200,21 @@ def tally(marked: DataFrame, classifiers: Classifiers) -> dict[str, Any] | None:
         for label in test.index
     }
     everything = classifiers.everything
-    return {
-        "classifier": CLASSIFIER,
-        "shrinkage": {space: shrinkages[chosen[space]] for space in SPACES},
-        "train_images": int(sum(everything.counts.values())),
-        "test_images": test_rows,
-        "classes": len(everything.counts),
-        "test_labels_unseen_in_training": sorted(set(per_class) - set(everything.counts)),
-        "test_accuracy_pca": int(correct["pca"].sum()) / test_rows,
-        "test_accuracy_full_features": int(correct["full"].sum()) / test_rows,
-        "per_class": per_class,
-        "k": int(classifiers.components.shape[1]),
-    }
+    return Tally(
+        chosen,
+        {
+            "classifier": CLASSIFIER,
+            "shrinkage": {space: shrinkages[chosen[space]] for space in SPACES},
+            "train_images": int(sum(everything.counts.values())),
+            "test_images": test_rows,
+            "classes": len(everything.counts),
+            "test_labels_unseen_in_training": sorted(set(per_class) - set(everything.counts)),
+            "test_accuracy_pca": int(correct["pca"].sum()) / test_rows,
+            "test_accuracy_full_features": int(correct["full"].sum()) / test_rows,
+            "per_class": per_class,
+            "k": int(classifiers.components.shape[1]),
+        },
+    )
 
 
 def report(

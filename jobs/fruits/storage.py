@@ -387,7 +387,7 @@ class S3Store(Store):
         return self.prefix + _check_key(key)
 
     def uri_for(self, key: str = "") -> str:
-        """``s3://bucket/prefix/key`` (Spark on EMR reads s3:// through EMRFS)."""
+        """``s3://bucket/prefix/key`` (Spark on EMR reads s3:// through S3A since emr-7.10.0, EMRFS before)."""
         if key.endswith("/"):
             return self.uri_for(key.rstrip("/")) + "/"
         return f"s3://{self.bucket}/{self._key(key)}" if key else self.root

@@ -1,4 +1,5 @@
-"""Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv.
+"""Write a run's tables: results.parquet, ONE results.csv and ONE rejected.csv, and the known images of
+``fruits identify``.
 
 Spark writes CSV as a folder of part files; with ``repartition(1)`` there is one part, sorted and written by one
 task, which is then copied to its final name inside the run's own prefix, so the file analysts open is a single
@@ -7,6 +8,7 @@ plain CSV.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import pandas as pd
@@ -49,6 +51,29 @@ def features_as_arrays(frame: DataFrame) -> DataFrame:
                 yield part.assign(features=list(unpack(part["features"])))
 
     return frame.mapInPandas(run, schema)
+
+
+#: Known images per file of ``identify/known.parquet``: Fruits-360's 90,000 make one file (34 MB at k = 91); a run
+#: of millions writes several, each by its own task, never one task for all.
+KNOWN_ROWS_PER_FILE = 250_000
+
+
+def write_known(projected: DataFrame, uri: str, k: int, rows: int) -> None:
+    """``identify/known.parquet`` (:mod:`fruits.identify`): ``path, label`` and the k components as one
+    ``array<float>`` (``pcs``) of every featurized row (``rows`` of them), in one Parquet file per
+    :data:`KNOWN_ROWS_PER_FILE` rows, each sorted by path.
+
+    ``projected`` must be persisted and already computed (the run's writers computed it): ``coalesce`` then reads
+    its cached blocks and nothing is projected again. The cast is the JVM's, no Python pass.
+    """
+    pcs = F.array(*(F.col(name) for name in pc_columns(k))).cast("array<float>").alias("pcs")
+    (
+        projected.select("path", "label", pcs)
+        .coalesce(max(1, math.ceil(rows / KNOWN_ROWS_PER_FILE)))
+        .sortWithinPartitions("path")
+        .write.option("parquet.enable.dictionary", "false")  # distinct paths and floats: nothing to share
+        .parquet(uri)
+    )
 
 
 def write_single_csv(frame: DataFrame, store: Store, key: str, rows: int, order_by: str = "path") -> None:

@@ -1,11 +1,14 @@
-"""bootstrap/install-runtime.sh run for real against stand-in dnf, sudo, aws and python3.11 on PATH.
+"""bootstrap/install-runtime.sh run for real against stand-in dnf, sudo, aws, curl and python3.11 on PATH.
 
-The stand-ins record every call in a log; "S3" is a folder; the fake pip "installs" the pins of the -r file
-into a freeze list, so the script's own verification runs against what was installed.
+The stand-ins record every call in a log; "S3" and "the web" are folders; the fake pip "installs" the pins of the
+-r file into a freeze list, so the script's own verification runs against what was installed. The real thing (a
+real pip into a clean interpreter from a wheelhouse, a real download, as an unprivileged user with sudo) runs in
+the cloud rehearsal (tests/rehearsal).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -17,11 +20,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "bootstrap" / "install-runtime.sh"
-REQUIREMENTS = REPO / "requirements.txt"
+REQUIREMENTS = REPO / "bootstrap" / "cluster-requirements.txt"  # what the CDK app uploads
 REQ_URI = "s3://artifacts-bucket/bootstrap/requirements.txt"
 WEIGHTS_FILE = "mobilenet_2_5_224_tf_no_top.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/{WEIGHTS_FILE}"
 WEIGHTS_ARGS = ("--weights-url", WEIGHTS_URL, "--weights-file", WEIGHTS_FILE)
+WEIGHTS = b"keras weights"
+WEIGHTS_SHA256 = hashlib.sha256(WEIGHTS).hexdigest()
+PYPI = "https://pypi.org/simple/"
+WHEELHOUSE = "s3://artifacts-bucket/wheelhouse/0123456789abcdef/"
 
 FAKES = {
     "sudo": '#!/usr/bin/env bash\necho "sudo $*" >> "$FAKE_LOG"\nexec "$@"\n',
@@ -31,6 +38,8 @@ set -euo pipefail
 echo "aws $*" >> "$FAKE_LOG"
 [[ "$*" == "s3 cp "* ]] || { echo "fake aws: unsupported $*" >&2; exit 2; }
 shift 2
+recursive=""
+[[ "$1" == --recursive ]] && { recursive=1; shift; }
 [[ "$1" == --only-show-errors ]] && shift
 src="$1" dst="$2"
 fails="${FAKE_FAILS_DIR}/$(echo "$src" | tr '/:' '__')"
@@ -38,6 +47,11 @@ if [[ -f "$fails" ]] && (( $(cat "$fails") > 0 )); then
   echo $(( $(cat "$fails") - 1 )) > "$fails"
   echo "fake aws: simulated network error for $src" >&2
   exit 1
+fi
+if [[ -n "$recursive" ]]; then
+  mkdir -p "$dst"
+  if [[ -d "${FAKE_S3}/${src#s3://}" ]]; then cp -r "${FAKE_S3}/${src#s3://}/." "$dst/"; fi
+  exit 0
 fi
 cp "${FAKE_S3}/${src#s3://}" "$dst"
 """,
@@ -75,8 +89,9 @@ if [[ -f "$fails" ]] && (( $(cat "$fails") > 0 )); then
   exit 6
 fi
 src="${FAKE_WEB}/${url#https://}"
+[[ "$src" == */ ]] && src="${src}index.html"
 [[ -f "$src" ]] || { echo "curl: (22) The requested URL returned error: 404" >&2; exit 22; }
-cp "$src" "$out"
+if [[ -n "$out" && "$out" != /dev/null ]]; then cp "$src" "$out"; fi
 """,
 }
 
@@ -100,7 +115,8 @@ class Node:
             path.write_text(body)
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
         self.put(REQ_URI, REQUIREMENTS.read_bytes())
-        self.serve(WEIGHTS_URL, b"keras weights")
+        self.serve(WEIGHTS_URL, WEIGHTS)
+        self.serve(PYPI + "index.html", b"<html>the simple index</html>")
         self.log.touch()
 
     def serve(self, url: str, data: bytes) -> None:
@@ -149,7 +165,9 @@ def node(tmp_path: Path) -> Node:
 
 def _pins(text: str) -> list[str]:
     return sorted(
-        line.split("#")[0].strip() for line in text.splitlines() if re.match(r"^[A-Za-z0-9._-]+==", line)
+        line.split("#")[0].strip().removesuffix("\\").strip()
+        for line in text.splitlines()
+        if re.match(r"^[A-Za-z0-9._-]+==", line)
     )
 
 
@@ -159,6 +177,10 @@ def test_installs_python_311_and_exactly_the_pinned_requirements(node):
     assert node.calls("dnf") == ["dnf install -y python3.11 python3.11-pip python3.11-devel"]
     (install,) = node.calls("python -m pip install")
     assert "--no-cache-dir" in install and " -r " in install
+    # Exactly the hashed wheels, nothing resolved on the node, from PyPI after one probe that it answers.
+    for flag in ("--require-hashes", "--only-binary=:all:", "--no-deps", f"--index-url {PYPI}"):
+        assert flag in install, flag
+    assert [c for c in node.calls("curl") if "--head" in c and c.endswith(PYPI)]
     assert (node.site / "last-requirements.txt").read_bytes() == REQUIREMENTS.read_bytes()
     assert _pins((node.site / "freeze.txt").read_text()) == _pins(REQUIREMENTS.read_text())
     for name in ("tensorflow-cpu", "numpy", "pillow", "pandas", "pyarrow"):
@@ -177,18 +199,23 @@ def test_downloads_the_named_weights_file_into_keras_home_read_only(node):
     result = node.run(*WEIGHTS_ARGS)
     assert result.returncode == 0, result.stderr
     target = node.home / "keras" / "models" / WEIGHTS_FILE
-    assert target.read_bytes() == b"keras weights"
+    assert target.read_bytes() == WEIGHTS
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     for folder in (node.home / "keras", node.home / "keras" / "models"):
         assert stat.S_IMODE(folder.stat().st_mode) & 0o022 == 0, folder  # nobody but root writes there
-    (download,) = node.calls("curl")
-    assert download.endswith(WEIGHTS_URL) and "--fail" in download
+    (download,) = [c for c in node.calls("curl") if c.endswith(WEIGHTS_URL)]
+    assert "--fail" in download
+    assert f"sha256 {WEIGHTS_SHA256}" in result.stderr  # logged even when no digest was pinned
     assert not node.calls("python -c")  # no Keras, no model code: the file is fetched as named
+
+
+def _downloads(node: Node) -> list[str]:
+    return [c for c in node.calls("curl") if "--head" not in c]
 
 
 def test_without_weights_arguments_nothing_is_downloaded(node):
     assert node.run().returncode == 0
-    assert not node.calls("curl") and not list((node.home / "keras" / "models").iterdir())
+    assert not _downloads(node) and not list((node.home / "keras" / "models").iterdir())
 
 
 def test_the_script_knows_no_model_names():
@@ -201,7 +228,7 @@ def test_retries_a_failed_weights_download(node):
     node.fail(WEIGHTS_URL, 2)
     result = node.run(*WEIGHTS_ARGS)
     assert result.returncode == 0, result.stderr
-    assert len(node.calls("curl")) == 3
+    assert len(_downloads(node)) == 3
 
 
 @pytest.mark.parametrize(
@@ -217,6 +244,61 @@ def test_refuses_bad_weights_arguments(node, args, message):
     result = node.run(*args)
     assert result.returncode != 0 and message in result.stderr
     assert not node.calls("curl") and not node.calls("dnf")
+
+
+def test_checks_the_pinned_weights_digest(node):
+    result = node.run(*WEIGHTS_ARGS, "--weights-sha256", WEIGHTS_SHA256)
+    assert result.returncode == 0, result.stderr
+    assert f"sha256 {WEIGHTS_SHA256} (as pinned)" in result.stderr
+
+
+def test_refuses_weights_with_another_digest_and_installs_nothing(node):
+    result = node.run(*WEIGHTS_ARGS, "--weights-sha256", "0" * 64)
+    assert result.returncode != 0
+    assert "expected " + "0" * 64 in result.stderr and "refusing them" in result.stderr
+    assert not (node.home / "keras" / "models" / WEIGHTS_FILE).exists()
+
+
+def test_a_present_weights_file_with_another_digest_is_refused(node):
+    assert node.run(*WEIGHTS_ARGS).returncode == 0
+    result = node.run(*WEIGHTS_ARGS, "--weights-sha256", "0" * 64)
+    assert result.returncode != 0 and "refusing them" in result.stderr
+
+
+def test_without_egress_fails_fast_with_one_line_saying_what_to_do(node):
+    (node.web / "pypi.org" / "simple" / "index.html").unlink()  # the index does not answer
+    result = node.run(FRUITS_RETRY_DELAY="0")
+    assert result.returncode != 0
+    assert not node.calls("python -m pip install")
+    assert len([c for c in node.calls("curl") if "--head" in c]) == 2  # one retry, not half an hour of them
+    (error,) = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert f"cannot reach the package index {PYPI}" in error and "-c wheelhouse=true" in error
+
+
+def test_installs_from_a_private_index(node):
+    index = "https://pypi.internal.example/simple/"
+    node.serve(index + "index.html", b"<html/>")
+    result = node.run("--index-url", index)
+    assert result.returncode == 0, result.stderr
+    (install,) = node.calls("python -m pip install")
+    assert f"--index-url {index}" in install and "--require-hashes" in install
+
+
+def test_installs_from_an_s3_wheelhouse_without_touching_an_index(node):
+    node.put(WHEELHOUSE + "numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl", b"wheel")
+    result = node.run("--wheelhouse", WHEELHOUSE)
+    assert result.returncode == 0, result.stderr
+    assert node.calls(f"aws s3 cp --recursive --only-show-errors {WHEELHOUSE}")
+    (install,) = node.calls("python -m pip install")
+    assert "--no-index --find-links " in install and "--index-url" not in install
+    assert "--require-hashes" in install
+    assert not [c for c in node.calls("curl") if "--head" in c]
+
+
+def test_an_empty_wheelhouse_says_how_to_fill_it(node):
+    result = node.run("--wheelhouse", WHEELHOUSE)
+    assert result.returncode != 0 and f"no wheels under {WHEELHOUSE}" in result.stderr
+    assert not node.calls("python -m pip install")
 
 
 def test_retries_a_failed_download(node):
@@ -240,13 +322,13 @@ def test_safe_to_run_twice(node):
     first, second = node.run(*WEIGHTS_ARGS), node.run(*WEIGHTS_ARGS)
     assert first.returncode == 0 and second.returncode == 0, second.stderr
     assert len(node.calls("python -m pip install")) == 1
-    assert len(node.calls("curl")) == 1
+    assert len(_downloads(node)) == 1
     assert "skipping pip" in second.stderr and "already at" in second.stderr
 
 
 def test_changed_requirements_reinstall(node):
     assert node.run().returncode == 0
-    node.put(REQ_URI, REQUIREMENTS.read_bytes() + b"six==1.17.0\n")
+    node.put(REQ_URI, REQUIREMENTS.read_bytes() + b"six==1.17.0 --hash=sha256:" + b"1" * 64 + b"\n")
     assert node.run().returncode == 0
     assert len(node.calls("python -m pip install")) == 2
 
@@ -257,7 +339,7 @@ def test_copies_custom_weights_instead_of_downloading(node):
     result = node.run("--weights-uri", uri)
     assert result.returncode == 0, result.stderr
     assert (node.home / "models" / "custom.h5").read_bytes() == b"h5"
-    assert not node.calls("curl")
+    assert not _downloads(node)
     assert node.run("--weights-uri", uri).returncode == 0
     assert len(node.calls(f"aws s3 cp --only-show-errors {uri}")) == 1
 
@@ -268,10 +350,18 @@ def test_fails_when_installed_versions_differ_from_the_pins(node):
     assert "missing: numpy==" in result.stderr and "pinned runtime not installed" in result.stderr
 
 
-def test_refuses_unpinned_requirements(node):
-    node.put(REQ_URI, b"numpy==2.4.6\npandas>=2\n")
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"numpy==2.4.6 --hash=sha256:" + b"a" * 64 + b"\npandas>=2\n",  # a range
+        b"numpy==2.4.6\n",  # a pin without its wheel's hash
+        b"numpy==2.4.6 \\\n    --hash=sha256:" + b"a" * 64 + b"\npandas==3.1.1\n",
+    ],
+)
+def test_refuses_requirements_without_a_pin_and_a_hash(node, text):
+    node.put(REQ_URI, text)
     result = node.run()
-    assert result.returncode != 0 and "must be pinned" in result.stderr
+    assert result.returncode != 0 and "must be pinned with == and a --hash=sha256" in result.stderr
     assert not node.calls("python -m pip install")
 
 

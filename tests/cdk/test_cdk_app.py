@@ -143,29 +143,26 @@ def test_deployment_targets_the_artifacts_bucket(full_app):
 # -- step -------------------------------------------------------------------------------------------------
 
 
-def test_step_hands_the_job_to_yarn_allows_an_empty_input_and_continues_on_failure(full_app):
+def test_the_stacks_step_is_a_bounded_check_of_the_cluster_never_a_production_run(full_app):
     emr = full_app.template(full_app.emr_stack)
     args = Capture()
     emr.has_resource_properties(
         "AWS::EMR::Step",
         {
+            "Name": "check-cluster-g1",
             "ActionOnFailure": "CONTINUE",
             "JobFlowId": {"Ref": Match.string_like_regexp("^Cluster")},
             "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args},
         },
     )
     a = args.as_array()
-    assert a[:5] == [
-        "spark-submit",
-        "--deploy-mode",
-        "cluster",
-        "--conf",
-        "spark.yarn.submit.waitAppCompletion=false",  # the step ends once YARN accepted the application
-    ]
-    assert _artifact_key(a[5]) == "job/featurize_pca.py"
-    assert a[6:] == ["--allow-empty"], (
-        "an empty input bucket must not fail the step and roll the cluster back"
-    )
+    # Bounded: a cluster that never runs the application fails the deploy instead of keeping it waiting.
+    assert a[:3] == ["timeout", "--kill-after=60", "1200"]
+    assert a[3:6] == ["spark-submit", "--deploy-mode", "cluster"]
+    assert _artifact_key(a[6]) == "job/featurize_pca.py"
+    assert a[7:] == ["--check"], "a deploy or a replacement must not start a production run"
+    # spark-submit waits for the application (its default), so the step's state is the check's outcome.
+    assert not any("waitAppCompletion" in str(arg) for arg in a)
     assert "--py-files" not in a, "the package comes from spark.submit.pyFiles, as for a console step"
 
 
@@ -178,7 +175,7 @@ def test_step_switch_and_arguments(tmp_path):
     extra.template(extra.emr_stack).has_resource_properties(
         "AWS::EMR::Step", {"HadoopJarStep": {"Args": args}}
     )
-    assert args.as_array()[-3:] == ["--allow-empty", "--k", "50"]
+    assert args.as_array()[-3:] == ["--check", "--k", "50"]
 
 
 # -- outputs ----------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from fruits_infra.artifacts import (
 )
 
 BOOTSTRAP_KEY, REQUIREMENTS_KEY = bootstrap_keys(
-    bootstrap_digest(REPO / "bootstrap" / "install-runtime.sh", REPO / "requirements.txt")
+    bootstrap_digest(
+        REPO / "bootstrap" / "install-runtime.sh", REPO / "bootstrap" / "cluster-requirements.txt"
+    )
 )
 
 
@@ -58,7 +60,7 @@ def test_bundle_has_exactly_the_four_deployed_keys(tmp_path, fake_jobs):
 
 def test_bootstrap_keys_hash_both_bootstrap_files_and_nothing_else(tmp_path, fake_jobs):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_bytes((REPO / "requirements.txt").read_bytes())
+    requirements.write_bytes((REPO / "bootstrap" / "cluster-requirements.txt").read_bytes())
     _, before = _bundle(tmp_path, fake_jobs, "before")
     (fake_jobs / "fruits" / "sub" / "mod.py").write_text("X = 2\n")  # a job change
     _, job_changed = _bundle(tmp_path, fake_jobs, "job")
@@ -71,7 +73,9 @@ def test_bootstrap_keys_hash_both_bootstrap_files_and_nothing_else(tmp_path, fak
 
 def test_requirements_and_bootstrap_are_copied_unchanged(tmp_path, fake_jobs):
     out, _ = _bundle(tmp_path, fake_jobs)
-    assert (out / REQUIREMENTS_KEY).read_bytes() == (REPO / "requirements.txt").read_bytes()
+    assert (out / REQUIREMENTS_KEY).read_bytes() == (
+        REPO / "bootstrap" / "cluster-requirements.txt"
+    ).read_bytes()
     assert (out / BOOTSTRAP_KEY).read_bytes() == (REPO / "bootstrap" / "install-runtime.sh").read_bytes()
 
 

@@ -7,6 +7,9 @@ import re
 import pytest
 from aws_cdk.assertions import Capture
 from cdkapp import synthesize
+from fruits_infra.artifacts import wheelhouse_key
+
+from fruits import models
 
 KERAS_HOME = "/opt/fruits/keras"
 PYTHON = "/usr/bin/python3.11"
@@ -141,6 +144,53 @@ def test_the_bootstrap_fetches_what_the_configured_model_needs(tmp_path):
         "--weights-file",
         "mobilenet_2_5_160_tf_no_top.h5",
     ]
+
+
+def _bootstrap_args(synthesized):
+    (action,) = _cluster(synthesized.template(synthesized.emr_stack))["BootstrapActions"]
+    return action["ScriptBootstrapAction"]["Args"]
+
+
+def _joined(value):
+    """An ``s3://{bucket}/key`` argument as synthesized: its literal parts, the bucket's import as a marker."""
+    return "".join(part if isinstance(part, str) else "<bucket>" for part in value["Fn::Join"][1])
+
+
+def test_a_known_imagenet_file_is_checked_against_its_sha256(tmp_path):
+    args = _bootstrap_args(synthesize(tmp_path, model="mobilenet", alpha=0.25))
+    assert args[-2:] == ["--weights-sha256", models.KNOWN_SHA256["mobilenet_2_5_224_tf_no_top.h5"]]
+
+
+def test_pinned_weights_digest_from_the_context(tmp_path):
+    digest = "ab" * 32
+    args = _bootstrap_args(synthesize(tmp_path, weightsSha256=digest))
+    assert args[-2:] == ["--weights-sha256", digest] and "--weights-url" in args
+
+
+def test_without_egress_the_bootstrap_installs_from_the_artifacts_wheelhouse(tmp_path):
+    synthesized = synthesize(tmp_path, wheelhouse=True)
+    args = _bootstrap_args(synthesized)
+    uri = _joined(args[args.index("--wheelhouse") + 1])
+    assert uri == f"s3://<bucket>/{wheelhouse_key()}"
+    assert re.fullmatch(r"s3://<bucket>/wheelhouse/[0-9a-f]{16}/", uri)
+    # Operators read where to upload from the stack's outputs, and it is the same URI.
+    outputs = synthesized.template(synthesized.emr_stack).find_outputs("WheelhouseUri")
+    (output,) = outputs.values()
+    assert _joined(output["Value"]) == uri
+    assert "--index-url" not in args
+
+
+def test_a_private_index_is_passed_to_the_bootstrap(tmp_path):
+    args = _bootstrap_args(synthesize(tmp_path, pipIndexUrl="https://pypi.internal.example/simple/"))
+    assert args[args.index("--index-url") + 1] == "https://pypi.internal.example/simple/"
+    assert "--wheelhouse" not in args
+
+
+def test_by_default_the_bootstrap_uses_pypi_and_no_wheelhouse_output(emr):
+    (action,) = _cluster(emr)["BootstrapActions"]
+    args = action["ScriptBootstrapAction"]["Args"]
+    assert "--wheelhouse" not in args and "--index-url" not in args
+    assert not emr.find_outputs("WheelhouseUri")
 
 
 ENV = {"PYSPARK_PYTHON": PYTHON, "KERAS_HOME": KERAS_HOME, "AWS_REGION": {"Ref": "AWS::Region"}}

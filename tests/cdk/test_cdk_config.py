@@ -82,6 +82,9 @@ def test_command_line_strings_are_parsed_to_the_default_types():
         ({"stage": "Prod_1"}, "stage"),
         ({"osReleaseLabel": "2.0.20220218.1"}, "osReleaseLabel"),
         ({"clusterGeneration": 0}, "clusterGeneration"),
+        ({"weightsSha256": "ABC"}, "weightsSha256 must be 64 lower-case hex digits"),
+        ({"pipIndexUrl": "http://pypi.internal/simple/"}, "pipIndexUrl must be an https:// URL"),
+        ({"wheelhouse": "true", "pipIndexUrl": "https://pypi.internal/simple/"}, "not both"),
     ],
 )
 def test_bad_context_is_refused_with_the_key_named(context, message):

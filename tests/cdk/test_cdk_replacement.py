@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 
 import pytest
 from aws_cdk.assertions import Capture
 from cdkapp import REPO, synthesize
+from fruits_infra.stacks import EMR_STACK_DESCRIPTION
 
 from fruits.options import option_names, parse_options
 
@@ -132,9 +134,32 @@ def test_a_new_generation_replaces_the_cluster_and_the_step(full_app, tmp_path):
     assert (before["Name"], after["Name"]) == ("fruits-featurize-g1", "fruits-featurize-g2")
     assert {k: v for k, v in after.items() if k != "Name"} == {k: v for k, v in before.items() if k != "Name"}
     step = _resource(next_gen, next_gen.emr_stack, "AWS::EMR::Step")["Properties"]
-    assert step["Name"] == "featurize-pca-g2"
+    assert step["Name"] == "check-cluster-g2"
     outputs = next_gen.template(next_gen.emr_stack).to_json()["Outputs"]
     assert outputs["ClusterGeneration"]["Value"] == "2"
+    assert outputs["RedeployCommand"]["Value"] == "npx cdk deploy FruitsEmrStack -c clusterGeneration=3"
+
+
+def _context_of(command: str) -> tuple[str, dict[str, str]]:
+    """The stack name and the ``-c key=value`` pairs of an ``npx cdk deploy`` command."""
+    words = shlex.split(command)
+    assert words[:3] == ["npx", "cdk", "deploy"]
+    pairs = [words[i + 1] for i, word in enumerate(words) if word == "-c"]
+    return words[3], dict(pair.split("=", 1) for pair in pairs)
+
+
+def test_the_redeploy_command_of_a_stage_names_a_stack_the_app_has_and_the_next_cluster(tmp_path):
+    """After auto-termination every deploy must replace the cluster: the output's command, run as it is (with
+    cdk.json's context), synthesizes the same stage's stack with the next generation's cluster."""
+    dev = synthesize(tmp_path / "g1", stage="dev")
+    outputs = dev.template(dev.emr_stack).to_json()["Outputs"]
+    stack, context = _context_of(outputs["RedeployCommand"]["Value"])
+    assert context == {"stage": "dev", "clusterGeneration": "2"}
+    again = synthesize(tmp_path / "g2", **context)
+    assert again.emr_stack.stack_name == stack == "FruitsEmrStack-dev"
+    assert _cluster(again)["Name"] == "fruits-featurize-dev-g2"
+    assert again.template(again.emr_stack).to_json()["Description"] == EMR_STACK_DESCRIPTION
+    assert "RedeployCommand" in EMR_STACK_DESCRIPTION
 
 
 # -- stage: two environments in one account -----------------------------------------------------------------------

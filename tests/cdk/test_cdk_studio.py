@@ -1,6 +1,6 @@
 """The analysts' EMR Studio (context ``studio``): absent by default, and when on, what EMR Studio's documentation
-asks for: IAM auth, the tagged engine/workspace groups on 18888, a scoped service role, Livy and Jupyter
-Enterprise Gateway on the cluster, and the notebook deployed under the Studio's S3 location."""
+asks for: IAM auth, the tagged engine/workspace groups on 18888, a scoped service role, its users' policy, Livy
+and Jupyter Enterprise Gateway on the cluster, and the notebook deployed to the Studio's own bucket."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ import pytest
 from aws_cdk import App
 from cdkapp import CDK_JSON, synthesize
 from fruits_infra.config import DEFAULTS, FruitsConfig
-from fruits_infra.studio import ENGINE_PORT, NOTEBOOKS_PREFIX, STUDIO_PREFIX
+from fruits_infra.storage import STUDIO_ACCESS_LOGS_PREFIX
+from fruits_infra.studio import ENGINE_PORT, NOTEBOOKS_PREFIX, WORKSPACES_PREFIX
 
 TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
-ARTIFACTS = {"Fn::ImportValue": "FruitsDataStack-ArtifactsBucketName"}
-ARTIFACTS_ARN = {"Fn::ImportValue": "FruitsDataStack-ArtifactsBucketArn"}
-STUDIO_OUTPUTS = {"StudioUrl", "StudioId", "StudioNotebooksUri"}
+ARTIFACTS = "FruitsDataStack-ArtifactsBucket"  # the export names of the artifacts bucket start so
+LOGS_ARN = {"Fn::ImportValue": "FruitsDataStack-LogsBucketArn"}
+STUDIO_OUTPUTS = {
+    "StudioUrl",
+    "StudioId",
+    "StudioNotebooksUri",
+    "StudioUserPolicyArn",
+    "StudioServiceRoleArn",
+    "StudioBucketName",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +44,11 @@ def _one(template, kind):
 
 def _as_list(value):
     return value if isinstance(value, list) else [value]
+
+
+def _bucket(template):
+    """Logical id of the Studio's own bucket."""
+    return _one(template, "AWS::S3::Bucket")[0]
 
 
 def _groups(template):
@@ -80,11 +93,13 @@ def test_on_synthesizes_nag_clean(studio_app):
 # -- the Studio ------------------------------------------------------------------------------------------
 
 
-def test_studio_uses_iam_auth_the_cluster_subnets_and_the_studio_prefix(studio):
+def test_studio_uses_iam_auth_the_cluster_subnets_and_its_own_bucket(studio):
     _, props = _one(studio, "AWS::EMR::Studio")
     assert props["AuthMode"] == "IAM"
     assert "UserRole" not in props  # IAM authentication takes no user role
-    assert props["DefaultS3Location"] == {"Fn::Join": ["", ["s3://", ARTIFACTS, f"/{STUDIO_PREFIX}"]]}
+    assert props["DefaultS3Location"] == {
+        "Fn::Join": ["", ["s3://", {"Ref": _bucket(studio)}, f"/{WORKSPACES_PREFIX}"]]
+    }
     (vpc_id,) = studio.find_resources("AWS::EC2::VPC")
     assert props["VpcId"] == {"Ref": vpc_id}
     _, cluster = _one(studio, "AWS::EMR::Cluster")
@@ -177,8 +192,9 @@ def test_service_role_touches_network_interfaces_and_groups_only_when_tagged(stu
             assert "aws:ResourceTag/for-use-with-amazon-emr-managed-policies" in json.dumps(st["Condition"])
 
 
-def test_service_role_s3_access_is_the_studio_prefix_of_the_artifacts_bucket(studio):
+def test_service_role_s3_access_is_the_workspaces_prefix_of_the_studios_bucket(studio):
     _, statements = _service_role(studio)
+    bucket_arn = {"Fn::GetAtt": [_bucket(studio), "Arn"]}
     s3 = [st for st in statements if any(a.startswith("s3:") for a in _as_list(st["Action"]))]
     objects = [st for st in s3 if "s3:PutObject" in _as_list(st["Action"])]
     assert objects == [
@@ -186,12 +202,69 @@ def test_service_role_s3_access_is_the_studio_prefix_of_the_artifacts_bucket(stu
             "Sid": "StudioLocationObjects",
             "Effect": "Allow",
             "Action": ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"],
-            "Resource": {"Fn::Join": ["", [ARTIFACTS_ARN, f"/{STUDIO_PREFIX}*"]]},
+            "Resource": {"Fn::Join": ["", [bucket_arn, f"/{WORKSPACES_PREFIX}*"]]},
         }
     ]
     (bucket,) = [st for st in s3 if st is not objects[0]]
     assert set(bucket["Action"]) == {"s3:ListBucket", "s3:GetEncryptionConfiguration"}
-    assert bucket["Resource"] == ARTIFACTS_ARN
+    assert bucket["Resource"] == bucket_arn
+    assert ARTIFACTS not in json.dumps(statements)  # nothing of the bucket whose bootstrap runs as root
+
+
+def test_the_studios_bucket_is_the_apps_kind_and_logs_into_the_logs_bucket(studio_app, studio):
+    bucket = studio.find_resources("AWS::S3::Bucket")[_bucket(studio)]
+    props = bucket["Properties"]
+    assert bucket["DeletionPolicy"] == "Retain"  # analysts' notebooks outlive the stack unless ephemeral
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["PublicAccessBlockConfiguration"]["RestrictPublicBuckets"] is True
+    assert props["LoggingConfiguration"]["LogFilePrefix"] == STUDIO_ACCESS_LOGS_PREFIX
+    # ... which the data stack's logs bucket policy lets S3 deliver there.
+    data = studio_app.template(studio_app.data_stack)
+    statements = [
+        st
+        for policy in data.find_resources("AWS::S3::BucketPolicy").values()
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+        if st.get("Sid") == "StudioBucketAccessLogs"
+    ]
+    (grant,) = statements
+    assert grant["Principal"] == {"Service": "logging.s3.amazonaws.com"} and grant["Action"] == "s3:PutObject"
+    assert grant["Resource"]["Fn::Join"][1][-1] == f"/{STUDIO_ACCESS_LOGS_PREFIX}*"
+    assert "aws:SourceAccount" in grant["Condition"]["StringEquals"]
+
+
+# -- its users' policy -----------------------------------------------------------------------------------
+
+
+def _user_policy(studio):
+    _, props = _one(studio, "AWS::IAM::ManagedPolicy")
+    return {st["Sid"]: st for st in props["PolicyDocument"]["Statement"]}
+
+
+def test_the_users_policy_opens_this_studio_only_and_passes_only_its_service_role(studio):
+    statements = _user_policy(studio)
+    (studio_id, _) = _one(studio, "AWS::EMR::Studio")
+    opening = statements["OpenThisStudio"]
+    assert "elasticmapreduce:CreateStudioPresignedUrl" in opening["Action"]
+    assert opening["Resource"] == {"Fn::GetAtt": [studio_id, "Arn"]}
+    _, props = _one(studio, "AWS::EMR::Studio")
+    passing = statements["PassStudioServiceRole"]
+    assert passing["Action"] == "iam:PassRole" and passing["Resource"] == props["ServiceRole"]
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "elasticmapreduce.amazonaws.com"}}
+    # Only one statement names the presigned URL, and nothing creates clusters or secrets.
+    actions = [a for st in statements.values() for a in _as_list(st["Action"])]
+    assert actions.count("elasticmapreduce:CreateStudioPresignedUrl") == 1
+    assert not {"elasticmapreduce:RunJobFlow", "secretsmanager:CreateSecret", "iam:CreateRole"} & set(actions)
+    assert not any(a.endswith("*") for a in actions)
+
+
+def test_the_users_policy_reads_s3_and_writes_nothing(studio):
+    statements = _user_policy(studio)
+    s3 = {a for st in statements.values() for a in _as_list(st["Action"]) if a.startswith("s3:")}
+    assert s3 == {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject"}
+    assert statements["StudioObjects"]["Resource"] == {
+        "Fn::Join": ["", [{"Fn::GetAtt": [_bucket(studio), "Arn"]}, "/*"]]
+    }
+    assert statements["EmrLogs"]["Resource"] == {"Fn::Join": ["", [LOGS_ARN, "/emr/*"]]}
 
 
 # -- the cluster and the notebook ------------------------------------------------------------------------
@@ -205,11 +278,11 @@ def test_cluster_gets_livy_and_jupyter_enterprise_gateway_and_cluster_mode_sessi
     assert livy["ConfigurationProperties"] == {"livy.spark.deploy-mode": "cluster"}
 
 
-def test_the_notebook_is_deployed_under_the_studio_prefix(studio_app, studio):
+def test_the_notebook_is_deployed_to_the_studios_bucket(studio_app, studio):
     _, deployment = _one(studio, "Custom::CDKBucketDeployment")
-    assert deployment["DestinationBucketName"] == ARTIFACTS
+    assert deployment["DestinationBucketName"] == {"Ref": _bucket(studio)}
     assert deployment["DestinationBucketKeyPrefix"] == NOTEBOOKS_PREFIX
-    assert deployment["Prune"] is True  # only studio/notebooks/: Workspaces live beside it
+    assert deployment["Prune"] is True  # only notebooks/: Workspaces live beside it
     (zip_key,) = deployment["SourceObjectKeys"]
     asset = studio_app.outdir / f"asset.{zip_key.removesuffix('.zip')}"
     deployed = {p.relative_to(asset).as_posix() for p in asset.rglob("*") if p.is_file()}
@@ -217,9 +290,14 @@ def test_the_notebook_is_deployed_under_the_studio_prefix(studio_app, studio):
     assert not [name for name in deployed if ".ipynb_checkpoints" in name]
 
 
-def test_outputs_name_the_studio_and_the_notebook(studio):
+def test_outputs_name_the_studio_the_notebook_the_users_policy_and_the_service_role(studio):
     outputs = studio.to_json()["Outputs"]
     assert set(outputs) >= STUDIO_OUTPUTS
     assert outputs["StudioNotebooksUri"]["Value"] == {
-        "Fn::Join": ["", ["s3://", ARTIFACTS, f"/{NOTEBOOKS_PREFIX}"]]
+        "Fn::Join": ["", ["s3://", {"Ref": _bucket(studio)}, f"/{NOTEBOOKS_PREFIX}"]]
     }
+    (policy_id, _) = _one(studio, "AWS::IAM::ManagedPolicy")
+    assert outputs["StudioUserPolicyArn"]["Value"] == {"Ref": policy_id}
+    _, props = _one(studio, "AWS::EMR::Studio")
+    assert outputs["StudioServiceRoleArn"]["Value"] == props["ServiceRole"]
+    assert outputs["StudioBucketName"]["Value"] == {"Ref": _bucket(studio)}

@@ -10,7 +10,9 @@ What this module relies on (the contracts with the CDK stack, cdk/fruits_infra/s
   step exactly as the stack's own step runs it (the console's "Add step" fields); the CLI builds its step
   from them rather than keeping a copy of cdk/fruits_infra/step.py;
 - `ClusterGeneration` (optional: stacks deployed before it lack it) is the `clusterGeneration` context value
-  that the cluster was deployed with; a new value replaces the cluster.
+  that the cluster was deployed with; a new value replaces the cluster;
+- `RedeployCommand` (optional, newer stacks) is the deploy that works once the cluster has terminated (the same
+  stage, the next generation), as the CDK app spells it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"
 FAILED_STEP_STATES = FINAL_STEP_STATES - {"COMPLETED"}
 
 GENERATION_OUTPUT = "ClusterGeneration"
+REDEPLOY_OUTPUT = "RedeployCommand"
 GENERATION_CONTEXT = "clusterGeneration"
 
 
@@ -105,14 +108,18 @@ def cluster_state(emr: EmrClient, cluster_id: str) -> str:
 
 
 def redeploy_advice(outputs: StackOutputs, state: str) -> str:
-    """One line: the cluster has ended, and the exact command that deploys a new one.
+    """One line: the cluster has ended, and the one deploy command that works now.
 
-    A terminated cluster cannot be restarted, and redeploying the same template changes nothing, so the
-    stack would keep naming the dead cluster; a new `clusterGeneration` is a replacement-only change to the
-    cluster resource, so CloudFormation creates a new cluster and the outputs follow it.
+    A terminated cluster cannot be restarted, and a deploy that changes the cluster or its step makes
+    CloudFormation call EMR on it and roll back; a new `clusterGeneration` is a replacement-only change to the
+    cluster resource, so CloudFormation creates a new cluster (with any other change) and the outputs follow
+    it. The command is the stack's `RedeployCommand`; stacks deployed before that output get it built here.
     """
     cluster_id = outputs.get("ClusterId") or "?"
-    head = f"cluster {cluster_id} is {state} and cannot run steps again"
+    head = (
+        f"cluster {cluster_id} is {state} and cannot run steps again; a deploy of {outputs.stack_name} without "
+        "a new cluster generation would roll back"
+    )
     stack = outputs.stack_name
     text = outputs.get(GENERATION_OUTPUT)
     generation = int(text) if text and text.strip().isdigit() else None
@@ -120,15 +127,24 @@ def redeploy_advice(outputs: StackOutputs, state: str) -> str:
         missing = "has no ClusterGeneration output" if text is None else f"has ClusterGeneration {text!r}"
         return (
             f'{head}; stack {stack} {missing}, so take n from "{GENERATION_CONTEXT}" in cdk.json '
-            f"(1 when absent) and deploy a new cluster with: "
-            f"npx cdk deploy {stack} -c {GENERATION_CONTEXT}=<n+1>  "
+            f"(1 when absent) and deploy, with any other change, as: "
+            f"npx cdk deploy {stack}{_stage_flag(stack)} -c {GENERATION_CONTEXT}=<n+1>  "
             f'(then record "{GENERATION_CONTEXT}": <n+1> in cdk.json)'
         )
     new = generation + 1
+    command = (outputs.get(REDEPLOY_OUTPUT) or "").strip() or (
+        f"npx cdk deploy {stack}{_stage_flag(stack)} -c {GENERATION_CONTEXT}={new}"
+    )
     return (
-        f"{head}; deploy a new cluster with: npx cdk deploy {stack} -c {GENERATION_CONTEXT}={new}  "
+        f"{head}; deploy it, with any other change, as: {command}  "
         f'(then record "{GENERATION_CONTEXT}": {new} in cdk.json so later deploys keep it)'
     )
+
+
+def _stage_flag(stack: str) -> str:
+    """`-c stage=<s>` for a stage's stack (`FruitsEmrStack-<s>`): without it cdk finds no such stack."""
+    prefix = f"{DEFAULT_STACK}-"
+    return f" -c stage={stack[len(prefix) :]}" if stack.startswith(prefix) else ""
 
 
 def ensure_cluster_usable(emr: EmrClient, outputs: StackOutputs) -> str:

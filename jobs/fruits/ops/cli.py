@@ -5,6 +5,7 @@
     fruits results [--run RUN_ID] [--dest DIR]
     fruits runs [--json]
     fruits smoke [--timeout MINUTES] [--keep]
+    fruits identify PHOTO... --run OUTPUT_OR_RUN [--top N] [--json]
 
 Everything is found from the CloudFormation stack's outputs (default stack FruitsEmrStack), so no bucket or
 cluster id is ever typed. Exit codes: 0 done; 1 `status` (or `submit --wait`) reports a step that failed, was
@@ -25,8 +26,8 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fruits.ops import aws, runs, smoke
-from fruits.ops.status import step_report
+from fruits.ops import aws, identify, runs, smoke
+from fruits.ops.status import FAILED, step_report
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_USAGE = 0, 1, 2
 COUNT_KEYS = ("found", "reused", "featurized", "rejected")
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     smoke_cmd.add_argument("--keep", action="store_true", help="keep the scratch images and outputs")
     smoke_cmd.add_argument("--name", metavar="STEP_NAME", default="fruits-smoke", help="step name")
+    identify.add_parser(commands, common)
     return parser
 
 
@@ -172,7 +174,8 @@ def _print_logs(report: dict[str, Any]) -> None:
 
 
 def print_status(report: dict[str, Any]) -> None:
-    """The human form of `status.step_report`."""
+    """The human form of `status.step_report`: the outcome in the first line, then what explains it."""
+    print(f"{report['outcome']}: {report['summary']}")
     print(f"step      {report['step_id']}  {report.get('name') or ''}".rstrip())
     state = f"  ({report['cluster_state']})" if report.get("cluster_state") else ""
     print(f"cluster   {report['cluster_id']}{state}")
@@ -256,7 +259,7 @@ def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Client
             print_status(report)
     if ended:
         raise aws.OpsError(aws.redeploy_advice(outputs, state))
-    return EXIT_STEP_FAILED if report and report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+    return EXIT_STEP_FAILED if report and report["outcome"] == FAILED else EXIT_OK
 
 
 def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients) -> int:
@@ -289,6 +292,8 @@ def _smoke(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Clients
 
 def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) -> int:
     """Carry out one parsed command; return the exit code."""
+    if args.command == "identify":  # an output or run named directly: the stack only for a bare run id
+        return identify.run(args, clients)
     outputs = aws.stack_outputs(clients.cloudformation, args.stack)
     if args.command == "submit":
         cluster_id, step_id = aws.submit_job(clients.emr, outputs, job_args, args.name)
@@ -302,7 +307,7 @@ def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) 
         aws.wait_for_step(clients.emr, cluster_id, step_id, args.poll)
         report = step_report(clients.emr, clients.s3, outputs, step_id)
         print_status(report)
-        return EXIT_STEP_FAILED if report["state"] in aws.FAILED_STEP_STATES else EXIT_OK
+        return EXIT_STEP_FAILED if report["outcome"] == FAILED else EXIT_OK
     if args.command == "status":
         return _status(args, outputs, clients)
     if args.command == "smoke":

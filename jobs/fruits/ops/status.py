@@ -1,13 +1,29 @@
-"""`fruits status`: one step's state with what explains it (its run, or its failure and logs), as plain data."""
+"""`fruits status`: one step's outcome (succeeded, failed or still running) with what explains it, as plain data.
+
+Every step waits for its YARN application (the stack's step, a console step, ``fruits submit``), so EMR's step
+state is the run's: COMPLETED when the job exited 0, FAILED otherwise. What the run did, or why it failed, comes
+from its outcome record under the results (fruits.outcomes: every run whose options parsed writes one), found by
+the YARN application the step's log names or, until EMR has copied that log, by when the run started (a cluster
+runs one step at a time). A record wins over the step's state: a step that only handed its application to YARN
+(``spark.yarn.submit.waitAppCompletion=false``) completes even when the job fails, and its record says so. Without
+a record (a run killed outright writes none, or the step's --output points elsewhere) the driver log's last
+error line, then EMR's own reason, say why.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fruits import commits
+from fruits import commits, outcomes
 
 from . import aws, logs, runs
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+#: A run starts after its step: its driver waits for YARN and Python (minutes on a busy cluster).
+_RUN_STARTS_WITHIN = timedelta(minutes=30)
+_JOB_ERROR = re.compile(r"featurize_pca: error: (.*)$")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -69,6 +85,7 @@ def step_report(
             or status.get("StateChangeReason", {}).get("Message")
         )
         report["failure_log"] = failure.get("LogFile")
+    found = None
     if state != "PENDING":
         found = logs.step_logs(s3, outputs["LogUri"], cluster_id, step["Id"])
         # Tails only where they explain something: a failure, or a run that published nothing.
@@ -86,4 +103,74 @@ def step_report(
             report["driver_stderr_tail"] = (
                 None if found.driver_stderr is None else logs.tail(found.driver_stderr, log_lines)
             )
+    record = None
+    if state != "PENDING":
+        record = run_record(s3, outputs, timeline, found.application_id if found else None)
+    report["run_outcome"] = record.to_json() if record else None
+    report["outcome"], report["summary"] = judge(report, record, found.driver_stderr if found else None)
     return report
+
+
+def run_record(
+    s3: aws.S3Client, outputs: aws.StackOutputs, timeline: dict[str, Any], application_id: str | None
+) -> outcomes.Outcome | None:
+    """The outcome record of the step's run: the one of its YARN application, else the newest that started
+    while the step ran. None when there is none (yet)."""
+    begun = timeline.get("StartDateTime")
+    if begun is None:
+        return None
+    ended = timeline.get("EndDateTime") or datetime.now(UTC)
+    begun, ended = _aware(begun), _aware(ended)
+    store = runs.results_store(s3, outputs["ResultsUri"])
+    records = outcomes.read_between(
+        store, begun - timedelta(minutes=1), min(ended, begun + _RUN_STARTS_WITHIN)
+    )
+    if application_id:
+        records = [r for r in records if r.application_id in (application_id, None)]
+    return records[-1] if records else None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def judge(report: dict[str, Any], record: outcomes.Outcome | None, driver_log: str | None) -> tuple[str, str]:
+    """(succeeded | failed | running, one line saying what happened) for a step's report."""
+    state = report["state"]
+    if state in ("PENDING", "RUNNING", "CANCEL_PENDING"):
+        since = f" since {report['started']}" if report.get("started") else ""
+        return RUNNING, f"step {report['step_id']} is {state}{since}; its run is not over"
+    if record is not None and record.status == outcomes.FAILED:
+        return FAILED, record.reason or f"the job exited with status {record.exit_code}"
+    if state in aws.FAILED_STEP_STATES:
+        reason = _driver_error(driver_log) or report.get("reason") or f"EMR reports the step {state}"
+        return FAILED, reason
+    if record is None:
+        if report.get("published"):
+            commit = report["commit"]
+            return SUCCEEDED, f"run {commit['run_id']} committed as #{commit['number']}"
+        return SUCCEEDED, (
+            "completed without publishing a run, and no outcome record of it is under the results "
+            "(a step with another --output writes it there; see the driver log)"
+        )
+    if record.status == outcomes.CHECKED:
+        return SUCCEEDED, "the cluster check passed: this cluster can run the job (nothing was committed)"
+    if record.status == outcomes.NOTHING_TO_DO:
+        return SUCCEEDED, f"nothing to featurize under {record.input}: no run committed"
+    counts = record.counts or {}
+    found = " = ".join(
+        [
+            f"found {counts.get('found')}",
+            f"featurized {counts.get('featurized')} + rejected {counts.get('rejected')}",
+        ]
+    )
+    return SUCCEEDED, f"run {record.run_id} committed as #{record.commit}: {found}"
+
+
+def _driver_error(driver_log: str | None) -> str | None:
+    """The job's own one-line error, the last line it printed before failing."""
+    for line in reversed((driver_log or "").splitlines()):
+        match = _JOB_ERROR.search(line)
+        if match:
+            return match.group(1).strip()
+    return None
