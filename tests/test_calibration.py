@@ -1,5 +1,6 @@
 """The int8 engine's calibration images (chosen the same way wherever the folder is) and the feature store's key
-(float stores keep theirs; each calibration gets its own)."""
+(float stores keep theirs; an int8 key names its calibration's source and count, never the images, so that an input
+that grows, or a run with --limit, keeps it)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import shutil
 
 import pytest
 
-from fruits import calibration, engines, feature_store
+from fruits import calibration, engines, feature_store, models
 from fruits.listing import Entry, InputError, Listing, list_input
+from fruits.options import parse_options
 from fruits.reading import Unreadable
 from tests.conftest import write_image
 
@@ -68,7 +70,9 @@ def test_nothing_readable_is_one_clear_error():
     def reader(path, max_bytes):
         raise Unreadable("could not be read: Permission denied")
 
-    with pytest.raises(InputError, match="no image to calibrate the int8 model on under /d"):
+    with pytest.raises(
+        calibration.NoCalibrationImages, match="no image to calibrate the int8 model on under /d"
+    ):
         calibration.collect(Listing("/d", entries), 5, 100, lambda _: (reader, 1))
     with pytest.raises(InputError, match="--calibration: input not found"):
         calibration.list_source("/no/such/folder", 64)
@@ -83,6 +87,11 @@ def test_undecodable_calibration_bytes_are_left_out_of_the_images(tmp_path):
     assert len(found.ids) == 2  # the same bytes are left out every time: the identity may name them
     (image,) = found.decoded(16)
     assert (image == decode_image(good.read_bytes(), 16)).all()
+    (tmp_path / "Training" / "A" / "good.jpg").write_bytes(b"no longer an image")
+    with pytest.raises(
+        calibration.NoCalibrationImages, match=r"none of the 2 calibration images of .* decoded"
+    ):
+        calibration.collect(list_input(str(tmp_path)), 5, 1 << 20).decoded(16)
 
 
 def test_the_float_key_is_the_key_stores_already_have_and_each_calibration_has_its_own():
@@ -94,9 +103,36 @@ def test_the_float_key_is_the_key_stores_already_have_and_each_calibration_has_i
     assert feature_store.model_key("mobilenet", 0.25, 224, 100, "dbdb03ee2a22fd89", None) == (
         "mobilenet-a0.25-s224-d100-wdbdb03ee2a22fd89-f32"
     )
-    one = feature_store.model_key("mobilenet", 0.25, 224, 100, "w", "int8-c0123456789abcdef")
-    two = feature_store.model_key("mobilenet", 0.25, 224, 100, "w", "int8-cfedcba9876543210")
-    assert one == "mobilenet-a0.25-s224-d100-ww-int8-c0123456789abcdef-f32" and one != two
+    one = feature_store.model_key("mobilenet", 0.25, 224, 100, "w", "int8-c0123456789ab-n200")
+    two = feature_store.model_key("mobilenet", 0.25, 224, 100, "w", "int8-cfedcba987654-n200")
+    assert one == "mobilenet-a0.25-s224-d100-ww-int8-c0123456789ab-n200-f32" and one != two
+
+
+def key(*argv: str) -> str:
+    """The model key of a run with these arguments (random weights: nothing is read)."""
+    options = parse_options(["--input", "/data/fruits", "--output", "/o", "--weights", "none", *argv])
+    return feature_store.model_key_for(options, models.resolve_weights("none"))
+
+
+def test_an_int8_key_names_the_calibration_source_and_count_and_nothing_a_growing_input_changes(tmp_path):
+    int8 = key("--engine", "litert-int8")
+    float_key = key()
+    assert key("--engine", "keras") == float_key and "int8" not in float_key
+    source = hashlib.sha256(b"/data/fruits").hexdigest()[:12]
+    assert int8 == float_key.removesuffix("-f32") + f"-int8-c{source}-n200-f32"
+    # What a run's options say about its input beyond where it is changes nothing: a sample, the file limit.
+    assert key("--engine", "litert-int8", "--limit", "10") == int8
+    assert key("--engine", "litert-int8", "--max-file-mb", "8") == int8
+    # One source, one name: a trailing slash or file: is the same folder; the input given as --calibration too.
+    assert key("--engine", "litert-int8", "--calibration", "file:/data/fruits/") == int8
+    # Another source or count is another calibration: another key, calibrated anew by its first run.
+    others = {
+        key("--engine", "litert-int8", "--calibration", "/data/calibration"),
+        key("--engine", "litert-int8", "--calibration-images", "100"),
+        key("--engine", "litert-int8", "--calibration", "s3://b/cal/"),
+    }
+    assert len(others) == 3 and int8 not in others and float_key not in others
+    assert key("--engine", "litert-int8", "--calibration", "s3a://b/cal") in others
 
 
 def test_engines_name_their_files_and_refuse_to_quantize_without_images(tmp_path):

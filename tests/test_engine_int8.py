@@ -7,6 +7,10 @@ and the quality it keeps on the 41-class development set.
   relative error at most 0.316 (median 0.243). The bounds leave a margin for other CPUs' rounding; a broken
   quantization (no calibration, a wrong input or output scale) gives a cosine near 0 or an error near 1. What
   this much error costs is measured on the development set (last test): under one point of accuracy.
+- Its place in the feature store (the fast model, random weights: counts and keys, not features): a key naming
+  the calibration's source and count, kept by a store's first int8 run, so that an input that grows by 10 %, or a
+  run with --limit, keeps the key and the model, and only new images are featurized; one model per key even when
+  two runs build one at once.
 - On the development set (FRUITS_DEV_DATA, 41 classes, 1,640 images): the quality report's test accuracy with
   int8, on the k components and on all features, and the 1-nearest-neighbour accuracy on 20 components, each at
   most one point below float's.
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +28,11 @@ import pytest
 
 from fruits import calibration, engines, feature_store, models
 from fruits.decoding import decode_image
-from fruits.job import run
+from fruits.job import main, run
 from fruits.listing import list_input
+from fruits.model_export import prepare_model
 from fruits.options import parse_options
+from fruits.storage import LocalStore, NotFound
 from tests.conftest import FAST_MODEL, write_image
 
 COSINE_MIN, COSINE_MEDIAN = 0.93, 0.96
@@ -81,66 +86,180 @@ def test_int8_features_stay_close_to_float_features_on_the_sample(fruits_data, t
     assert error.max() <= ERROR_MAX and np.median(error) <= ERROR_MEDIAN, measured
 
 
-def fruit_tree(root: Path, shift: int = 0) -> Path:
+def fruit_tree(root: Path, shift: int = 0, per_class: int = 4) -> Path:
     for c, label in enumerate(("Kiwi", "Plum")):
-        for i in range(4):
+        for i in range(per_class):
             for split in ("Training", "Test"):
                 seed = shift + 10 * c + i + (100 if split == "Test" else 0)
-                write_image(root / split / label / f"{i}.jpg", (60 + 90 * c, 80 + i, 40), seed=seed)
+                write_image(root / split / label / f"{shift}-{i}.jpg", (60 + 90 * c, 80 + i, 40), seed=seed)
     return root
+
+
+def job(spark, source: Path, output: Path, *extra: str) -> dict:
+    """One run of the job with the fast model (random weights: int8 features are all 0, counts are not)."""
+    return run(spark, parse_options(
+        ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8", "--k", "2",
+         "--overwrite", *extra]
+    ))  # fmt: skip
+
+
+def kept(output: Path, manifest: dict) -> dict:
+    """The pointer the feature store keeps for the run's int8 model."""
+    key = manifest["feature_store"]["model_key"]
+    return json.loads((output / "feature_store" / key / "engines" / "litert-int8.json").read_text())
 
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_int8_features_have_their_own_key_named_by_the_calibration_and_the_float_key_is_unchanged(
+def test_int8_features_have_their_own_key_named_by_the_calibration_spec_and_the_float_key_is_unchanged(
     spark, tmp_path
 ):
     source = fruit_tree(tmp_path / "in")
     output = tmp_path / "out"
 
-    def job(engine: str, *extra: str) -> dict:
-        return run(spark, parse_options(
-            ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", engine, "--k", "2",
-             "--overwrite", *extra]
-        ))  # fmt: skip
-
-    from fruits.job import RunContext
-
-    options = parse_options(
-        ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8"]
-    )
-    assert RunContext.start(spark, options).model_key.endswith(
-        "-int8-uncalibrated-f32"
-    )  # never the float key
-
-    first = job("litert-int8")
+    first = job(spark, source, output)
     described = first["model"]["calibration"]
     assert described["source"] == str(source) and described["split"] == "Training"
     assert described["images"] == 8 and first["model"]["prepared_from"] == "built"
     float_key = feature_store.model_key("mobilenet", 0.25, 32, 32, "random-seed0")
     int8_key = first["feature_store"]["model_key"]
-    assert int8_key == float_key.removesuffix("-f32") + f"-int8-c{described['id']}-f32"
-    pointer = json.loads((output / "feature_store" / int8_key / "engines" / "litert-int8.json").read_text())
+    assert int8_key == float_key.removesuffix("-f32") + f"-int8-{calibration.spec(first_options(source))}-f32"
+    pointer = kept(output, first)
     assert pointer["calibration"] == described and pointer["file_name"].endswith(".tflite")
 
-    floats = job("litert")
+    floats = job(spark, source, output, "--engine", "litert")
     assert floats["feature_store"]["model_key"] == float_key and floats["model"]["calibration"] is None
     assert floats["counts"]["reused"] == 0  # int8 features are never float ones
     assert sorted(p.name for p in (output / "feature_store").iterdir()) == sorted([float_key, int8_key])
 
-    # The same images elsewhere calibrate the same model: same key, every feature reused.
-    elsewhere = tmp_path / "calibration"
-    shutil.copytree(source / "Training", elsewhere / "Training")
-    again = job("litert-int8", "--calibration", str(elsewhere))
-    assert again["feature_store"]["model_key"] == int8_key and again["counts"]["reused"] == 16
-    assert again["model"]["calibration"]["source"] == str(elsewhere)
-
-    # Other images, another calibration: another key, and its model is built for it.
+    # Another calibration source or count: another key, and its first run calibrates a model for it.
     other = fruit_tree(tmp_path / "other", shift=1000)
-    third = job("litert-int8", "--calibration", str(other), "--calibration-images", "3")
+    third = job(spark, source, output, "--calibration", str(other), "--calibration-images", "3")
     assert third["model"]["calibration"]["images"] == 3
+    assert third["model"]["calibration"]["source"] == str(other)
     assert third["feature_store"]["model_key"] not in (int8_key, float_key)
     assert third["model"]["prepared_from"] == "built" and third["counts"]["newly_featurized"] == 16
+
+
+def first_options(source: Path):
+    return parse_options(["--input", str(source), "--output", "/o", *FAST_MODEL, "--engine", "litert-int8"])
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_an_input_that_grows_by_ten_percent_keeps_its_int8_model_and_featurizes_only_the_new_images(
+    spark, tmp_path
+):
+    source = fruit_tree(tmp_path / "in", per_class=5)  # 20 images, 10 of them Training: all calibrate
+    output = tmp_path / "out"
+    first = job(spark, source, output)
+    assert first["counts"]["newly_featurized"] == 20 and first["model"]["calibration"]["images"] == 10
+
+    for i in (0, 1):  # 10 % more, both in Training/: the images a fresh choice would now calibrate on differ
+        write_image(source / "Training" / "Kiwi" / f"new-{i}.jpg", (60, 200, 40), seed=500 + i)
+    assert (
+        calibration.choose(first_options(source), list_input(str(source))).identity
+        != (first["model"]["calibration"]["id"])
+    )
+
+    second = job(spark, source, output)
+    assert second["feature_store"]["model_key"] == first["feature_store"]["model_key"]
+    assert second["counts"] == {
+        "found": 22,
+        "featurized": 22,
+        "rejected": 0,
+        "reused": 20,
+        "newly_featurized": 2,
+    }
+    assert second["model"]["prepared_from"] != "built"  # the kept model, not a new calibration
+    assert second["model"]["calibration"] == first["model"]["calibration"]
+    assert kept(output, second) == kept(output, first)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_limit_keeps_the_key_and_a_sample_run_calibrates_on_the_whole_input(spark, tmp_path):
+    source = fruit_tree(tmp_path / "in", per_class=5)
+    output = tmp_path / "out"
+    sample = job(spark, source, output, "--limit", "4")
+    assert sample["counts"]["found"] == 4
+    # The first 4 files in path order are all Test/ images: the calibration still takes the input's Training/.
+    assert (
+        sample["model"]["calibration"]["images"] == 10
+        and sample["model"]["calibration"]["split"] == "Training"
+    )
+    full = job(spark, source, output)
+    assert full["feature_store"]["model_key"] == sample["feature_store"]["model_key"]
+    assert full["counts"]["reused"] == 4 and full["counts"]["newly_featurized"] == 16
+    assert full["model"]["calibration"] == sample["model"]["calibration"]
+
+
+@pytest.mark.spark
+def test_an_input_that_cannot_calibrate_is_nothing_to_featurize_with_allow_empty(spark, tmp_path, capsys):
+    source = tmp_path / "in"
+    (source / "Kiwi").mkdir(parents=True)
+    (source / "Kiwi" / "0.jpg").write_bytes(b"not an image")
+    output = tmp_path / "out"
+    args = ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8"]
+    assert run(spark, parse_options([*args, "--allow-empty"])) is None
+    assert not (output / "manifest.json").exists()
+    assert main(args, spark) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"featurize_pca: error: none of the 1 calibration images of {source} could be decoded"
+
+
+class HidesItsModelOnce(LocalStore):
+    """A store whose first read of the int8 model's pointer finds nothing, as if another run's pointer landed
+    just after this run looked: two first runs at once."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.hidden = False
+
+    def read_json(self, key: str):  # type: ignore[no-untyped-def]
+        if key.endswith("/engines/litert-int8.json") and not self.hidden:
+            self.hidden = True
+            raise NotFound(key)
+        return super().read_json(key)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_store_keeps_one_int8_model_per_key_whoever_builds_it(spark, tmp_path, monkeypatch):
+    source = fruit_tree(tmp_path / "in")
+    options = first_options(source)
+    weights = models.resolve_weights("none")
+    key = feature_store.model_key_for(options, weights)
+    one = calibration.collect(list_input(str(source)), 8, 1 << 20)
+    two = calibration.collect(list_input(str(fruit_tree(tmp_path / "other", shift=1000))), 8, 1 << 20)
+
+    def scratch(name: str) -> str:
+        (tmp_path / name).mkdir()
+        return str(tmp_path / name)
+
+    def never() -> calibration.Calibration:
+        raise AssertionError("a key whose model is kept is never calibrated again")
+
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "node1"))
+    store = LocalStore(tmp_path / "store")
+    first, how = prepare_model(spark, options, weights, store, key, scratch("s1"), lambda: one)
+    assert how == "built"
+    assert prepare_model(spark, options, weights, store, key, scratch("s2"), never) == (first, "local cache")
+
+    # Another node (its own cache) builds its own model from other images at the same time: it loses the
+    # create-only race and runs the kept model, never its own.
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "node2"))
+    racing = HidesItsModelOnce(tmp_path / "store")
+    late, how = prepare_model(spark, options, weights, racing, key, scratch("s3"), lambda: two)
+    assert racing.hidden and (late, how) == (first, "feature store")
+    kept_files = sorted(p.name for p in (tmp_path / "store" / key / "engines").glob("*.tflite"))
+    assert len(kept_files) == 2, kept_files  # its own model was another file: a race that could have mixed
+
+    # A new store on a node whose cache holds a model of this key takes that one and keeps it.
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "node1"))
+    fresh = LocalStore(tmp_path / "fresh")
+    assert prepare_model(spark, options, weights, fresh, key, scratch("s4"), never) == (first, "local cache")
+    assert fresh.read_json(f"{key}/engines/litert-int8.json")["file_name"] == first.file_name
 
 
 def dev_data() -> Path:

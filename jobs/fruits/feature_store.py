@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from fruits import calibration
 from fruits.engines import CALIBRATED
 from fruits.models import Weights
 from fruits.storage import Store
@@ -37,7 +38,7 @@ def model_key(
     """Folder name for the settings that decide a feature vector.
 
     The float engines (``litert``, ``keras``) agree, so they share one key, unchanged since stores began.
-    A quantized engine's features are its own: ``quantized`` (e.g. ``int8-c<calibration id>``) goes into its key.
+    A quantized engine's features are its own: ``quantized`` (e.g. ``int8-c<source>-n<count>``) goes into its key.
     """
     variant = f"-{quantized}" if quantized else ""
     raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}{variant}-{STORE_FORMAT}"
@@ -53,14 +54,15 @@ def weights_id(weights: Weights) -> str:
     return f"imagenet-{weights.sha256[:16]}" if weights.sha256 else "imagenet"
 
 
-def model_key_for(options: Any, weights: Weights, calibration_id: str | None = None) -> str:
-    """The model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``: the float
-    engines share one; a calibrated engine's (:data:`fruits.engines.CALIBRATED`) names its calibration
-    (``calibration_id``), and before it is calibrated it is an ``-uncalibrated`` one, never the float key: no
-    batch is ever written under it (its model cannot be built without calibration images)."""
+def model_key_for(options: Any, weights: Weights) -> str:
+    """THE model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``: the job and
+    ``--check`` (:mod:`fruits.cluster_check`) both take it from here. The float engines share one; a calibrated
+    engine's (:data:`fruits.engines.CALIBRATED`) adds its quantization and its calibration's spec
+    (:func:`fruits.calibration.spec`: source and count, not the images), known before anything is read and
+    unchanged as the input grows."""
     quantized = CALIBRATED.get(options.engine)
     if quantized:
-        quantized += f"-c{calibration_id}" if calibration_id else "-uncalibrated"
+        quantized += f"-{calibration.spec(options)}"
     return model_key(
         options.model, options.alpha, options.image_size, options.decode_size, weights_id(weights), quantized
     )

@@ -24,9 +24,10 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -72,7 +73,7 @@ from fruits.options import (
     wants_help,
 )
 from fruits.progress import StageTimer, report_progress
-from fruits.reading import max_bytes, read_images
+from fruits.reading import read_images
 from fruits.session import get_session
 from fruits.storage import Store, StoreError, open_store, s3_region
 from fruits.summaries import ClassSums
@@ -135,7 +136,8 @@ class RunContext:
     weights: models.Weights
     model_key: str
     threads: int
-    calibration: Calibration | None = None  # the images a calibrated engine's model was (or is) calibrated on
+    # litert-int8: chooses the images its model is calibrated on, when the feature store has none for its key yet
+    calibrate: Callable[[], Calibration] | None = None
 
     def key_for(self, name: str) -> str:
         """Key of ``name`` inside this run's prefix."""
@@ -150,6 +152,12 @@ class RunContext:
         )
         if not weights.pretrained:
             log.warning(manifest.RANDOM_WEIGHTS_WARNING)
+            if options.engine in engines.CALIBRATED:
+                log.warning(
+                    "%s with random weights: their activations lie far below int8's resolution, so the "
+                    "features are (nearly) all zero; good for timing only",
+                    options.engine,
+                )
         elif weights.kind == "imagenet":
             log.info("ImageNet weights: %s", weights.path or "not cached here, Keras downloads them")
         threads = options.threads or int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
@@ -166,58 +174,24 @@ class RunContext:
             threads=threads,
         )
 
-    def calibrate(self, listing: Listing) -> RunContext:
-        """For a calibrated engine (``litert-int8``): the context with its calibration images, read from
-        ``--calibration`` or else from ``listing`` (the input's), and the model key they give; for the others,
-        this context as it is. Reads the chosen images only (:mod:`fruits.calibration`)."""
-        options = self.options
-        if options.engine not in engines.CALIBRATED:
+    def calibrating(self, found: Listing) -> RunContext:
+        """For a calibrated engine (``litert-int8``): this context with what chooses its calibration images, from
+        ``--calibration`` or else ``found`` (every file under the input, before ``--limit``), called only by a
+        store's first run with its key (:mod:`fruits.calibration`); for the others, this context as it is."""
+        if self.options.engine not in engines.CALIBRATED:
             return self
-        with self.timer.stage("prepare model", "(calibration images)"):
-            source = (
-                calibration.list_source(options.calibration, options.max_file_mb)
-                if options.calibration
-                else listing
-            )
-            try:
-                found = calibration.collect(
-                    source, options.calibration_images, max_bytes(options.max_file_mb)
-                )
-            except InputError:
-                if options.calibration:
-                    raise
-                raise NothingFeaturized(
-                    f"no image under {options.input} could be read to calibrate the {options.engine} model"
-                ) from None
-        if not self.weights.pretrained:
-            log.warning(
-                "%s with random weights: their activations lie far below int8's resolution, so the features "
-                "are (nearly) all zero; good for timing only",
-                options.engine,
-            )
-        log.info(
-            "calibration: %d images of %s%s, id %s",
-            len(found.ids),
-            found.source,
-            f" ({found.split})" if found.split else "",
-            found.identity,
-        )
-        return replace(
-            self,
-            calibration=found,
-            model_key=feature_store.model_key_for(options, self.weights, found.identity),
-        )
+        return replace(self, calibrate=partial(calibration.choose, self.options, found))
 
 
 # --- extract -------------------------------------------------------------------------------------------
 
 
-def list_stage(ctx: RunContext) -> Listing:
-    """Every file under the input, judged from its name and size (``--limit``: the first N, in path order)."""
+def list_stage(ctx: RunContext) -> tuple[Listing, Listing]:
+    """Every file under the input, judged from its name and size, and those this run takes (``--limit``: the
+    first N, in path order); the first is what a calibrated engine calibrates from."""
     with ctx.timer.stage("list"):
-        listing = list_input(ctx.options.input, max_file_mb=ctx.options.max_file_mb)
-        if ctx.options.limit:
-            listing.entries = listing.entries[: ctx.options.limit]
+        found = list_input(ctx.options.input, max_file_mb=ctx.options.max_file_mb)
+        listing = replace(found, entries=found.entries[: ctx.options.limit]) if ctx.options.limit else found
     log.info(
         "input %s: %d files found, %d to read, %d rejected from the listing; %d hidden names skipped",
         ctx.options.input,
@@ -226,7 +200,7 @@ def list_stage(ctx: RunContext) -> Listing:
         len(listing.rejected),
         listing.hidden,
     )
-    return listing
+    return found, listing
 
 
 @dataclass(frozen=True)
@@ -344,7 +318,7 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     sc = spark.sparkContext
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibration)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibrate)
     partitions = task_count(todo_count, options.images_per_task, sc.defaultParallelism)
     with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
         checkpoint("featurize")
@@ -373,7 +347,7 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
     images = len(listing.to_read)
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibration)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibrate)
     sc = spark.sparkContext
     with (
         ctx.timer.stage("featurize", f"{images} images: read, decode, infer in one pass"),
@@ -738,14 +712,14 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
     spark.conf.set(ARROW_ENABLED, "true")  # listings and samples via Arrow
     ctx = RunContext.start(spark, options, run_id)
 
-    listing = list_stage(ctx)  # extract (1): nothing is read yet
+    found, listing = list_stage(ctx)  # extract (1): nothing is read yet
     if not listing.entries:
         if options.allow_empty:
             _nothing_to_featurize(options)
             return None
         raise InputError(f"input is empty: no files under {options.input}")
+    ctx = ctx.calibrating(found)
     try:
-        ctx = ctx.calibrate(listing)  # a calibrated engine's images and model key (reads those images only)
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
             previous = commits.latest_commit(ctx.out)
@@ -757,6 +731,12 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
             return _extract_transform_load(ctx, listing, previous, lease)
     except NothingFeaturized:
         if not options.allow_empty:
+            raise
+        _nothing_to_featurize(options)
+        return None
+    except calibration.NoCalibrationImages:
+        # Calibrating on the input: when none of its images can be read or decoded, none can be featurized.
+        if options.calibration or not options.allow_empty:
             raise
         _nothing_to_featurize(options)
         return None
@@ -805,7 +785,7 @@ def _extract_transform_load(
         skipped={"hidden": listing.hidden, "examples": listing.hidden_examples},
         feature_dim=reduced.feature_dim,
         model_source=featurized.model_source,
-        calibration=ctx.calibration.describe() if ctx.calibration else None,
+        calibration=model_export.calibration_of(kept["model_file"]),  # the model's own record: any run's
         threads=ctx.threads,
         weights=ctx.weights,
         weights_sha=ctx.weights.sha256,
