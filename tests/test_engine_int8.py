@@ -10,7 +10,7 @@ and the quality it keeps on the 41-class development set.
 - Its place in the feature store (the fast model, random weights: counts and keys, not features): a key naming
   the calibration's source and count, kept by a store's first int8 run, so that an input that grows by 10 %, or a
   run with --limit, keeps the key and the model, and only new images are featurized; one model per key even when
-  two runs build one at once.
+  two runs build one at once; ``--check`` prepares the very model a run then uses (real weights).
 - On the development set (FRUITS_DEV_DATA, 41 classes, 1,640 images): the quality report's test accuracy with
   int8, on the k components and on all features, and the 1-nearest-neighbour accuracy on 20 components, each at
   most one point below float's.
@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fruits import calibration, engines, feature_store, models
+from fruits import calibration, engines, feature_store, models, outcomes
 from fruits.decoding import decode_image
 from fruits.job import main, run
 from fruits.listing import list_input
 from fruits.model_export import prepare_model
 from fruits.options import parse_options
-from fruits.storage import LocalStore, NotFound
+from fruits.storage import LocalStore, NotFound, open_store
 from tests.conftest import FAST_MODEL, write_image
 
 COSINE_MIN, COSINE_MEDIAN = 0.93, 0.96
@@ -260,6 +260,64 @@ def test_a_store_keeps_one_int8_model_per_key_whoever_builds_it(spark, tmp_path,
     fresh = LocalStore(tmp_path / "fresh")
     assert prepare_model(spark, options, weights, fresh, key, scratch("s4"), never) == (first, "local cache")
     assert fresh.read_json(f"{key}/engines/litert-int8.json")["file_name"] == first.file_name
+
+
+def checked_model(output: Path) -> dict:
+    """The ``model`` entry of the report of the one ``--check`` run under ``output``."""
+    (record,) = [r for r in outcomes.read_all(open_store(str(output))) if r.status == outcomes.CHECKED]
+    return (record.details or {})["model"]
+
+
+@pytest.mark.spark
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_check_prepares_the_calibrated_model_the_first_run_then_uses(
+    spark, fruits_data, tmp_path, monkeypatch
+):
+    weights = weights_file()
+    name, alpha = model_of(weights)
+    output = tmp_path / "out"
+    args = ["--input", str(fruits_data), "--output", str(output), "--model", name, "--alpha", str(alpha),
+            "--weights", weights, "--engine", "litert-int8"]  # fmt: skip
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "node-that-checked"))
+    assert main([*args, "--check"], spark) == 0
+    model = checked_model(output)
+    assert model["from"] == "built" and model["calibration"]["split"] == "Training"
+    assert model["calibration"]["images"] == 200 and "-int8-" in model["model_key"]
+
+    # The first real run, on another node (nothing in its cache), and a sample of the input: the same key, and
+    # the model the check calibrated, from the feature store.
+    monkeypatch.setenv("FRUITS_CACHE", str(tmp_path / "node-that-runs"))
+    assert main([*args, "--limit", "40"], spark) == 0
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["feature_store"]["model_key"] == model["model_key"]
+    assert manifest["model"]["prepared_from"] == "feature store"
+    assert manifest["model"]["calibration"] == model["calibration"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_check_before_any_image_says_int8_is_not_calibrated_yet_unless_its_calibration_is_pinned(
+    spark, tmp_path, capsys
+):
+    empty = tmp_path / "in"
+    empty.mkdir()
+    output = tmp_path / "out"
+    args = ["--input", str(empty), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8"]
+    assert main([*args, "--check"], spark) == 0
+    model = checked_model(output)
+    assert model["from"].startswith(f"not prepared: no image to calibrate the int8 model on under {empty}")
+    assert model["checked_with"]["engine"] == "litert" and model["checked_with"]["features"] > 0
+    assert not (output / "feature_store" / model["model_key"]).exists()  # nothing kept under the int8 key
+
+    pinned = tmp_path / "calibration"
+    pinned.mkdir()
+    assert main([*args, "--check", "--calibration", str(pinned)], spark) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        line
+        == f"featurize_pca: error: check failed at model: no image to calibrate the int8 model on under {pinned}"
+    )
 
 
 def dev_data() -> Path:

@@ -57,6 +57,14 @@ def check_engine(engine: str) -> None:
         raise ValueError(f"unknown engine {engine!r}; supported: {', '.join(ENGINES)}")
 
 
+def uncalibrated(engine: str) -> str:
+    """The float engine of ``engine``'s runtime: ``litert`` for ``litert-int8``, a float engine itself."""
+    check_engine(engine)
+    if engine not in CALIBRATED:
+        return engine
+    return next(e for e in ENGINES if e not in CALIBRATED and RUNTIMES[e] == RUNTIMES[engine])
+
+
 def extension(engine: str) -> str:
     """The exported file's extension: ``.tflite`` for both LiteRT engines, ``.keras`` for Keras."""
     check_engine(engine)

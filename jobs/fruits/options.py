@@ -191,7 +191,8 @@ OPTIONS: tuple[Option, ...] = (
         "check",
         "flag",
         "check that this cluster can run the job (weights, input listing, output writes, the model, executors) "
-        "on a few synthetic images, and exit: no image is read and nothing is committed",
+        "on a few synthetic images, and exit: no image is featurized (litert-int8 reads its calibration images when "
+        "its model is not kept yet) and nothing is committed",
     ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
