@@ -37,6 +37,7 @@ def test_command_line_strings_are_parsed_to_the_default_types():
             "coreInstanceTypes": "m5.2xlarge,m6i.2xlarge",
             "pcaVariance": "0.95",
             "deployStep": "false",
+            "calibration": "s3://my-calibration/fruits/",
         }
     )
     config = FruitsConfig.from_context(app.node)
@@ -46,6 +47,7 @@ def test_command_line_strings_are_parsed_to_the_default_types():
     assert config.step_arguments == ("--k", "50")
     assert config.core_instance_types == ("m5.2xlarge", "m6i.2xlarge")
     assert config.pca_variance == pytest.approx(0.95)
+    assert config.calibration == "s3://my-calibration/fruits/" and FruitsConfig().calibration is None
 
 
 @pytest.mark.parametrize(
@@ -85,6 +87,8 @@ def test_command_line_strings_are_parsed_to_the_default_types():
         ({"weightsSha256": "ABC"}, "weightsSha256 must be 64 lower-case hex digits"),
         ({"pipIndexUrl": "http://pypi.internal/simple/"}, "pipIndexUrl must be an https:// URL"),
         ({"wheelhouse": "true", "pipIndexUrl": "https://pypi.internal/simple/"}, "not both"),
+        ({"calibration": "https://b/calibration/"}, "calibration must be an s3:// prefix"),
+        ({"calibration": "s3://b"}, "calibration must be an s3:// prefix"),
     ],
 )
 def test_bad_context_is_refused_with_the_key_named(context, message):
