@@ -13,7 +13,7 @@ DEMO_OUT ?= out/demo
 NOTEBOOK_OUT ?= out/notebook
 DOCS_OUT ?= out/docs
 
-.PHONY: help venv java demo notebook docs test lint unit synth rehearse jars bench package clean
+.PHONY: help venv java demo notebook docs test lint unit synth rehearse jars wheelhouse bench package clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -58,13 +58,19 @@ lint: $(STAMP)  ## ruff, shellcheck on the bootstrap scripts, and no outputs in 
 	shellcheck bootstrap/*.sh scripts/*.sh .ci/run
 
 unit: $(STAMP) java  ## every pytest test but the cloud rehearsal
+	@# The autorun tests run the state machine in aws-local-stepfunctions (package.json).
+	@[[ -d node_modules/aws-local-stepfunctions ]] || npm ci --no-audit --no-fund
 	$(PY) -m pytest -m "not rehearsal"
 
-jars: $(STAMP)  ## hadoop-aws + aws-java-sdk-bundle matching pyspark's Hadoop, from Maven, into a cache outside git
+jars: $(STAMP)  ## the rehearsal's YARN and Hadoop 3.4.2 jars (emr-7.13.0's line), from Maven, into a cache outside git
 	scripts/fetch-jars.sh
 
-rehearse: $(STAMP) java jars  ## the deployed step on S3 (moto, IAM enforced) on a 2-worker Spark cluster, as root
-	$(PY) -m pytest -m rehearsal -p no:cacheprovider tests/rehearsal
+rehearse: $(STAMP) java  ## the deployed steps as EMR runs them: YARN cluster mode, S3 with IAM (moto), no network; as root
+	scripts/rehearse.sh
+
+wheelhouse: $(STAMP)  ## build/wheelhouse: the cluster's pinned wheels, for a cluster without internet egress (-c wheelhouse=true)
+	$(PY) scripts/cluster_requirements.py wheelhouse build/wheelhouse
+	@echo "upload before the cluster starts: aws s3 sync build/wheelhouse/ <WheelhouseUri output of FruitsEmrStack>"
 
 synth: $(STAMP)  ## cdk synth of every stack with the pinned CLI and cdk-nag (fails on any finding)
 	scripts/synth.sh

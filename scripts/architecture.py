@@ -3,7 +3,7 @@
     python scripts/architecture.py docs/img/architecture.png      # what `make docs` runs
 
 The app is synthesized as ``cdk synth`` does (cdk.json's context, the job bundle, cdk-nag), with the optional
-EMR Studio on so that the picture shows it, marked as optional. Every box is one resource type or one group of
+EMR Studio and autorun on so that the picture shows them, marked as optional. Every box is one resource type or one group of
 resources of :data:`PARTS`, found in the templates by type and logical-id prefix; every arrow is an
 :data:`EDGES` entry that the templates back: one side references the other (``Ref``, ``Fn::GetAtt``, a
 cross-stack import), or the nodes' IAM policy grants the bucket. A part or a reference that disappears from the
@@ -81,6 +81,13 @@ PARTS: tuple[Part, ...] = (
     Part("notebooks", "notebook deployment\nnotebooks/", EMR, "Custom::CDKBucketDeployment", "compute.Lambda", "studio", optional=True),
     Part("studiobucket", "Studio bucket\nworkspaces/ notebooks/", EMR, "AWS::S3::Bucket", "storage.SimpleStorageServiceS3Bucket", "studio", "StudioBucket", optional=True),
     Part("studiopolicy", "Studio users' policy\n(StudioUserPolicyArn)", EMR, "AWS::IAM::ManagedPolicy", "security.IAMPermissions", "studio", "StudioUserPolicy", optional=True),
+    Part("uploadrule", "EventBridge rule\nObject Created under images/", EMR, "AWS::Events::Rule", "integration.EventbridgeRule", "autorun", "AutorunInputObjectCreated", optional=True),
+    Part("pending", "SQS: uploads pending", EMR, "AWS::SQS::Queue", "integration.SimpleQueueServiceSqsQueue", "autorun", "Autorun", optional=True),
+    Part("window", "rule: every window\n(+ optional schedule)", EMR, "AWS::Events::Rule", "integration.EventbridgeScheduler", "autorun", "AutorunRunWindow", optional=True),
+    Part("statemachine", "Step Functions: the run\nstack's cluster or a transient twin\naddStep.sync, always terminated", EMR, "AWS::StepFunctions::StateMachine", "integration.StepFunctions", "autorun", "Autorun", optional=True),
+    Part("lock", "DynamoDB: run lock\n(one execution at a time)", EMR, "AWS::DynamoDB::Table", "database.Dynamodb", "autorun", "Autorun", optional=True),
+    Part("topics", "SNS: outcomes, alarms", EMR, "AWS::SNS::Topic", "integration.SimpleNotificationServiceSnsTopic", "autorun", "Autorun", many=True, optional=True),
+    Part("alarm", "CloudWatch alarm\nfailed / timed out", EMR, "AWS::CloudWatch::Alarm", "management.Cloudwatch", "autorun", "Autorun", optional=True),
 )  # fmt: skip
 
 EDGES: tuple[Edge, ...] = (
@@ -106,6 +113,15 @@ EDGES: tuple[Edge, ...] = (
     Edge("notebooks", "studiobucket", "writes"),
     Edge("studiopolicy", "studio", "opens (IAM users)"),
     Edge("studiogroups", "cluster", "18888 to JEG", flow=True),
+    Edge("input", "uploadrule", "Object Created"),
+    Edge("uploadrule", "pending", "marks pending", flow=True),
+    Edge("window", "statemachine", "starts"),
+    Edge("statemachine", "pending", "counts, clears"),
+    Edge("statemachine", "lock", "takes, releases"),
+    Edge("statemachine", "cluster", "job step (.sync)", flow=True),
+    Edge("statemachine", "topics", "outcome, counts", flow=True),
+    Edge("alarm", "statemachine", "watches"),
+    Edge("alarm", "topics", "pages"),
 )
 
 
@@ -137,7 +153,7 @@ class Plan:
 
 
 def synthesize(outdir: Path, **context: Any) -> dict[str, dict[str, Any]]:
-    """Both stacks' templates (``data``, ``emr``), synthesized like ``cdk synth`` with the Studio on."""
+    """Both stacks' templates (``data``, ``emr``), synthesized like ``cdk synth`` with the Studio and autorun on."""
     sys.path.insert(0, str(ROOT / "cdk"))
     from aws_cdk import App
     from fruits_infra.artifacts import build_bundle
@@ -145,7 +161,12 @@ def synthesize(outdir: Path, **context: Any) -> dict[str, dict[str, Any]]:
 
     bundle = outdir / "bundle"
     build_bundle(bundle)
-    settings = {**json.loads((ROOT / "cdk.json").read_text())["context"], "studio": True, **context}
+    settings = {
+        **json.loads((ROOT / "cdk.json").read_text())["context"],
+        "studio": True,
+        "autorun": True,
+        **context,
+    }
     app = App(context=settings, outdir=str(outdir / "cdk.out"))
     data, emr = wire(app, bundle_dir=bundle)
     app.synth()
@@ -315,6 +336,10 @@ def render(drawing: Plan, path: Path) -> Path:
                     with Cluster("optional: EMR Studio (context studio=true)"):
                         for key in group("studio"):
                             draw(key)
+            if group("autorun"):
+                with Cluster("optional: runs that start themselves (context autorun=true)"):
+                    for key in group("autorun"):
+                        draw(key)
         for edge in drawing.edges:
             style = "solid" if edge.flow else "dashed"
             colour = "#2a9d8f" if edge.flow else "#7f8c8d"

@@ -47,6 +47,8 @@ class Deployment:
     buckets: dict[str, str] = field(default_factory=dict)  # logical id -> physical name
     spark_defaults: dict[str, str] = field(default_factory=dict)
     spark_env: dict[str, str] = field(default_factory=dict)
+    classifications: dict[str, dict[str, str]] = field(default_factory=dict)  # every one, by name
+    core_instance_types: list[str] = field(default_factory=list)
     bootstrap_actions: list[tuple[str, list[str]]] = field(default_factory=list)  # (script URI, args)
     steps: dict[str, list[str]] = field(default_factory=dict)  # step name -> HadoopJarStep args
     instance_role_statements: list[dict[str, Any]] = field(default_factory=list)
@@ -231,6 +233,15 @@ def load(cdk_out: Path, region: str) -> Deployment:
     properties = resolver.resolve(cluster_stack, cluster["Properties"])
     deployment.spark_defaults = _classification(properties.get("Configurations", []), "spark-defaults")
     deployment.spark_env = _classification(properties.get("Configurations", []), "spark-env")
+    for configuration in properties.get("Configurations", []):
+        name = configuration["Classification"]
+        deployment.classifications[name] = _classification(properties["Configurations"], name)
+    instances = properties["Instances"]
+    if "CoreInstanceGroup" in instances:
+        deployment.core_instance_types = [instances["CoreInstanceGroup"]["InstanceType"]]
+    else:
+        fleet = instances["CoreInstanceFleet"]["InstanceTypeConfigs"]
+        deployment.core_instance_types = [config["InstanceType"] for config in fleet]
     for action in properties.get("BootstrapActions", []):
         script = action["ScriptBootstrapAction"]
         deployment.bootstrap_actions.append((script["Path"], [str(a) for a in script.get("Args", [])]))

@@ -68,8 +68,16 @@ def test_an_arrow_without_a_reference_fails_the_picture(templates):
         plan(changed)
 
 
-def test_the_studio_is_drawn_only_when_the_stacks_have_it(tmp_path):
-    drawing = plan(synthesize(tmp_path, studio=False))
+def test_autorun_is_drawn_only_when_the_stacks_have_it(templates, tmp_path):
+    drawn = plan(templates)
+    assert {"uploadrule", "pending", "window", "statemachine", "lock", "topics", "alarm"} <= set(drawn.boxes)
+    assert ("statemachine", "cluster") in {(e.source, e.target) for e in drawn.edges}
+    without = plan(synthesize(tmp_path, autorun=False))
+    assert not {"statemachine", "uploadrule"} & set(without.boxes) and "studio" in without.boxes
+
+
+def test_the_optional_parts_are_drawn_only_when_the_stacks_have_them(tmp_path):
+    drawing = plan(synthesize(tmp_path, studio=False, autorun=False))
     optional = {part.key for part in PARTS if part.optional}
     assert not optional & set(drawing.boxes)
     assert not [e for e in drawing.edges if {e.source, e.target} & optional]

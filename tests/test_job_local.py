@@ -82,6 +82,7 @@ def test_a_later_run_that_can_featurize_nothing_fails_in_one_line_and_commits_no
     run(spark, job_options(good, output, "--k", "1"))
     (bad / "A").mkdir(parents=True)
     (bad / "A" / "bad.jpg").write_bytes(b"not a jpeg")
+    (bad / "A" / "worse.jpg").write_bytes(b"nor this")  # two: one image alone is refused from the listing
     commits_before = sorted(p.name for p in (output / "_commits").iterdir())
     argv = ["--input", str(bad), "--output", str(output), *FAST, "--k", "1", "--overwrite"]
     assert main(argv, spark) == 2

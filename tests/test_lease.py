@@ -193,11 +193,41 @@ def test_context_manager_releases_even_on_error(store: Store, clock: FakeClock) 
     assert not held.held
 
 
-def test_unreadable_lease_is_reported_not_overwritten(store: Store, clock: FakeClock) -> None:
-    store.write_bytes("_lease.json", b"{not json")
-    with pytest.raises(LeaseError, match="unreadable"):
-        lease(store, clock, "run-A").acquire()
-    assert store.read_bytes("_lease.json") == b"{not json"
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"{not json",
+        b"\xff\xfe not UTF-8",
+        b"[1, 2]",
+        b'{"owner": "x"}',  # no expiry
+        b'{"owner": "x", "expires_at": "soon"}',
+        b'{"owner": "x", "expires_at": NaN}',  # Python's json reads it: it would never expire
+        b'{"owner": "x", "expires_at": 1e300}',  # no run's ttl reaches that far
+        b"",
+    ],
+)
+def test_a_lease_no_run_wrote_is_taken_over_with_one_warning_naming_it(
+    store: Store, clock: FakeClock, caplog, data: bytes
+) -> None:
+    store.write_bytes("_lease.json", data)
+    with caplog.at_level("WARNING", logger="fruits.lease"):
+        taken = lease(store, clock, "run-A").acquire()
+    assert taken.held and body(store)["owner"] == "run-A"
+    (warning,) = [record.getMessage() for record in caplog.records if record.name == "fruits.lease"]
+    assert store.uri_for("_lease.json") in warning and "unreadable" in warning and "\n" not in warning
+
+
+def test_a_holder_whose_lease_was_replaced_by_garbage_stops_at_its_next_check(
+    store: Store, clock: FakeClock
+) -> None:
+    holder = lease(store, clock, "run-A").acquire()
+    store.write_bytes("_lease.json", b"garbage")  # damaged in storage, or by hand, while run-A works
+    taker = lease(store, clock, "run-B").acquire()
+    with pytest.raises(LeaseLost, match="run-B"):
+        holder.renew()
+    with pytest.raises(LeaseLost):
+        holder.check()
+    assert taker.held and body(store)["owner"] == "run-B"
 
 
 def test_acquiring_twice_is_an_error(store: Store, clock: FakeClock) -> None:

@@ -396,8 +396,12 @@ def test_status_shows_the_drivers_container_log(
     uris = {}
     for container in containers:
         text = f"{container} says hello\nValueError: no images under s3://input/images/ ({container})\n"
-        key = log_key(dep, dep.cluster_id, "containers", app, container, "stderr.gz")
+        key = log_key(dep, dep.cluster_id, "containers", app, container, "stdout.gz")
         uris[container] = put_log(s3, dep, key, text)
+        # The container's stderr is the JVM's (Spark's log): not the driver's log the status shows.
+        put_log(
+            s3, dep, log_key(dep, dep.cluster_id, "containers", app, container, "stderr.gz"), "JVM noise\n"
+        )
     (driver,) = [c for c in containers if c.endswith("_000001")]  # the application master
 
     assert main(["status", step_id]) == 1
@@ -411,7 +415,8 @@ def test_status_shows_the_drivers_container_log(
     assert main(["status", step_id, "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["application_id"] == app
-    assert report["driver_stderr_uri"] == uris[driver]
+    assert report["driver_log_uri"] == uris[driver]
+    assert "JVM noise" not in out
 
 
 def test_status_names_the_driver_folder_until_the_container_log_arrives(
@@ -548,7 +553,7 @@ def test_a_failed_step_without_a_record_takes_the_jobs_line_from_the_driver_log(
         s3,
         dep,
         log_key(
-            dep, dep.cluster_id, "containers", app, "container_1700000000000_0009_01_000001", "stderr.gz"
+            dep, dep.cluster_id, "containers", app, "container_1700000000000_0009_01_000001", "stdout.gz"
         ),
         driver,
     )
@@ -668,7 +673,9 @@ def test_latest_commit_is_the_highest_number_not_the_last_name(s3: Any, dep: Dep
     # S3 lists names lexically: "100000000.json" comes before "99999999.json" once the padding runs out.
     store = results(s3, dep)
     for number in (99_999_999, 100_000_000):
-        store.write_json(layout.commit_key(number), {"number": number, "run_id": f"run-{number}"})
+        run_id = commits.new_run_id(T0 + timedelta(minutes=number % 7))
+        commit = {"number": number, "run_id": run_id, "run_prefix": layout.run_prefix(run_id)}
+        store.write_json(layout.commit_key(number), commit)
 
     assert runs.find_commit(store, None)["number"] == 100_000_000
 

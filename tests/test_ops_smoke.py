@@ -107,7 +107,7 @@ class FakeJob:
         driver_log = "INFO fruits.job: run committed\n"
         for key, text in (
             (f"{base}steps/{step_id}/stderr.gz", step_log),
-            (f"{base}containers/{APP}/{DRIVER}/stderr.gz", driver_log),
+            (f"{base}containers/{APP}/{DRIVER}/stdout.gz", driver_log),
         ):
             self.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode()))
 
@@ -131,7 +131,7 @@ def test_smoke_passes_checks_and_cleans_up(emr: Any, s3: Any, dep: Deployment, c
     assert out.splitlines()[-1].startswith("PASS")
     for check in ("step", "commit", "manifest", "results.csv", "logs"):
         assert any(line.startswith("ok") and f" {check} " in line for line in out.splitlines()), (check, out)
-    assert f"{DRIVER}/stderr.gz" in out.splitlines()[-1]  # where the logs are
+    assert f"{DRIVER}/stdout.gz" in out.splitlines()[-1]  # where the logs are
     # The step is the one the stack describes with the smoke's job options, into scratch prefixes under the stack's.
     outputs = dep.outputs()
     args = job.seen["args"]
@@ -177,7 +177,7 @@ def test_smoke_fails_with_the_steps_reason(emr: Any, s3: Any, dep: Deployment, c
     out = capsys.readouterr().out
     assert "FAILED: Step failed with exitCode 1." in out
     assert "INFO fruits.job: run committed" in out  # the driver log's tail explains a failure
-    assert out.splitlines()[-1].startswith("FAIL") and f"{DRIVER}/stderr.gz" in out.splitlines()[-1]
+    assert out.splitlines()[-1].startswith("FAIL") and f"{DRIVER}/stdout.gz" in out.splitlines()[-1]
 
 
 def test_smoke_gives_up_after_the_timeout(emr: Any, s3: Any, dep: Deployment, capsys) -> None:

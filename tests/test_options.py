@@ -6,19 +6,25 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fruits.options import (
+    CONF_PREFIX,
     DEFAULTS_CONF_KEY,
     OPTIONS,
     JobOptions,
     UsageError,
     build_parser,
+    check_command_line,
     check_output,
+    closest,
     conf_key,
     default,
     flag,
     option_names,
     parse_options,
+    valid_local_command,
 )
 from tests.conftest import as_unprivileged
 
@@ -218,3 +224,151 @@ def test_the_readme_names_every_engine_of_the_one_list():
     (row,) = [line for line in readme.splitlines() if line.startswith("| `--engine`")]
     assert [engine for engine in ENGINES if f"`{engine}`" not in row] == []
     assert "| `--calibration`" in readme and "| `--calibration-images`" in readme
+
+
+# --- one rule on every layer: unknown, misspelt, abbreviated and repeated options ------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--vari", "0.9"], "--vari: unknown option (did you mean --variance?)"),
+        (["--overw"], "--overw: unknown option (did you mean --overwrite?)"),
+        (["--image_size", "96"], "--image_size: unknown option (did you mean --image-size?)"),
+        (["--k=3", "--kk=4"], "--kk: unknown option (did you mean --k?)"),
+        (["--k", "3", "--k", "4"], "argument --k: given twice"),
+        (["--k=3", "--k", "3"], "argument --k: given twice"),
+        (["--overwrite", "--overwrite"], "argument --overwrite: given twice"),
+        (["--k", "3", "stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_abbreviated_unknown_and_repeated_flags_are_refused_naming_the_flag(argv, message):
+    with pytest.raises(UsageError) as caught:
+        parse_options(argv, {}, BASE)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("spark.fruits.image_size", "spark.fruits.imageSize"),
+        ("spark.fruits.imagesize", "spark.fruits.imageSize"),
+        ("spark.fruits.overwrit", "spark.fruits.overwrite"),
+        ("spark.fruits.Defaults", "spark.fruits.defaults"),
+    ],
+)
+def test_an_unknown_spark_fruits_conf_key_is_refused_naming_the_closest(key, meant):
+    with pytest.raises(UsageError) as caught:
+        parse_options([], {key: "128"}, BASE)
+    assert str(caught.value) == f"Spark conf key {key}: unknown option (did you mean {meant}?)"
+
+
+def test_conf_keys_of_other_programs_are_not_the_jobs_business():
+    conf = {"spark.executor.memory": "4g", "spark.fruitsy": "x", "spark.fruits.imageSize": "96"}
+    assert parse_options([], conf, BASE).image_size == 96
+
+
+def test_a_misspelt_defaults_file_key_names_the_closest():
+    with pytest.raises(UsageError, match=r"key 'image_szie': unknown option \(did you mean image_size\?\)"):
+        parse_options([], {}, {**BASE, "image_szie": 96})
+
+
+KEY_TAILS = st.text(st.characters(codec="ascii", categories=("L", "N", "P")), min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tail=KEY_TAILS)
+def test_every_spark_fruits_key_is_an_option_or_refused_in_one_line(tail):
+    key = CONF_PREFIX + tail
+    known = {conf_key(name) for name in option_names()} | {DEFAULTS_CONF_KEY}
+    if key in known:
+        return
+    with pytest.raises(UsageError) as caught:
+        parse_options([], {key: "1"}, BASE)
+    text = str(caught.value)
+    assert text.startswith(f"Spark conf key {key}: unknown option") and "\n" not in text
+    meant = closest(key, sorted(known))
+    assert meant is None or meant in known
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(st.characters(codec="ascii", categories=("L", "N", "P")), min_size=1, max_size=20))
+def test_every_defaults_file_key_is_an_option_or_refused_in_one_line(name):
+    if name in option_names():
+        return
+    with pytest.raises(UsageError) as caught:
+        parse_options([], {}, {**BASE, name: "1"})
+    assert f"key {name!r}: unknown option" in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --- locations, before Spark starts -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "location", "message"),
+    [
+        ("input", "gs://bucket/images", "unsupported input 'gs://bucket/images'"),
+        ("input", "hdfs://namenode/images", "unsupported input"),
+        ("input", "file://otherhost/images", "otherhost is another host"),
+        ("input", "s3:///images", "names no bucket"),
+        ("input", "{tmp}/missing", "input not found"),
+        ("input", "file://{tmp}/missing", "input not found"),
+        ("input", "{tmp}/a-file.jpg", "input is not a folder"),
+        ("output", "gs://bucket/out", "--output gs://bucket/out: unsupported storage URI"),
+        ("output", "hdfs://namenode/out", "--output hdfs://namenode/out: unsupported storage URI"),
+        ("output", "file://otherhost/out", "remote host is not supported"),
+        ("output", "file:{tmp}/a-file.jpg", "is a file"),
+        ("feature_store", "gs://bucket/fs", "--feature-store gs://bucket/fs: unsupported storage URI"),
+    ],
+)
+def test_a_location_the_job_cannot_use_is_refused_before_spark(tmp_path, where, location, message):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "a-file.jpg").write_bytes(b"x")
+    given = {"input": str(tmp_path / "in"), "output": str(tmp_path / "out")}
+    given[where] = location.format(tmp=tmp_path)
+    argv = [word for name, value in given.items() for word in (flag(name), value)]
+    with pytest.raises(UsageError) as caught:
+        check_command_line(argv)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("form", ["{tmp}/in", "file:{tmp}/in", "file://{tmp}/in", "file://localhost{tmp}/in"])
+def test_every_spelling_of_a_local_input_is_accepted_before_spark(tmp_path, form):
+    (tmp_path / "in").mkdir()
+    argv = ["--input", form.format(tmp=tmp_path), "--output", str(tmp_path / "out")]
+    assert check_command_line(argv) is True
+
+
+def test_an_s3_input_is_checked_with_one_request_and_no_jvm(moto_s3, tmp_path):
+    out = ["--output", str(tmp_path / "out")]
+    with pytest.raises(UsageError, match="bucket no-such-bucket-x does not exist"):
+        check_command_line(["--input", "s3://no-such-bucket-x/images", *out])
+    with pytest.raises(UsageError, match=f"input is empty: no files under {moto_s3.uri('images')}"):
+        check_command_line(["--input", moto_s3.uri("images"), *out])
+    assert check_command_line(["--input", moto_s3.uri("images"), "--allow-empty", *out]) is True
+    assert (
+        check_command_line(["--input", moto_s3.uri("images"), "--check", *out]) is True
+    )  # lists, reads none
+    moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="images/Apple/a.jpg", Body=b"x")
+    assert check_command_line(["--input", moto_s3.uri("images"), *out]) is True
+    # The early JVM's check makes no request: it waits for the job's own check.
+    assert valid_local_command(["--input", "s3://no-such-bucket-x/images", *out]) is True
+
+
+def test_flags_are_checked_before_spark_even_when_the_rest_comes_from_the_conf():
+    with pytest.raises(UsageError, match="did you mean --variance"):
+        check_command_line(["--vari", "0.9"])  # no --input/--output: they may come from the conf
+    assert check_command_line(["--k", "5"]) is False
+
+
+def test_the_job_reports_a_bad_location_in_one_line_without_starting_spark(tmp_path, monkeypatch, capsys):
+    import fruits.job
+
+    def no_spark(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("Spark was started")
+
+    monkeypatch.setattr(fruits.job, "get_session", no_spark)
+    for location in ("gs://bucket/images", str(tmp_path / "missing")):
+        status = fruits.job.main(["--input", location, "--output", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and location in lines[0]

@@ -10,6 +10,7 @@ replacement-only resource.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -114,8 +115,8 @@ def applications(config: FruitsConfig) -> list[str]:
 
 def spark_configurations(
     config: FruitsConfig, *, py_files_uri: str, job_defaults_uri: str
-) -> list[emr.CfnCluster.ConfigurationProperty]:
-    """The cluster's ``Configurations``: spark-env (client mode) and spark-defaults.
+) -> list[dict[str, Any]]:
+    """The cluster's spark-env (client mode) and spark-defaults classifications (EMR API shape).
 
     A console step then needs only the script: spark.submit.pyFiles ships the package, spark.submit.deployMode
     runs the driver in YARN, and spark.fruits.defaults names the job's defaults file.
@@ -136,39 +137,321 @@ def spark_configurations(
         **s3a_commit_conf(),
         DEFAULTS_CONF_KEY: job_defaults_uri,
     }
-    studio = (
-        [emr.CfnCluster.ConfigurationProperty(classification="livy-conf", configuration_properties=LIVY_CONF)]
-        if config.studio
-        else []
-    )
+    studio = [{"Classification": "livy-conf", "Properties": LIVY_CONF}] if config.studio else []
     return [
         *studio,
-        emr.CfnCluster.ConfigurationProperty(
-            classification="spark-env",
-            configurations=[
-                emr.CfnCluster.ConfigurationProperty(
-                    classification="export",
-                    configuration_properties={"PYSPARK_DRIVER_PYTHON": PYTHON, **env},
-                )
+        {
+            "Classification": "spark-env",
+            "Configurations": [
+                {"Classification": "export", "Properties": {"PYSPARK_DRIVER_PYTHON": PYTHON, **env}}
             ],
-        ),
-        emr.CfnCluster.ConfigurationProperty(
-            classification="spark-defaults", configuration_properties=spark_defaults
-        ),
+        },
+        {"Classification": "spark-defaults", "Properties": spark_defaults},
     ]
 
 
-def _ebs(size_gib: int) -> emr.CfnCluster.EbsConfigurationProperty:
+def _ebs(size_gib: int) -> dict[str, Any]:
+    return {
+        "EbsBlockDeviceConfigs": [
+            {"VolumeSpecification": {"SizeInGB": size_gib, "VolumeType": "gp3"}, "VolumesPerInstance": 1}
+        ]
+    }
+
+
+@dataclass(frozen=True)
+class ClusterSources:
+    """What a cluster of this app is made from, apart from its name and how its roles are spelled: the network's
+    ids, the security configuration's name and the URIs the bootstrap, Spark and the logs use."""
+
+    subnet_ids: tuple[str, ...]
+    primary_sg: str
+    core_sg: str
+    service_sg: str
+    security_configuration: str
+    log_uri: str
+    bootstrap_uri: str
+    requirements_uri: str
+    wheelhouse_uri: str
+    py_files_uri: str
+    job_defaults_uri: str
+
+
+def _instances(config: FruitsConfig, sources: ClusterSources) -> dict[str, Any]:
+    """``Instances`` (EMR API shape): uniform instance groups or instance fleets, in the private subnet(s)."""
+    common: dict[str, Any] = {
+        "EmrManagedMasterSecurityGroup": sources.primary_sg,
+        "EmrManagedSlaveSecurityGroup": sources.core_sg,
+        "ServiceAccessSecurityGroup": sources.service_sg,
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    ebs = _ebs(config.ebs_volume_gib)
+    if config.instance_mode == "groups":
+
+        def group(name: str, role: str, instance_type: str, count: int, market: str) -> dict[str, Any]:
+            return {
+                "Name": name,
+                "InstanceRole": role,
+                "InstanceType": instance_type,
+                "InstanceCount": count,
+                "Market": market,
+                "EbsConfiguration": ebs,
+            }
+
+        groups = [
+            group("primary", "MASTER", config.primary_instance_types[0], 1, "ON_DEMAND"),
+            group("core", "CORE", config.core_instance_types[0], config.core_instance_count, "ON_DEMAND"),
+        ]
+        if config.task_capacity:
+            groups.append(
+                group("task-spot", "TASK", config.task_instance_types[0], config.task_spot_count, "SPOT")
+            )
+        return {"Ec2SubnetId": sources.subnet_ids[0], "InstanceGroups": groups, **common}
+
+    def types(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [{"InstanceType": n, "WeightedCapacity": 1, "EbsConfiguration": ebs} for n in names]
+
+    fleets: list[dict[str, Any]] = [
+        {
+            "Name": "primary",
+            "InstanceFleetType": "MASTER",
+            "TargetOnDemandCapacity": 1,
+            "InstanceTypeConfigs": types(config.primary_instance_types),
+        },
+        {
+            "Name": "core",
+            "InstanceFleetType": "CORE",
+            "TargetOnDemandCapacity": config.core_instance_count,
+            "InstanceTypeConfigs": types(config.core_instance_types),
+        },
+    ]
+    if config.task_capacity:
+        fleets.append(
+            {
+                "Name": "task-spot",
+                "InstanceFleetType": "TASK",
+                "TargetSpotCapacity": config.task_spot_count,
+                "InstanceTypeConfigs": types(config.task_instance_types),
+                "LaunchSpecifications": {
+                    "SpotSpecification": {
+                        "AllocationStrategy": "price-capacity-optimized",
+                        "TimeoutAction": "SWITCH_TO_ON_DEMAND",
+                        "TimeoutDurationMinutes": 20,
+                    }
+                },
+            }
+        )
+    return {"Ec2SubnetIds": list(sources.subnet_ids), "InstanceFleets": fleets, **common}
+
+
+def _scaling(config: FruitsConfig) -> dict[str, Any]:
+    minimum = config.core_instance_count + config.task_spot_count
+    limits: dict[str, Any] = {
+        "UnitType": "Instances" if config.instance_mode == "groups" else "InstanceFleetUnits",
+        "MinimumCapacityUnits": minimum,
+        "MaximumCapacityUnits": config.scaling_max_units,
+    }
+    if config.task_capacity:
+        # With Spot task capacity, only Spot task nodes are added: core (on-demand) stays fixed.
+        limits["MaximumCoreCapacityUnits"] = config.core_instance_count
+        limits["MaximumOnDemandCapacityUnits"] = config.core_instance_count
+    return {"ComputeLimits": limits}
+
+
+def cluster_request(
+    config: FruitsConfig,
+    sources: ClusterSources,
+    *,
+    name: str,
+    service_role: str,
+    job_flow_role: str,
+    idle_timeout_seconds: int,
+) -> dict[str, Any]:
+    """THE cluster's configuration, in the shape of EMR's RunJobFlow request
+    (https://docs.aws.amazon.com/emr/latest/APIReference/API_RunJobFlow.html): the one owner of what a cluster of
+    this app is. The stack's cluster renders it as an ``AWS::EMR::Cluster`` (:func:`cfn_cluster_properties`), the
+    autorun state machine sends it as is to ``createCluster`` (fruits_infra.autorun), so a transient cluster is
+    the stack's cluster under another name: applications, release, bootstrap, configurations, instances, roles,
+    security configuration, log URI and scaling.
+    """
+    request: dict[str, Any] = {
+        "Name": name,
+        "ReleaseLabel": config.release_label,
+        "EbsRootVolumeSize": ROOT_VOLUME_GIB,
+        "Applications": [{"Name": n} for n in applications(config)],
+        "ServiceRole": service_role,
+        "JobFlowRole": job_flow_role,
+        "LogUri": sources.log_uri,
+        "SecurityConfiguration": sources.security_configuration,
+        "VisibleToAllUsers": True,
+        "StepConcurrencyLevel": 1,
+        "ScaleDownBehavior": "TERMINATE_AT_TASK_COMPLETION",
+        "Instances": _instances(config, sources),
+        "BootstrapActions": [
+            {
+                "Name": "install-python-runtime",
+                "ScriptBootstrapAction": {
+                    "Path": sources.bootstrap_uri,
+                    "Args": bootstrap_args(config, sources.requirements_uri, sources.wheelhouse_uri),
+                },
+            }
+        ],
+        "Configurations": [
+            *spark_configurations(
+                config, py_files_uri=sources.py_files_uri, job_defaults_uri=sources.job_defaults_uri
+            ),
+            *yarn_configurations(),
+        ],
+        "AutoTerminationPolicy": {"IdleTimeout": idle_timeout_seconds},
+    }
+    if config.os_release_label is not None:
+        request["OSReleaseLabel"] = config.os_release_label
+    if config.managed_scaling:
+        request["ManagedScalingPolicy"] = _scaling(config)
+    return request
+
+
+# --- the same request as an AWS::EMR::Cluster (CloudFormation's names differ in two places) -------------------
+
+
+def _cfn_configuration(item: dict[str, Any]) -> emr.CfnCluster.ConfigurationProperty:
+    # CloudFormation says ConfigurationProperties where the API says Properties.
+    nested = [_cfn_configuration(c) for c in item.get("Configurations", [])]
+    return emr.CfnCluster.ConfigurationProperty(
+        classification=item["Classification"],
+        configuration_properties=item.get("Properties"),
+        configurations=nested or None,
+    )
+
+
+def _cfn_ebs(ebs: dict[str, Any]) -> emr.CfnCluster.EbsConfigurationProperty:
     return emr.CfnCluster.EbsConfigurationProperty(
         ebs_block_device_configs=[
             emr.CfnCluster.EbsBlockDeviceConfigProperty(
                 volume_specification=emr.CfnCluster.VolumeSpecificationProperty(
-                    size_in_gb=size_gib, volume_type="gp3"
+                    size_in_gb=d["VolumeSpecification"]["SizeInGB"],
+                    volume_type=d["VolumeSpecification"]["VolumeType"],
                 ),
-                volumes_per_instance=1,
+                volumes_per_instance=d["VolumesPerInstance"],
             )
+            for d in ebs["EbsBlockDeviceConfigs"]
         ]
     )
+
+
+def _cfn_group(group: dict[str, Any]) -> emr.CfnCluster.InstanceGroupConfigProperty:
+    return emr.CfnCluster.InstanceGroupConfigProperty(
+        name=group["Name"],
+        instance_type=group["InstanceType"],
+        instance_count=group["InstanceCount"],
+        market=group["Market"],
+        ebs_configuration=_cfn_ebs(group["EbsConfiguration"]),
+    )
+
+
+def _cfn_fleet(fleet: dict[str, Any]) -> emr.CfnCluster.InstanceFleetConfigProperty:
+    spot = (fleet.get("LaunchSpecifications") or {}).get("SpotSpecification")
+    return emr.CfnCluster.InstanceFleetConfigProperty(
+        name=fleet["Name"],
+        target_on_demand_capacity=fleet.get("TargetOnDemandCapacity"),
+        target_spot_capacity=fleet.get("TargetSpotCapacity"),
+        instance_type_configs=[
+            emr.CfnCluster.InstanceTypeConfigProperty(
+                instance_type=t["InstanceType"],
+                weighted_capacity=t["WeightedCapacity"],
+                ebs_configuration=_cfn_ebs(t["EbsConfiguration"]),
+            )
+            for t in fleet["InstanceTypeConfigs"]
+        ],
+        launch_specifications=emr.CfnCluster.InstanceFleetProvisioningSpecificationsProperty(
+            spot_specification=emr.CfnCluster.SpotProvisioningSpecificationProperty(
+                allocation_strategy=spot["AllocationStrategy"],
+                timeout_action=spot["TimeoutAction"],
+                timeout_duration_minutes=spot["TimeoutDurationMinutes"],
+            )
+        )
+        if spot
+        else None,
+    )
+
+
+def _cfn_instances(instances: dict[str, Any]) -> emr.CfnCluster.JobFlowInstancesConfigProperty:
+    # CloudFormation names the primary, core and task groups (fleets) where the API lists them with a role.
+    common = {
+        "emr_managed_master_security_group": instances["EmrManagedMasterSecurityGroup"],
+        "emr_managed_slave_security_group": instances["EmrManagedSlaveSecurityGroup"],
+        "service_access_security_group": instances["ServiceAccessSecurityGroup"],
+        "keep_job_flow_alive_when_no_steps": instances["KeepJobFlowAliveWhenNoSteps"],
+        "termination_protected": instances["TerminationProtected"],
+    }
+    if "InstanceGroups" in instances:
+        by_role = {
+            role: [g for g in instances["InstanceGroups"] if g["InstanceRole"] == role]
+            for role in ("MASTER", "CORE", "TASK")
+        }
+        return emr.CfnCluster.JobFlowInstancesConfigProperty(
+            ec2_subnet_id=instances["Ec2SubnetId"],
+            master_instance_group=_cfn_group(by_role["MASTER"][0]),
+            core_instance_group=_cfn_group(by_role["CORE"][0]),
+            task_instance_groups=[_cfn_group(g) for g in by_role["TASK"]] or None,
+            **common,
+        )
+    by_type = {
+        kind: [f for f in instances["InstanceFleets"] if f["InstanceFleetType"] == kind]
+        for kind in ("MASTER", "CORE", "TASK")
+    }
+    return emr.CfnCluster.JobFlowInstancesConfigProperty(
+        ec2_subnet_ids=instances["Ec2SubnetIds"],
+        master_instance_fleet=_cfn_fleet(by_type["MASTER"][0]),
+        core_instance_fleet=_cfn_fleet(by_type["CORE"][0]),
+        task_instance_fleets=[_cfn_fleet(f) for f in by_type["TASK"]] or None,
+        **common,
+    )
+
+
+def cfn_cluster_properties(request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`cluster_request` as the keyword arguments of an ``emr.CfnCluster`` (typed, so cdk-nag reads it)."""
+    scaling = request.get("ManagedScalingPolicy")
+    limits = scaling["ComputeLimits"] if scaling else None
+    return {
+        "name": request["Name"],
+        "release_label": request["ReleaseLabel"],
+        "os_release_label": request.get("OSReleaseLabel"),
+        "ebs_root_volume_size": request["EbsRootVolumeSize"],
+        "applications": [emr.CfnCluster.ApplicationProperty(name=a["Name"]) for a in request["Applications"]],
+        "service_role": request["ServiceRole"],
+        "job_flow_role": request["JobFlowRole"],
+        "log_uri": request["LogUri"],
+        "security_configuration": request["SecurityConfiguration"],
+        "visible_to_all_users": request["VisibleToAllUsers"],
+        "step_concurrency_level": request["StepConcurrencyLevel"],
+        "scale_down_behavior": request["ScaleDownBehavior"],
+        "instances": _cfn_instances(request["Instances"]),
+        "bootstrap_actions": [
+            emr.CfnCluster.BootstrapActionConfigProperty(
+                name=b["Name"],
+                script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
+                    path=b["ScriptBootstrapAction"]["Path"], args=b["ScriptBootstrapAction"]["Args"]
+                ),
+            )
+            for b in request["BootstrapActions"]
+        ],
+        "configurations": [_cfn_configuration(c) for c in request["Configurations"]],
+        "auto_termination_policy": emr.CfnCluster.AutoTerminationPolicyProperty(
+            idle_timeout=request["AutoTerminationPolicy"]["IdleTimeout"]
+        ),
+        "managed_scaling_policy": emr.CfnCluster.ManagedScalingPolicyProperty(
+            compute_limits=emr.CfnCluster.ComputeLimitsProperty(
+                unit_type=limits["UnitType"],
+                minimum_capacity_units=limits["MinimumCapacityUnits"],
+                maximum_capacity_units=limits["MaximumCapacityUnits"],
+                maximum_core_capacity_units=limits.get("MaximumCoreCapacityUnits"),
+                maximum_on_demand_capacity_units=limits.get("MaximumOnDemandCapacityUnits"),
+            )
+        )
+        if limits
+        else None,
+    }
 
 
 class FruitsCluster(Construct):
@@ -234,40 +517,31 @@ class FruitsCluster(Construct):
             },
         )
 
-        self.cluster = emr.CfnCluster(
-            self,
-            "Cluster",
+        self.config = config
+        self.roles = roles
+        self.sources = ClusterSources(
+            subnet_ids=tuple(network.subnet_ids),
+            primary_sg=network.primary_sg.security_group_id,
+            core_sg=network.core_sg.security_group_id,
+            service_sg=network.service_sg_id,
+            security_configuration=self.security_configuration.ref,
+            log_uri=log_uri,
+            bootstrap_uri=bootstrap_uri,
+            requirements_uri=requirements_uri,
+            wheelhouse_uri=wheelhouse_uri,
+            py_files_uri=py_files_uri,
+            job_defaults_uri=job_defaults_uri,
+        )
+        request = cluster_request(
+            config,
+            self.sources,
             # Name is replacement-only: a new clusterGeneration is a new cluster (after auto-termination).
             name=config.full_cluster_name,
-            release_label=config.release_label,
-            os_release_label=config.os_release_label,
-            ebs_root_volume_size=ROOT_VOLUME_GIB,
-            applications=[emr.CfnCluster.ApplicationProperty(name=n) for n in applications(config)],
             service_role=roles.service_role.role_arn,
             job_flow_role=roles.instance_profile.attr_arn,
-            log_uri=log_uri,
-            security_configuration=self.security_configuration.ref,
-            visible_to_all_users=True,
-            step_concurrency_level=1,
-            scale_down_behavior="TERMINATE_AT_TASK_COMPLETION",
-            instances=self._instances(config, network),
-            bootstrap_actions=[
-                emr.CfnCluster.BootstrapActionConfigProperty(
-                    name="install-python-runtime",
-                    script_bootstrap_action=emr.CfnCluster.ScriptBootstrapActionConfigProperty(
-                        path=bootstrap_uri, args=bootstrap_args(config, requirements_uri, wheelhouse_uri)
-                    ),
-                )
-            ],
-            configurations=[
-                *spark_configurations(config, py_files_uri=py_files_uri, job_defaults_uri=job_defaults_uri),
-                *yarn_configurations(),
-            ],
-            auto_termination_policy=emr.CfnCluster.AutoTerminationPolicyProperty(
-                idle_timeout=config.idle_timeout_seconds
-            ),
-            managed_scaling_policy=self._scaling(config) if config.managed_scaling else None,
+            idle_timeout_seconds=config.idle_timeout_seconds,
         )
+        self.cluster = emr.CfnCluster(self, "Cluster", **cfn_cluster_properties(request))
         self.cluster.add_resource_dependency(roles.instance_profile)
         # The service role's policies must exist before EMR uses the role.
         self.cluster.node.add_dependency(roles.service_role)
@@ -306,102 +580,19 @@ class FruitsCluster(Construct):
                 "level of the JSON and misses them. tests/cdk asserts the configuration.",
             )
 
-    @staticmethod
-    def _instances(
-        config: FruitsConfig, network: FruitsNetwork
-    ) -> emr.CfnCluster.JobFlowInstancesConfigProperty:
-        common: dict[str, Any] = {
-            "emr_managed_master_security_group": network.primary_sg.security_group_id,
-            "emr_managed_slave_security_group": network.core_sg.security_group_id,
-            "service_access_security_group": network.service_sg_id,
-            "keep_job_flow_alive_when_no_steps": True,
-            "termination_protected": False,
-        }
-        ebs = _ebs(config.ebs_volume_gib)
-        if config.instance_mode == "groups":
-            task_groups = None
-            if config.task_capacity:
-                task_groups = [
-                    emr.CfnCluster.InstanceGroupConfigProperty(
-                        name="task-spot",
-                        instance_type=config.task_instance_types[0],
-                        instance_count=config.task_spot_count,
-                        market="SPOT",
-                        ebs_configuration=ebs,
-                    )
-                ]
-            return emr.CfnCluster.JobFlowInstancesConfigProperty(
-                ec2_subnet_id=network.subnet_ids[0],
-                master_instance_group=emr.CfnCluster.InstanceGroupConfigProperty(
-                    name="primary",
-                    instance_type=config.primary_instance_types[0],
-                    instance_count=1,
-                    market="ON_DEMAND",
-                    ebs_configuration=ebs,
-                ),
-                core_instance_group=emr.CfnCluster.InstanceGroupConfigProperty(
-                    name="core",
-                    instance_type=config.core_instance_types[0],
-                    instance_count=config.core_instance_count,
-                    market="ON_DEMAND",
-                    ebs_configuration=ebs,
-                ),
-                task_instance_groups=task_groups,
-                **common,
-            )
-
-        def types(names: tuple[str, ...]) -> list[emr.CfnCluster.InstanceTypeConfigProperty]:
-            return [
-                emr.CfnCluster.InstanceTypeConfigProperty(
-                    instance_type=n, weighted_capacity=1, ebs_configuration=ebs
-                )
-                for n in names
-            ]
-
-        task_fleets = None
-        if config.task_capacity:
-            task_fleets = [
-                emr.CfnCluster.InstanceFleetConfigProperty(
-                    name="task-spot",
-                    target_spot_capacity=config.task_spot_count,
-                    instance_type_configs=types(config.task_instance_types),
-                    launch_specifications=emr.CfnCluster.InstanceFleetProvisioningSpecificationsProperty(
-                        spot_specification=emr.CfnCluster.SpotProvisioningSpecificationProperty(
-                            allocation_strategy="price-capacity-optimized",
-                            timeout_action="SWITCH_TO_ON_DEMAND",
-                            timeout_duration_minutes=20,
-                        )
-                    ),
-                )
-            ]
-        return emr.CfnCluster.JobFlowInstancesConfigProperty(
-            ec2_subnet_ids=list(network.subnet_ids),
-            master_instance_fleet=emr.CfnCluster.InstanceFleetConfigProperty(
-                name="primary",
-                target_on_demand_capacity=1,
-                instance_type_configs=types(config.primary_instance_types),
-            ),
-            core_instance_fleet=emr.CfnCluster.InstanceFleetConfigProperty(
-                name="core",
-                target_on_demand_capacity=config.core_instance_count,
-                instance_type_configs=types(config.core_instance_types),
-            ),
-            task_instance_fleets=task_fleets,
-            **common,
+    def transient_request(
+        self, *, name: str, idle_timeout_seconds: int, tags: dict[str, str]
+    ) -> dict[str, Any]:
+        """This cluster's configuration for a transient twin (fruits_infra.autorun): the same request under
+        another name, with its own idle timeout (the backstop that ends it if nobody terminates it) and its tags
+        spelled out (the stack's cluster gets them from CloudFormation). Roles by name, as the Step Functions
+        EMR integration passes them; the service role and the instance profile are the stack's own."""
+        request = cluster_request(
+            self.config,
+            self.sources,
+            name=name,
+            service_role=self.roles.service_role.role_name,
+            job_flow_role=self.roles.instance_profile.ref,
+            idle_timeout_seconds=idle_timeout_seconds,
         )
-
-    @staticmethod
-    def _scaling(config: FruitsConfig) -> emr.CfnCluster.ManagedScalingPolicyProperty:
-        minimum = config.core_instance_count + config.task_spot_count
-        limits: dict[str, Any] = {
-            "unit_type": "Instances" if config.instance_mode == "groups" else "InstanceFleetUnits",
-            "minimum_capacity_units": minimum,
-            "maximum_capacity_units": config.scaling_max_units,
-        }
-        if config.task_capacity:
-            # With Spot task capacity, only Spot task nodes are added: core (on-demand) stays fixed.
-            limits["maximum_core_capacity_units"] = config.core_instance_count
-            limits["maximum_on_demand_capacity_units"] = config.core_instance_count
-        return emr.CfnCluster.ManagedScalingPolicyProperty(
-            compute_limits=emr.CfnCluster.ComputeLimitsProperty(**limits)
-        )
+        return {**request, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}

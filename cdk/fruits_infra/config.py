@@ -58,6 +58,13 @@ DEFAULTS: dict[str, Any] = {
     "batchSize": None,
     "arrowMaxRecordsPerBatch": 256,
     "studio": False,
+    # Runs that start themselves (fruits_infra.autorun): new images under the input prefix, at most one run per
+    # window; a schedule (an EventBridge rate() or cron() expression) forces one; paused deploys the rules off.
+    "autorun": False,
+    "autorunWindowMinutes": 15,
+    "autorunSchedule": None,
+    "autorunPaused": False,
+    "autorunTimeoutMinutes": 240,
 }
 
 _RELEASE = re.compile(r"^emr-\d+\.\d+\.\d+$")
@@ -68,6 +75,11 @@ _STAGE = re.compile(r"^([a-z][a-z0-9-]{0,15})?$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _IDLE_MIN, _IDLE_MAX = 60, 7 * 24 * 3600  # the bounds EMR accepts for AutoTerminationPolicy.IdleTimeout
+# EventBridge schedule expressions: rate(value unit) or cron(six fields)
+# (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-scheduled-rule-pattern.html).
+_SCHEDULE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(\S+( \S+){5}\))$")
+_WINDOW_MAX = 24 * 60
+_RUN_TIMEOUT_MIN, _RUN_TIMEOUT_MAX = 10, 24 * 60
 
 
 class ConfigError(ValueError):
@@ -160,6 +172,12 @@ class FruitsConfig:
     arrow_max_records_per_batch: int = DEFAULTS["arrowMaxRecordsPerBatch"]
     #: An EMR Studio for analysts, attached to the cluster (adds Livy and JupyterEnterpriseGateway to it).
     studio: bool = DEFAULTS["studio"]
+    autorun: bool = DEFAULTS["autorun"]
+    autorun_window_minutes: int = DEFAULTS["autorunWindowMinutes"]
+    autorun_schedule: str | None = DEFAULTS["autorunSchedule"]
+    autorun_paused: bool = DEFAULTS["autorunPaused"]
+    #: The bound of one triggered run's job (its EMR step); the state machine's own bounds derive from it.
+    autorun_timeout_minutes: int = DEFAULTS["autorunTimeoutMinutes"]
 
     def __post_init__(self) -> None:
         if not _STAGE.match(self.stage):
@@ -224,6 +242,20 @@ class FruitsConfig:
             raise ConfigError("pcaVariance must be within (0, 1]")
         if self.arrow_max_records_per_batch < 1:
             raise ConfigError("arrowMaxRecordsPerBatch must be >= 1")
+        if not 1 <= self.autorun_window_minutes <= _WINDOW_MAX:
+            raise ConfigError(
+                f"autorunWindowMinutes must be within [1, {_WINDOW_MAX}], got {self.autorun_window_minutes}"
+            )
+        if self.autorun_schedule is not None and not _SCHEDULE.match(self.autorun_schedule):
+            raise ConfigError(
+                "autorunSchedule must be an EventBridge schedule expression such as rate(1 day) or "
+                f"cron(0 3 * * ? *), got {self.autorun_schedule!r}"
+            )
+        if not _RUN_TIMEOUT_MIN <= self.autorun_timeout_minutes <= _RUN_TIMEOUT_MAX:
+            raise ConfigError(
+                f"autorunTimeoutMinutes must be within [{_RUN_TIMEOUT_MIN}, {_RUN_TIMEOUT_MAX}], "
+                f"got {self.autorun_timeout_minutes}"
+            )
         self._check_instance_types()
         self._check_model()
 
@@ -333,6 +365,11 @@ class FruitsConfig:
             ),
             arrow_max_records_per_batch=_parse_int("arrowMaxRecordsPerBatch", get("arrowMaxRecordsPerBatch")),
             studio=_parse_bool("studio", get("studio")),
+            autorun=_parse_bool("autorun", get("autorun")),
+            autorun_window_minutes=_parse_int("autorunWindowMinutes", get("autorunWindowMinutes")),
+            autorun_schedule=_optional_str(get("autorunSchedule")),
+            autorun_paused=_parse_bool("autorunPaused", get("autorunPaused")),
+            autorun_timeout_minutes=_parse_int("autorunTimeoutMinutes", get("autorunTimeoutMinutes")),
         )
 
 

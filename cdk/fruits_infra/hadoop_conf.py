@@ -31,7 +31,7 @@ here so that a changed EMR default does not change it silently.
 
 from __future__ import annotations
 
-from aws_cdk import aws_emr as emr
+from typing import Any
 
 #: The node label EMR gives core nodes (EMR's own name; not configurable).
 CORE_LABEL = "CORE"
@@ -67,8 +67,6 @@ def s3a_commit_conf() -> dict[str, str]:
     }
 
 
-def yarn_configurations() -> list[emr.CfnCluster.ConfigurationProperty]:
-    """The cluster's ``yarn-site`` classification."""
-    return [
-        emr.CfnCluster.ConfigurationProperty(classification="yarn-site", configuration_properties=yarn_site())
-    ]
+def yarn_configurations() -> list[dict[str, Any]]:
+    """The cluster's ``yarn-site`` classification (EMR API shape)."""
+    return [{"Classification": "yarn-site", "Properties": yarn_site()}]

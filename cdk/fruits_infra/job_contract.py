@@ -7,6 +7,8 @@
   :func:`fruits.options.parse_options`; the cluster names the file with ``spark.fruits.defaults``.
 - The engines, the models and the job's own defaults for model, image size and engine (the app's defaults are
   the job's: :func:`fruits.options.default`).
+- Where a triggered run leaves its outcome record (:data:`fruits.layout.TRIGGERED_PREFIX`): the autorun state
+  machine reads it there.
 
 The job package lives in ``jobs/`` beside ``cdk/``; it is put on ``sys.path`` here (the modules used import only
 the standard library and numpy/Pillow, never Spark or TensorFlow).
@@ -23,6 +25,7 @@ if str(_JOBS) not in sys.path:
     sys.path.insert(0, str(_JOBS))
 
 from fruits.engines import ENGINES  # noqa: E402
+from fruits.layout import TRIGGERED_PREFIX  # noqa: E402
 from fruits.models import MODELS, ImagenetFile, imagenet_weights_file, infer_model_from_filename  # noqa: E402
 from fruits.options import (  # noqa: E402
     DEFAULTS_CONF_KEY,
@@ -37,6 +40,7 @@ __all__ = [
     "DEFAULTS_CONF_KEY",
     "ENGINES",
     "MODELS",
+    "TRIGGERED_PREFIX",
     "ImagenetFile",
     "JobOptions",
     "UsageError",

@@ -16,6 +16,7 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from fruits_infra.artifacts import JOB_DEFAULTS_KEY, PYFILES_KEY, SCRIPT_KEY, JobArtifacts
+from fruits_infra.autorun import FruitsAutorun
 from fruits_infra.cluster import FruitsCluster, job_defaults
 from fruits_infra.config import FruitsConfig
 from fruits_infra.group_cleanup import ManagedGroupsCleanup
@@ -88,7 +89,7 @@ class FruitsDataStack(Stack):
         super().__init__(
             scope, construct_id, description="Fruits featurize: buckets and job artifacts", **kwargs
         )
-        self.storage = FruitsStorage(self, "Storage", ephemeral=config.ephemeral)
+        self.storage = FruitsStorage(self, "Storage", ephemeral=config.ephemeral, event_bridge=config.autorun)
         self.job_defaults = job_defaults(
             config,
             input_uri=self.storage.input_uri,
@@ -230,6 +231,18 @@ class FruitsEmrStack(Stack):
                 description="Upload the cluster's wheels here before the cluster starts: make wheelhouse",
             )
         self.studio = _studio(self, config, storage) if config.studio else None
+        self.autorun = None
+        if config.autorun:
+            self.autorun = FruitsAutorun(
+                self,
+                "Autorun",
+                config=config,
+                cluster=self.cluster,
+                input_bucket=storage.input_bucket,
+                results_bucket=storage.results_bucket,
+                script_uri=script_uri,
+                tags=project_tags(config),
+            )
         _tag(self, config)
 
 
@@ -276,11 +289,14 @@ def _studio(stack: FruitsEmrStack, config: FruitsConfig, storage: _ImportedStora
     return studio
 
 
+def project_tags(config: FruitsConfig) -> dict[str, str]:
+    """The tags of every resource of the app (and of the transient clusters, which the stacks do not own)."""
+    return {**PROJECT_TAGS, **({"stage": config.stage} if config.stage else {})}
+
+
 def _tag(stack: Stack, config: FruitsConfig) -> None:
-    for key, value in PROJECT_TAGS.items():
+    for key, value in project_tags(config).items():
         Tags.of(stack).add(key, value)
-    if config.stage:
-        Tags.of(stack).add("stage", config.stage)
 
 
 def _acknowledge_bucket_deployment(stack: Stack, artifacts_bucket: s3.IBucket) -> None:

@@ -17,6 +17,10 @@ containers fails the deploy after :data:`CHECK_TIMEOUT_SECONDS` instead of keepi
 Production runs are steps an operator adds (``fruits submit``, the console): they need only the script, the
 cluster's ``spark-defaults`` carry the rest, and they wait for the application too, so every step's state is its
 run's outcome.
+
+A triggered run (context ``autorun``, fruits_infra.autorun) is such a step too, added by the state machine with
+:func:`triggered_step_args`: bounded the same way, with :data:`TRIGGERED_ARGUMENTS`, and named by the execution
+that started it (``--trigger``), so the state machine finds its outcome record.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ CHECK = "--check"
 CHECK_TIMEOUT_SECONDS = 1200
 #: After the bound, spark-submit gets this long to stop before it is killed.
 KILL_AFTER_SECONDS = 60
+#: A triggered run waits this long for a run that holds the output (a console step) before it fails.
+TRIGGERED_WAIT_SECONDS = 1800
+#: What a triggered run adds to the job's defaults: nothing new commits nothing (outcome ``unchanged``), an empty
+#: input is no failure (``nothing-to-do``), and another run on the output is waited for, not failed.
+TRIGGERED_ARGUMENTS = ("--skip-unchanged", "--allow-empty", "--wait", str(TRIGGERED_WAIT_SECONDS))
+#: The job option the state machine appends with its execution's name.
+TRIGGER_OPTION = "--trigger"
 
 
 def spark_submit_options() -> list[str]:
@@ -41,19 +52,29 @@ def spark_submit_options() -> list[str]:
     return []
 
 
-def step_args(*, script_uri: str, arguments: Sequence[str] = ()) -> list[str]:
-    """``command-runner.jar`` arguments of the stack's step: the job's ``--check``, bounded in time."""
+def _bounded(seconds: int, script_uri: str, arguments: Sequence[str]) -> list[str]:
+    """``spark-submit`` of the job in cluster mode, killed by ``timeout`` after ``seconds``."""
     return [
         "timeout",
         f"--kill-after={KILL_AFTER_SECONDS}",
-        str(CHECK_TIMEOUT_SECONDS),
+        str(seconds),
         "spark-submit",
         "--deploy-mode",
         DEPLOY_MODE,
         script_uri,
-        CHECK,
         *arguments,
     ]
+
+
+def step_args(*, script_uri: str, arguments: Sequence[str] = ()) -> list[str]:
+    """``command-runner.jar`` arguments of the stack's step: the job's ``--check``, bounded in time."""
+    return _bounded(CHECK_TIMEOUT_SECONDS, script_uri, [CHECK, *arguments])
+
+
+def triggered_step_args(*, script_uri: str, timeout_seconds: int) -> list[str]:
+    """``command-runner.jar`` arguments of a triggered run, up to ``--trigger``: the state machine appends its
+    execution's name (the job's defaults file gives input, output, model and the rest)."""
+    return _bounded(timeout_seconds, script_uri, [*TRIGGERED_ARGUMENTS, TRIGGER_OPTION])
 
 
 class FruitsJobStep(Construct):

@@ -81,7 +81,9 @@ def secure_bucket(
 class FruitsStorage(Construct):
     """Logs, input, results and artifacts buckets."""
 
-    def __init__(self, scope: Construct, construct_id: str, *, ephemeral: bool) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, ephemeral: bool, event_bridge: bool = False
+    ) -> None:
         super().__init__(scope, construct_id)
         # Deliver server access logs through the logs bucket's policy, never through ACLs (the buckets are
         # BucketOwnerEnforced). Set here so the construct does not depend on the app's cdk.json flags.
@@ -149,6 +151,17 @@ class FruitsStorage(Construct):
             return bucket
 
         self.input_bucket = data_bucket("InputBucket", "input", versioned=True)
+        if event_bridge:
+            # Context autorun: S3 sends the bucket's events to EventBridge's default bus, where the autorun rule
+            # picks the uploads (https://docs.aws.amazon.com/AmazonS3/latest/userguide/EventBridge.html). Set on
+            # the CloudFormation resource itself: no notification-handler function is needed for it.
+            cfn_bucket = self.input_bucket.node.default_child
+            assert isinstance(cfn_bucket, s3.CfnBucket)
+            cfn_bucket.notification_configuration = s3.CfnBucket.NotificationConfigurationProperty(
+                event_bridge_configuration=s3.CfnBucket.EventBridgeConfigurationProperty(
+                    event_bridge_enabled=True
+                )
+            )
         self.results_bucket = data_bucket("ResultsBucket", "results", versioned=True)
         self.artifacts_bucket = data_bucket("ArtifactsBucket", "artifacts", versioned=False)
 

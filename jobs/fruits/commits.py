@@ -10,6 +10,13 @@ A run writes only under its own ``runs/<run_id>/`` and then calls :func:`commit_
 commit number with a create-only-if-absent write. Until that object exists the run is invisible to readers;
 after it exists the run is complete. Readers follow :func:`latest_commit`, never a listing of ``runs/``.
 
+A commit object the job did not write (not UTF-8, not JSON, not an object, a ``run_id`` that is not a run id, a
+``run_prefix`` or manifest outside that run's folder, a number that is not its name's) is *damaged*: every
+reader (the job and the operator CLI alike) gets :class:`DamagedCommit`, naming the object, when the current
+commit is damaged, and skips a damaged one in the history. It never names a folder to read or write. Such an
+object is never repaired or deleted: a new run published over it (the job's ``--overwrite``) takes the next
+number and supersedes it.
+
 Overwriting outputs in place (``DataFrame.write.mode("overwrite")``) cannot give that: Spark deletes the old
 output when the job starts, and S3 committers expose each task's files as tasks finish.
 """
@@ -17,6 +24,7 @@ output when the job starts, and S3 committers expose each task's files as tasks 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -32,10 +40,11 @@ from .layout import (
     is_run_id,
     run_prefix,
 )
-from .storage import NotFound, Store
+from .storage import NotFound, Store, StoreError
 
 __all__ = [
     "CommitConflict",
+    "DamagedCommit",
     "commit_key",
     "commit_numbers",
     "commit_run",
@@ -43,11 +52,16 @@ __all__ = [
     "latest_commit",
     "list_commits",
     "new_run_id",
+    "parse_commit",
     "prune_runs",
     "publish_latest",
+    "read_commit",
     "read_run_manifest",
     "run_prefix",
+    "scan_commits",
 ]
+
+log = logging.getLogger(__name__)
 
 # Fields commit_run writes itself; a caller's payload must not override them.
 RESERVED_FIELDS = ("number", "run_id", "run_prefix", "committed_at")
@@ -71,6 +85,63 @@ class CommitConflict(RuntimeError):
         )
 
 
+class DamagedCommit(StoreError):
+    """A commit object that is not one :func:`commit_run` writes; ``uri`` names it, ``problem`` says why."""
+
+    def __init__(self, uri: str, number: int, problem: str) -> None:
+        self.uri = uri
+        self.number = number
+        self.problem = problem
+        super().__init__(f"commit {uri} is damaged ({problem})")
+
+
+def _commit_problem(document: Any, number: int) -> str | None:
+    """What makes ``document`` (parsed JSON of commit ``number``) not a commit of the job; None if it is one."""
+    if not isinstance(document, dict):
+        return f"a JSON {type(document).__name__}, not an object"
+    run_id = document.get("run_id")
+    if not isinstance(run_id, str) or not is_run_id(run_id):
+        return f"run_id {run_id!r} is not a run id"
+    if document.get("run_prefix") != run_prefix(run_id):
+        return f"run_prefix {document.get('run_prefix')!r} is not {run_prefix(run_id)!r}"
+    if document.get("number") != number or isinstance(document.get("number"), bool):
+        return f"number {document.get('number')!r} is not {number}, the number in its name"
+    if not isinstance(document.get("committed_at", ""), str):
+        return f"committed_at {document['committed_at']!r} is not a time"
+    manifest = document.get(COMMIT_MANIFEST_FIELD)
+    if manifest is not None and not (
+        isinstance(manifest, str)
+        and manifest.startswith(run_prefix(run_id))
+        and all(part not in ("", ".", "..") for part in manifest.split("/"))
+    ):
+        return f"{COMMIT_MANIFEST_FIELD} {manifest!r} is not a file of run {run_id}"
+    for field in ("counts", "feature_store"):
+        if field in document and not isinstance(document[field], dict):
+            return f"{field} {document[field]!r} is not an object"
+    return None
+
+
+def parse_commit(data: bytes, number: int, uri: str) -> dict[str, Any]:
+    """The commit in ``data`` (the bytes of commit ``number``, stored at ``uri``); :class:`DamagedCommit` if
+    it is not what :func:`commit_run` writes."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DamagedCommit(uri, number, "not UTF-8 text") from None
+    except (ValueError, RecursionError) as error:
+        raise DamagedCommit(uri, number, f"not valid JSON: {str(error)[:120]}") from None
+    problem = _commit_problem(document, number)
+    if problem:
+        raise DamagedCommit(uri, number, problem)
+    return document
+
+
+def read_commit(store: Store, number: int) -> dict[str, Any]:
+    """Commit ``number``; :class:`DamagedCommit` if it is not one the job writes, NotFound if absent."""
+    key = commit_key(number)
+    return parse_commit(store.read_bytes(key), number, store.uri_for(key))
+
+
 def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id: UTC start time and 6 random hex digits, e.g. ``20261125T134501Z-3f9a1c``."""
     now = now or datetime.now(UTC)
@@ -89,15 +160,37 @@ def commit_numbers(store: Store) -> list[int]:
     return sorted(number for number in numbers if number is not None)
 
 
+def scan_commits(store: Store) -> list[dict[str, Any] | DamagedCommit]:
+    """Every commit, oldest first, a damaged one as its :class:`DamagedCommit` (for readers that show them)."""
+    found: list[dict[str, Any] | DamagedCommit] = []
+    for number in commit_numbers(store):
+        try:
+            found.append(read_commit(store, number))
+        except DamagedCommit as damaged:
+            found.append(damaged)
+    return found
+
+
 def list_commits(store: Store) -> list[dict[str, Any]]:
-    """Every commit, oldest first."""
-    return [store.read_json(commit_key(number)) for number in commit_numbers(store)]
+    """Every readable commit, oldest first: damaged ones are skipped (they name no run that can be read)."""
+    return [commit for commit in scan_commits(store) if isinstance(commit, dict)]
 
 
 def latest_commit(store: Store) -> dict[str, Any] | None:
-    """The current commit (the highest number), or None if nothing was ever committed."""
+    """The current commit (the highest number), or None if nothing was ever committed.
+
+    :class:`DamagedCommit` when the current commit is damaged: an older commit is not current, and taking it
+    as such would put older results over newer ones."""
     numbers = commit_numbers(store)
-    return store.read_json(commit_key(numbers[-1])) if numbers else None
+    return read_commit(store, numbers[-1]) if numbers else None
+
+
+def _latest_if_readable(store: Store) -> dict[str, Any] | None:
+    """The current commit, or None when there is none or it is damaged (commit_run then takes the next number)."""
+    try:
+        return latest_commit(store)
+    except DamagedCommit:
+        return None
 
 
 def commit_run(
@@ -117,10 +210,9 @@ def commit_run(
             f"refusing to commit run {run_id}: nothing was written under {store.uri_for(prefix)}"
         )
     numbers = commit_numbers(store)
-    if numbers:
-        latest = store.read_json(commit_key(numbers[-1]))
-        if latest.get("run_id") == run_id:
-            return latest  # already the current commit: committing twice must not add a second entry
+    latest = _latest_if_readable(store) if numbers else None
+    if latest is not None and latest.get("run_id") == run_id:
+        return latest  # already the current commit: committing twice must not add a second entry
     number = (numbers[-1] if numbers else 0) + 1
     commit = {
         **(payload or {}),
@@ -133,8 +225,8 @@ def commit_run(
     if store.put_if_absent(commit_key(number), data) is not None:
         return commit
     try:
-        winner = store.read_json(commit_key(number))
-    except NotFound:  # pragma: no cover - commits are never deleted
+        winner: dict[str, Any] | None = read_commit(store, number)
+    except (NotFound, DamagedCommit):  # commits are never deleted; a damaged one names no run
         winner = None
     if winner is not None and winner.get("run_id") == run_id:
         # Our own earlier attempt landed (e.g. a retried PUT whose first response was lost): not a conflict.
@@ -177,7 +269,13 @@ def prune_runs(store: Store, keep: int) -> list[str]:
     """
     if keep < 1:
         raise ValueError("keep must be at least 1: the current run is never deleted")
-    commits = list_commits(store)
+    scanned = scan_commits(store)
+    damaged = [commit for commit in scanned[-keep:] if isinstance(commit, DamagedCommit)]
+    if damaged:
+        # A damaged commit among the kept ones names no run: any folder may be the one it published.
+        log.warning("retention skipped: %s is among the newest %d commits", damaged[-1], keep)
+        return []
+    commits = [commit for commit in scanned if isinstance(commit, dict)]
     if not commits:
         return []  # nothing committed: every folder might be a run in progress
     current = commits[-1]["run_id"]
@@ -193,14 +291,15 @@ def prune_runs(store: Store, keep: int) -> list[str]:
 
 
 def read_run_manifest(store: Store, run_id: str | None = None) -> dict[str, Any]:
-    """The manifest of the latest committed run, or of committed run ``run_id``; raises NotFound."""
-    commits = list_commits(store)
+    """The manifest of the latest committed run, or of committed run ``run_id``; raises NotFound (and
+    :class:`DamagedCommit` when the latest commit is damaged)."""
     if run_id is None:
-        if not commits:
+        latest = latest_commit(store)
+        if latest is None:
             raise NotFound(f"no committed run under {store.uri_for()}")
-        commit = commits[-1]
+        commit = latest
     else:
-        matching = [commit for commit in commits if commit.get("run_id") == run_id]
+        matching = [commit for commit in list_commits(store) if commit.get("run_id") == run_id]
         if not matching:
             # An uncommitted run may be half-written or still running: never report it as a result.
             raise NotFound(f"run {run_id} was never committed under {store.uri_for()}")

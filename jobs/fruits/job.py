@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -41,6 +42,7 @@ from fruits import (
     commits,
     engines,
     feature_store,
+    fingerprint,
     identify,
     jvm_archive,
     layout,
@@ -58,17 +60,18 @@ from fruits.calibration import Calibration
 from fruits.cluster_check import CheckFailed, run_check
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
-from fruits.lease import Lease, LeaseHeld
+from fruits.hadoop_paths import literal
+from fruits.lease import Lease, LeaseError, LeaseHeld
 from fruits.listing import InputError, Listing, list_input
 from fruits.liveness import Probe, local_process_probe, resource_manager_url, yarn_application_probe
 from fruits.logs import configure_logging
-from fruits.model_export import prepare_model
+from fruits.model_export import prepare_model, stored_feature_dim
 from fruits.options import (
     JobOptions,
     UsageError,
     build_parser,
     check_command_line,
-    check_output,
+    check_locations,
     parse_options,
     wants_help,
 )
@@ -81,6 +84,7 @@ from fruits.summaries import ClassSums
 __all__ = [
     "PUBLISHED",
     "NothingFeaturized",
+    "OutputDamaged",
     "OutputExists",
     "main",
     "reentrant_key",
@@ -99,6 +103,10 @@ LEASE_HINT = (
 
 class OutputExists(UsageError):
     """The output already holds a committed result and --overwrite was not given."""
+
+
+class OutputDamaged(UsageError):
+    """The output's current commit is damaged and --overwrite was not given."""
 
 
 class NothingFeaturized(UsageError):
@@ -405,10 +413,18 @@ def joined_rows(ctx: RunContext, catalog: Catalog, featurized: Featurized) -> Da
 
 
 def sums_stage(ctx: RunContext, rows: DataFrame, feature_dim: int) -> summaries.Summaries:
-    """The one pass over every row read: the sums of the PCA and the quality report, and the rows counted."""
+    """The one pass over every row read: the sums of the PCA and the quality report, and the rows counted.
+
+    A vector of another width fails the pass (:class:`fruits.linalg.WrongWidth`); one NaN or infinity anywhere
+    makes its column's sum non-finite, which is checked here for free: either is a damaged feature-store file
+    (:func:`_healed`), never committed as results.
+    """
     with ctx.timer.stage("PCA", "(pass of sums)"):
         checkpoint("pca")
-        return summaries.summarize(rows, feature_dim)
+        sums = summaries.summarize(rows, feature_dim)
+    if not np.isfinite(sums.total.total).all():
+        raise feature_store.DamagedFeatures("feature vectors hold NaN or infinity")
+    return sums
 
 
 def stored_width(good: DataFrame) -> int:
@@ -455,6 +471,13 @@ def reconcile_stage(
         raise NothingFeaturized(
             f"no image under {ctx.options.input} could be featurized ({counts['rejected']} rejected)"
         )
+    if counts["featurized"] == 1:
+        example = rejected.first()  # the reason the others could not be used, when there are others
+        why = f", e.g. {example[0]}: {example[1]}" if example else ""
+        raise InputError(
+            f"only 1 image under {ctx.options.input} could be featurized ({counts['rejected']} rejected{why}): "
+            "PCA needs at least 2 images"
+        )
     if counts["featurized"] + counts["rejected"] != counts["found"]:
         raise RuntimeError(f"counts do not reconcile: {counts}")
     return Reconciled(rows, rejected, counts)
@@ -471,28 +494,117 @@ class Reduced:
     fitted_here: bool
     feature_dim: int
     training: dict[str, ClassSums]  # the Training rows' class sums, gathered in the same pass for the report
+    notes: dict[str, Any]  # for the manifest's pca: the rank k was kept to, or why a pipeline was not reused
+
+
+@dataclass(frozen=True)
+class Reused:
+    """The pipeline --reuse-pca projects with: the last committed run's, loaded before any work."""
+
+    pipeline: PipelineModel
+    projection: reduce.Projection
+    explained: list[float]
+    run_id: str
+
+
+def reuse_stage(ctx: RunContext, previous: dict[str, Any] | None) -> tuple[Reused | None, str | None]:
+    """With --reuse-pca, the last committed run's pipeline, or None and why it is not used.
+
+    A pipeline that cannot be reused (no committed run yet, fitted on another model's features, missing or
+    unreadable) is replaced by a new fit, with a warning and a note in the manifest: the run can always make
+    correct numbers, and a cluster's defaults that carry --reuse-pca keep working across a model change or a
+    lost folder (the next run reuses the new pipeline). An explicit --k that is not the pipeline's k is refused
+    instead: the options contradict each other, and only the user knows which one was meant.
+    """
+    options = ctx.options
+    if not options.reuse_pca:
+        return None, None
+    if previous is None:
+        why = "no committed run to reuse yet"
+    else:
+        run_id = previous["run_id"]
+        stored_key = (previous.get("feature_store") or {}).get("model_key")
+        uri = ctx.out.uri_for(previous["run_prefix"] + "pca_model")
+        why = f"run {run_id} was fitted on {stored_key} features, this run's are {ctx.model_key}"
+        if stored_key in (None, ctx.model_key):
+            try:
+                reused = _load_reused(ctx, previous, uri)
+            except Exception as error:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                why = f"run {run_id}'s pipeline {uri} cannot be read ({first})"
+            else:
+                if options.k is not None and options.k != reused.projection.k:
+                    raise UsageError(
+                        f"--k {options.k} is not the k = {reused.projection.k} of run {run_id}'s pipeline, which "
+                        f"--reuse-pca projects with: drop --k to reuse it, or --reuse-pca to fit {options.k} "
+                        "components"
+                    )
+                return reused, None
+    log.warning("--reuse-pca: %s; fitting a new pipeline", why)
+    return None, why
+
+
+def _load_reused(ctx: RunContext, previous: dict[str, Any], uri: str) -> Reused:
+    pipeline = PipelineModel.load(literal(uri))  # a reader: glob characters in the output are plain
+    projection = reduce.projection_of(pipeline)
+    key = previous.get(layout.COMMIT_MANIFEST_FIELD) or previous["run_prefix"] + layout.MANIFEST_JSON
+    explained = [float(value) for value in ctx.out.read_json(key)["pca"]["explained_variance"]]
+    if len(explained) < projection.k or len(projection.mean) != projection.components.shape[0]:
+        raise ValueError(f"its manifest's curve has {len(explained)} components for k = {projection.k}")
+    return Reused(pipeline, projection, explained, previous["run_id"])
 
 
 def reduce_stage(
-    ctx: RunContext, sums: summaries.Summaries, feature_dim: int, previous: dict[str, Any] | None
+    ctx: RunContext,
+    sums: summaries.Summaries,
+    feature_dim: int,
+    reused: Reused | None,
+    not_reused: str | None,
 ) -> Reduced:
-    """Fit center + PCA from the pass of sums (or load the previous run's pipeline with --reuse-pca);
+    """Fit center + PCA from the pass of sums (or project with the pipeline :func:`reuse_stage` loaded);
     :func:`save_pipeline_stage` saves it in the run's prefix."""
-    options = ctx.options
+    options, notes = ctx.options, {} if not_reused is None else {"not_reused": not_reused}
+    if reused is not None and len(reused.projection.mean) != feature_dim:
+        notes["not_reused"] = (
+            f"run {reused.run_id}'s pipeline expects {len(reused.projection.mean)} features, these have "
+            f"{feature_dim}"
+        )
+        log.warning("--reuse-pca: %s; fitting a new pipeline", notes["not_reused"])
+        reused = None
     with ctx.timer.stage("PCA", "(fit)"):
-        if options.reuse_pca and previous:
-            pipeline = PipelineModel.load(ctx.out.uri_for(previous["run_prefix"] + "pca_model"))
-            explained = ctx.out.read_json(previous[layout.COMMIT_MANIFEST_FIELD])["pca"]["explained_variance"]
-            projection = reduce.projection_of(pipeline)
+        if reused is not None:
+            notes["reused_from"] = reused.run_id
             reduced = Reduced(
-                pipeline, projection, projection.k, explained, False, feature_dim, sums.training
+                reused.pipeline,
+                reused.projection,
+                reused.projection.k,
+                reused.explained,
+                False,
+                feature_dim,
+                sums.training,
+                notes,
             )
         else:
-            if options.reuse_pca:
-                log.warning("--reuse-pca: no committed run to reuse yet; fitting a new pipeline")
-            fit = reduce.fit_moments(ctx.spark, sums.total, k=options.k, variance=options.variance)
+            try:
+                fit = reduce.fit_moments(ctx.spark, sums.total, k=options.k, variance=options.variance)
+            except reduce.NoVariance:
+                raise InputError(
+                    f"the {sums.total.n} images featurized under {options.input} all have the same features "
+                    "(copies of one image?): PCA needs at least 2 different images"
+                ) from None
+            notes["rank"] = fit.rank
+            if options.k is not None and fit.k < options.k:
+                notes["k_limited_by_rank"] = True
+                log.warning(
+                    "--k %d is above the rank of the features (%d, from %d images): keeping %d components; "
+                    "the others would be directions of no variance",
+                    options.k,
+                    fit.rank,
+                    sums.total.n,
+                    fit.k,
+                )
             reduced = Reduced(
-                fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training
+                fit.model, fit.projection, fit.k, fit.explained, True, feature_dim, sums.training, notes
             )
     log.info(
         "PCA: k = %d components explain %.1f%% of the variance (products and eigh in NumPy on %s)",
@@ -636,8 +748,11 @@ def plot_stage(ctx: RunContext, results: DataFrame, reduced: Reduced, featurized
     ctx.timer.background("plots", draw)
 
 
-def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> dict[str, Any]:
-    """Write the manifest, commit the run, then replace the top-level files; returns the commit."""
+def publish_stage(
+    ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None = None
+) -> dict[str, Any]:
+    """Write the manifest, commit the run (with its input fingerprint and trigger, when it has them), then replace
+    the top-level files; returns the commit."""
     ctx.out.write_json(ctx.key_for(layout.MANIFEST_JSON), document)
     checkpoint("commit")
     lease.check()  # a writer that lost its lease must not commit; the conditional commit guards the rest
@@ -651,6 +766,8 @@ def publish_stage(ctx: RunContext, document: dict[str, Any], lease: Lease) -> di
             "k": document["pca"]["k"],
             "model": ctx.options.model,
             "pretrained": ctx.weights.pretrained,
+            **({fingerprint.COMMIT_FIELD: input_fingerprint} if input_fingerprint else {}),
+            **({"trigger": ctx.options.trigger} if ctx.options.trigger else {}),
         },
     )
     commits.publish_latest(ctx.out, ctx.run_id, PUBLISHED)
@@ -697,11 +814,29 @@ def _nothing_to_featurize(options: JobOptions) -> None:
     log.warning("nothing to featurize under %s: no run committed", options.input)
 
 
-def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> dict[str, Any] | None:
+def _previous_commit(ctx: RunContext) -> dict[str, Any] | None:
+    """The output's current commit, read under the lease. A damaged one (:class:`fruits.commits.DamagedCommit`)
+    is one line naming it without --overwrite; with it, the new run is published over it (the next number)."""
+    try:
+        return commits.latest_commit(ctx.out)
+    except commits.DamagedCommit as damaged:
+        if not ctx.options.overwrite:
+            raise OutputDamaged(
+                f"{damaged}; the job never writes such an object: give --overwrite to publish a new run over "
+                "it (the damaged object is kept, and superseded)"
+            ) from None
+        log.warning("%s; --overwrite: the new run is published over it", damaged)
+        return None
+
+
+def run(
+    spark: SparkSession, options: JobOptions, run_id: str | None = None
+) -> dict[str, Any] | fingerprint.Unchanged | None:
     """Featurize, reduce and publish one run (``run_id``: its id, else a new one) under the output's lease;
     returns its manifest.
 
-    None when there was nothing to featurize and ``--allow-empty`` was given: nothing is committed then.
+    None when there was nothing to featurize and ``--allow-empty`` was given; :class:`fruits.fingerprint.Unchanged`
+    when ``--skip-unchanged`` was given and nothing is new since the latest commit. Nothing is committed then.
     """
     if any(uri.startswith(("s3://", "s3a://")) for uri in (options.input, options.output, options.store_uri)):
         region, source = s3_region()
@@ -720,15 +855,33 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
         raise InputError(f"input is empty: no files under {options.input}")
     ctx = ctx.calibrating(found)
     try:
+        _enough_to_read(options, listing)
         with held_lease(ctx) as lease:
             # Read under the lease: a run that waited for another must see what that run committed.
-            previous = commits.latest_commit(ctx.out)
+            previous = _previous_commit(ctx)
             if previous and not options.overwrite:
                 raise OutputExists(
                     f"{options.output} already holds run {previous['run_id']} (commit {previous['number']}); "
                     "give --overwrite to publish a new run over it"
                 )
-            return _extract_transform_load(ctx, listing, previous, lease)
+            reuse = reuse_stage(ctx, previous)  # before any work: a pipeline that cannot be used is known now
+            return _healed(ctx, listing, lease, reuse, previous)
+    except fingerprint.NothingNew as same:
+        log.info(
+            "nothing new since commit %s (run %s): no run committed",
+            same.commit.get("number"),
+            same.commit.get("run_id"),
+        )
+        manifest_document = None
+        try:
+            manifest_document = commits.read_run_manifest(ctx.out, same.commit.get("run_id"))
+        except Exception as error:  # the record's metrics are a courtesy: never fail a run with nothing to do
+            log.warning("could not read the manifest of run %s: %s", same.commit.get("run_id"), error)
+        # Without its manifest, the commit still knows k (and the record's reader needs it).
+        metrics = outcomes.metrics_of(manifest_document) or outcomes.metrics_of(
+            {"pca": {"k": same.commit.get("k")}}
+        )
+        return fingerprint.Unchanged(same.commit, len(listing.entries), metrics)
     except NothingFeaturized:
         if not options.allow_empty:
             raise
@@ -742,27 +895,141 @@ def run(spark: SparkSession, options: JobOptions, run_id: str | None = None) -> 
         return None
 
 
-def _extract_transform_load(
-    ctx: RunContext, listing: Listing, previous: dict[str, Any] | None, lease: Lease
+def _enough_to_read(options: JobOptions, listing: Listing) -> None:
+    """PCA needs 2 images: fewer to read is the user's to fix, said before any work (none: NothingFeaturized).
+
+    With --allow-empty one image is left to decoding, which tells whether it is an image (then one line, exit 2)
+    or nothing could be featurized (a no-op, as the flag promises).
+    """
+    rejected = len(listing.rejected)
+    if not listing.to_read:
+        raise NothingFeaturized(
+            f"no image under {options.input} could be featurized ({rejected} rejected from the listing)"
+        )
+    if len(listing.to_read) == 1 and not options.allow_empty:
+        limited = f", --limit {options.limit}" if options.limit else ""
+        raise InputError(
+            f"only 1 image to featurize under {options.input} ({listing.to_read[0].path}; {rejected} other "
+            f"files rejected{limited}): PCA needs at least 2 images"
+        )
+
+
+def _healed(
+    ctx: RunContext,
+    listing: Listing,
+    lease: Lease,
+    reuse: tuple[Reused | None, str | None],
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """The run, after setting aside the damaged feature-store files that made it fail, if any.
+
+    Nothing is checked before: a damaged file makes the first reading of the store fail (Spark cannot read it,
+    a vector of another width fails the pass of sums, a NaN makes its sums NaN), so a healthy store costs nothing.
+    Then every file of the batches this run found is read once (:func:`fruits.feature_store.find_damaged`), the
+    damaged ones are moved aside with one warning each, this run's own uncommitted work is removed, and the run
+    starts again: the images of the files set aside are featurized again. A failure that no damaged file
+    explains is raised as it was.
+    """
+    prior = feature_store.committed_batches(ctx.store, ctx.model_key)  # written before this run
+    moved: list[tuple[feature_store.Damage, str]] = []
+    try:
+        document, input_fingerprint = _extract_transform_load(
+            ctx, listing, lease, reuse, prior, moved, previous
+        )
+    except (*USER_ERRORS, LeaseError, fingerprint.NothingNew):
+        raise
+    except Exception:
+        moved = _set_aside_damaged(ctx, prior) if prior else []
+        if not moved:
+            raise
+    else:
+        # Never retried: the run may be committed from its first write.
+        return _published(ctx, document, lease, input_fingerprint)
+    lease.check()
+    # This run's own work only, never committed: its run folder and its batch, made again now.
+    ctx.out.delete_prefix(layout.run_prefix(ctx.run_id))
+    ctx.store.delete_prefix(f"{ctx.model_key}/batch={ctx.run_id}/")
+    prior = feature_store.committed_batches(ctx.store, ctx.model_key)
+    document, input_fingerprint = _extract_transform_load(ctx, listing, lease, reuse, prior, moved, previous)
+    return _published(ctx, document, lease, input_fingerprint)
+
+
+def _set_aside_damaged(ctx: RunContext, batches: list[str]) -> list[tuple[feature_store.Damage, str]]:
+    """Find and set aside the damaged files of ``batches``: [(damage, new key)], one warning line each."""
+    store, key = ctx.store, ctx.model_key
+    with ctx.timer.stage("heal the feature store"):
+        try:
+            width = stored_feature_dim(store, key)
+            moved = feature_store.set_aside(
+                store, key, feature_store.find_damaged(ctx.spark, store, key, batches, width)
+            )
+        except Exception as error:  # the run's own failure is the one to report
+            log.warning(
+                "could not look for damaged files in the feature store %s: %s", store.uri_for(key), error
+            )
+            return []
+    for damage, target in moved:
+        log.warning(
+            "feature store: %s is damaged (%s): set aside as %s; its images are featurized again",
+            store.uri_for(damage.key),
+            damage.problem,
+            store.uri_for(target),
+        )
+    return moved
+
+
+def fingerprint_stage(
+    ctx: RunContext, listing: Listing, images: DataFrame, previous: dict[str, Any] | None
+) -> str | None:
+    """With ``--skip-unchanged``: the run's input fingerprint (fruits.fingerprint), or NothingNew when it is the
+    latest commit's. None (nothing computed) without the option."""
+    if not ctx.options.skip_unchanged:
+        return None
+    with ctx.timer.stage("fingerprint"):
+        found = fingerprint.combine(
+            fingerprint.options_part(ctx.options, ctx.model_key),
+            fingerprint.listing_part((entry.path, entry.reason) for entry in listing.rejected),
+            fingerprint.images_part(images),
+        )
+    if previous is not None and previous.get(fingerprint.COMMIT_FIELD) == found:
+        raise fingerprint.NothingNew(previous)
+    return found
+
+
+def _extract_transform_load(
+    ctx: RunContext,
+    listing: Listing,
+    lease: Lease,
+    reuse: tuple[Reused | None, str | None],
+    prior: list[str],
+    set_aside: list[tuple[feature_store.Damage, str]],
+    previous: dict[str, Any] | None,
+) -> tuple[dict[str, Any], str | None]:
+    """The run up to its manifest (nothing committed): (manifest, the input's fingerprint with --skip-unchanged)."""
     persisted: list[DataFrame] = []
     try:
-        if not feature_store.committed_batches(ctx.store, ctx.model_key) and listing.to_read:
+        if not prior:
             # Nothing stored for this model yet: every image is new, read and featurize it in one pass.
             featurized = read_and_featurize_stage(ctx, listing, lease)  # extract + transform
             assert featurized.rows is not None
             rows = featurized.rows
+            input_fingerprint = fingerprint_stage(ctx, listing, rows, previous)
         else:
             catalog = read_stage(ctx, listing)  # extract (2)
             persisted.append(catalog.images)
+            # Before anything is featurized: a run with nothing new ends here.
+            input_fingerprint = fingerprint_stage(ctx, listing, catalog.images, previous)
             featurized = featurize_stage(ctx, catalog, lease)  # transform
             rows = joined_rows(ctx, catalog, featurized)
         persisted.append(rows)
         good = rows.where(F.col("features").isNotNull())
-        feature_dim = featurized.feature_dim or stored_width(good)
+        # The model's own width when known (a stored vector of another width is damage), else the vectors'.
+        feature_dim = (
+            featurized.feature_dim or stored_feature_dim(ctx.store, ctx.model_key) or stored_width(good)
+        )
         sums = sums_stage(ctx, rows, feature_dim)
         reconciled = reconcile_stage(ctx, listing, rows, featurized, sums)
-        reduced = reduce_stage(ctx, sums, feature_dim, previous)
+        reduced = reduce_stage(ctx, sums, feature_dim, *reuse)
         lease.check()
         classifiers = fit_quality_stage(ctx, reduced)
         save_pipeline_stage(ctx, reduced)
@@ -792,12 +1059,23 @@ def _extract_transform_load(
         k=reduced.k,
         explained=reduced.explained,
         fitted_here=reduced.fitted_here,
+        pca_notes=reduced.notes,
         quality=tally.report if tally else None,
         identify=kept,
         feature_store={
             "uri": ctx.options.store_uri,
             "model_key": ctx.model_key,
             "batches": featurized.batches,
+            # damaged files moved out of the batches by this run (their images were featurized again)
+            "set_aside": len(set_aside),
+            "set_aside_files": [
+                {
+                    "file": ctx.store.uri_for(damage.key),
+                    "problem": damage.problem,
+                    "now": ctx.store.uri_for(to),
+                }
+                for damage, to in set_aside
+            ],
         },
         outputs={
             name: ctx.out.uri_for(ctx.key_for(name))
@@ -816,8 +1094,16 @@ def _extract_transform_load(
         started_at=ctx.started.isoformat(),
         finished_at=_now().isoformat(),
     )
-    commit = publish_stage(ctx, document, lease)
-    counts = reconciled.counts
+    return document, input_fingerprint
+
+
+def _published(
+    ctx: RunContext, document: dict[str, Any], lease: Lease, input_fingerprint: str | None
+) -> dict[str, Any]:
+    """Commit the run whose manifest is ``document`` (with its input fingerprint, when it has one) and publish its
+    files; returns the manifest."""
+    commit = publish_stage(ctx, document, lease, input_fingerprint)
+    counts = document["counts"]
     log.info(
         "run %s committed as #%d: found %d = featurized %d + rejected %d (reused %d, newly featurized %d)",
         ctx.run_id,
@@ -856,10 +1142,13 @@ def outcome_of(
     spark: Any,
 ) -> outcomes.Outcome:
     """The outcome record of a run that ended with exit status ``code`` (``result``: what it returned)."""
+    unchanged = result if isinstance(result, fingerprint.Unchanged) else None
     if code:
         status = outcomes.FAILED
     elif options.check:
         status = outcomes.CHECKED
+    elif unchanged is not None:
+        status = outcomes.UNCHANGED
     else:
         status = outcomes.NOTHING_TO_DO if result is None else outcomes.SUCCEEDED
     document = result if isinstance(result, dict) and not options.check else {}
@@ -867,6 +1156,11 @@ def outcome_of(
     if document:
         latest = commits.latest_commit(open_store(options.output))
         commit = latest["number"] if latest and latest.get("run_id") == run_id else None
+    details = result if options.check and isinstance(result, dict) else None
+    if unchanged is not None:
+        details = {
+            "unchanged_since": {k: unchanged.commit.get(k) for k in ("number", "run_id", "committed_at")}
+        }
     return outcomes.Outcome(
         run_id=run_id,
         status=status,
@@ -878,10 +1172,21 @@ def outcome_of(
         output=options.output,
         application_id=reentrant_key(spark.sparkContext) if spark is not None else None,
         host=outcomes.this_host(),
-        counts=document.get("counts"),
+        counts=unchanged.counts if unchanged is not None else document.get("counts"),
         commit=commit,
-        details=result if options.check and isinstance(result, dict) else None,
+        details=details,
+        trigger=options.trigger or None,
+        metrics=unchanged.metrics if unchanged is not None else outcomes.metrics_of(document or None),
     )
+
+
+def _output_store(options: JobOptions) -> Store | None:
+    """The output's store for the outcome record; None for an output the job cannot address (``gs://``...),
+    refused in one line already."""
+    try:
+        return open_store(options.output)
+    except ValueError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -> int:
@@ -896,16 +1201,16 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
     if wants_help(argv):
         build_parser().print_help()
         return 0
-    session, options, result = None, None, None
+    session, options, result, checked = None, None, None, False
     started, run_id = _now(), commits.new_run_id()
     code, reason = 0, None
     try:
         if spark is None:
-            check_command_line(argv)  # fail fast, before a JVM starts
+            checked = check_command_line(argv)  # fail fast, before a JVM starts
             plots.preload()  # while the JVM starts
         session = spark or get_session()
         options = parse_options(argv, dict(session.sparkContext.getConf().getAll()))
-        check_output(options)
+        check_locations(options, network=not checked)  # the input's S3 request is made once
         if options.check:
             result = run_check(session, options, run_id)
             log.info("check passed: this cluster can run the job")
@@ -917,9 +1222,10 @@ def main(argv: Sequence[str] | None = None, spark: SparkSession | None = None) -
             log.exception("the run failed")
         print(f"featurize_pca: error: {reason}", file=sys.stderr)
     finally:
-        if options is not None:
+        out = _output_store(options) if options is not None else None
+        if options is not None and out is not None:
             record = outcome_of(options, run_id, started, code, reason, result, session)
-            uri = outcomes.write(open_store(options.output), record)
+            uri = outcomes.write(out, record)
             if uri:
                 log.info("outcome: %s (%s)", record.status, uri)
         if spark is None and session is not None:

@@ -6,6 +6,8 @@
       _lease.json                   the single writer's lease (fruits.lease)
       _commits/00000001.json        one commit object per published run; the highest number is current
       _outcomes/<run_id>.json       how each run ended, committed or not (fruits.outcomes)
+      _triggered/<trigger>.json     the same record, named by what started the run (--trigger): where an
+                                    orchestrator that knows only its own name (a Step Functions execution) reads it
       runs/<run_id>/                everything one run writes; PUBLISHED_NAMES among it
         identify/                   what `fruits identify` answers new photos with (fruits.identify)
       results.csv, manifest.json... copies of the current run's PUBLISHED_NAMES (fruits.commits.publish_latest)
@@ -22,6 +24,7 @@ import re
 LEASE_KEY = "_lease.json"
 COMMITS_PREFIX = "_commits/"
 OUTCOMES_PREFIX = "_outcomes/"
+TRIGGERED_PREFIX = "_triggered/"
 #: Scratch objects of ``--check`` (fruits.cluster_check): written and deleted at once.
 CHECKS_PREFIX = "_checks/"
 RUNS_PREFIX = "runs/"
@@ -50,6 +53,8 @@ COMMIT_MANIFEST_FIELD = "manifest"
 # Eight digits, zero-padded; more only once the number needs them (no leading zero then): one name per number.
 _COMMIT_NAME = re.compile(r"^(\d{8,})\.json$")
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6,}$")
+#: A trigger's name (fruits.options checks --trigger against the same shape): safe as one key segment.
+TRIGGER_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}"
 
 
 def commit_key(number: int) -> str:
@@ -91,6 +96,15 @@ def outcome_key(run_id: str) -> str:
     if not is_run_id(run_id):
         raise ValueError(f"not a run id: {run_id!r} (expected e.g. 20261125T134501Z-3f9a1c)")
     return f"{OUTCOMES_PREFIX}{run_id}.json"
+
+
+def triggered_outcome_key(trigger: str) -> str:
+    """``_triggered/<trigger>.json``: the outcome record of the run started by ``trigger`` (``--trigger``)."""
+    if not re.fullmatch(TRIGGER_PATTERN, trigger):
+        raise ValueError(
+            f"not a trigger name: {trigger!r} (1-80 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
+        )
+    return f"{TRIGGERED_PREFIX}{trigger}.json"
 
 
 def manifest_key(run_id: str) -> str:

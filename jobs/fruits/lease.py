@@ -4,8 +4,9 @@ The lease is one small JSON object (``_lease.json`` by default) holding owner, h
 expires_at (epoch seconds). Every change is conditional, so two runs can never both believe they hold it:
 
 - acquire: create-only-if-absent; if present and unexpired, fail at once with :class:`LeaseHeld` naming the
-  holder (or poll until ``timeout`` with ``wait=True``); if expired (a crashed run), take it over with a write
-  conditional on the ETag we read, so of two runs taking over the same stale lease exactly one wins;
+  holder (or poll until ``timeout`` with ``wait=True``); if expired (a crashed run) or unreadable (no run wrote
+  it, see :func:`_holder`), take it over with a write conditional on the ETag we read, so of two runs taking
+  over the same stale lease exactly one wins;
 - renew (a background thread, every ttl/3): replace conditional on our own ETag; a failure means someone took
   it over, which :meth:`Lease.check` then reports as :class:`LeaseLost`;
 - release: delete conditional on our ETag, so a lease someone else took over is left alone.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +68,31 @@ class LeaseHeld(LeaseError):
 
 class LeaseLost(LeaseError):
     """We no longer hold the lease (taken over, released, or expired without renewal): stop writing."""
+
+
+#: A lease expiring further ahead than this was not written by a run (their ttl is at most a day).
+LONGEST_EXPIRY = 7 * 24 * 3600
+
+
+def _holder(data: bytes, now: float) -> tuple[dict[str, Any], str | None]:
+    """(the holder's lease, None), or ({}, why it is unreadable) for a lease no run of ours wrote.
+
+    Every write of a lease is one whole JSON object with a finite expiry within a day, so anything else (not
+    UTF-8 or JSON, not an object, no usable ``expires_at``) was made by hand or by another tool, or damaged in
+    storage. No live run holds such a lease: a holder's renewal is conditional on its own write, so it fails on
+    this one and the holder stops at its next check; the create-only commit guards the rest. It is taken over at
+    once, with a warning naming it, rather than blocking the output until someone deletes it by hand.
+    """
+    try:
+        holder = json.loads(data.decode("utf-8"))
+        if not isinstance(holder, dict):
+            return {}, f"it is unreadable (a JSON {type(holder).__name__}, not an object)"
+        expires_at = float(holder["expires_at"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as error:
+        return {}, f"it is unreadable ({type(error).__name__}: {str(error)[:120]})"
+    if not math.isfinite(expires_at) or expires_at > now + LONGEST_EXPIRY:
+        return {}, f"it is unreadable (expires_at {holder['expires_at']!r} is not a time a run writes)"
+    return holder, None
 
 
 class Lease:
@@ -171,20 +198,16 @@ class Lease:
         if current is None:
             return {}  # released between our two requests: try again at once
         data, current_etag = current
-        try:
-            holder = json.loads(data.decode("utf-8"))
-            expires_at = float(holder["expires_at"])
-        except (ValueError, KeyError, TypeError) as exc:
-            # Our own writes are atomic, so this is a hand-made or foreign file: a person must look at it.
-            raise LeaseError(
-                f"lease {self.store.uri_for(self.key)} is unreadable ({exc}); "
-                "delete it by hand if no run is active"
-            ) from exc
+        holder, damage = _holder(data, now)
+        if damage:
+            log.warning("taking over the lease %s at once: %s", self.store.uri_for(self.key), damage)
         same_step = self.reentrant_key is not None and holder.get("reentrant_key") == self.reentrant_key
-        gone = None if same_step or expires_at <= now else first_reason(self._probes, holder)
+        expires_at = float(holder.get("expires_at", 0))
+        live = not (damage or same_step or expires_at <= now)
+        gone = first_reason(self._probes, holder) if live else None
         if gone:
             log.warning("taking over the lease of %r at once: %s", holder.get("owner"), gone)
-        if same_step or expires_at <= now or gone:
+        if not live or gone:
             etag = self.store.put_if_match(self.key, self._encode(body), current_etag)
             if etag is not None:
                 self._took(body, etag)
@@ -238,10 +261,8 @@ class Lease:
         current = self.store.read_versioned(self.key)
         holder = "nobody (it was deleted)"
         if current is not None:
-            try:
-                holder = repr(json.loads(current[0].decode("utf-8")).get("owner"))
-            except ValueError:
-                holder = "an unreadable lease"
+            body, damage = _holder(current[0], self._clock())
+            holder = "an unreadable lease" if damage else repr(body.get("owner"))
         return f"lease {self.store.uri_for(self.key)} of {self.owner!r} was lost: now held by {holder}"
 
     def release(self) -> bool:

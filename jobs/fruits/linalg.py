@@ -23,11 +23,27 @@ def pack(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=FEATURE_DTYPE).tobytes()
 
 
-def unpack(column: pd.Series) -> np.ndarray:
-    """A column of packed feature vectors as one ``(rows, width)`` float32 array."""
+class WrongWidth(ValueError):
+    """A packed vector that is not as wide as the model's: a damaged feature-store file, never a model's output."""
+
+
+def unpack(column: pd.Series, width: int | None = None) -> np.ndarray:
+    """A column of packed feature vectors as one ``(rows, width)`` float32 array.
+
+    With ``width``, every vector must have exactly that many values (:class:`WrongWidth` otherwise): without
+    the check, vectors of 1,279 and 1,281 values would pass as two of 1,280.
+    """
     if not len(column):
-        return np.zeros((0, 0), dtype=FEATURE_DTYPE)
-    return np.frombuffer(b"".join(column.tolist()), dtype=FEATURE_DTYPE).reshape(len(column), -1)
+        return np.zeros((0, width or 0), dtype=FEATURE_DTYPE)
+    values = column.tolist()
+    if width is not None:
+        size = width * FEATURE_DTYPE.itemsize
+        wrong = next((len(value) for value in values if len(value) != size), None)
+        if wrong is not None:
+            raise WrongWidth(
+                f"a stored feature vector has {wrong // FEATURE_DTYPE.itemsize} values, not {width}"
+            )
+    return np.frombuffer(b"".join(values), dtype=FEATURE_DTYPE).reshape(len(column), -1)
 
 
 def width(packed: bytes) -> int:
@@ -101,6 +117,24 @@ def moments(batches: Iterable[np.ndarray], dim: int) -> Moments:
         total += x.sum(axis=0)
         gram += x.T @ x  # one level-3 product per batch
     return Moments(n, total, gram)
+
+
+def rank(m: Moments, explained: np.ndarray) -> int:
+    """The numerical rank of the centered rows: how many components ``explained`` (their explained-variance
+    ratios, :func:`principal_components`) holds that rounding alone cannot make.
+
+    At most ``n - 1`` and the width. Rounding in the covariance is relative to the rows' squared length (the
+    mean's share cancels in it), so that is the scale of the tolerance, as NumPy's ``matrix_rank`` takes the
+    largest singular value: a component whose variance is below ``width * eps`` of it is noise.
+    """
+    if m.n < 2:
+        return 0
+    mean = m.total / m.n
+    total = (np.trace(m.gram) - m.n * float(mean @ mean)) / (m.n - 1)
+    values = np.asarray(explained, dtype=float) * max(total, 0.0)
+    scale = max(np.trace(m.gram) / m.n, float(values.max(initial=0.0)))
+    tolerance = len(mean) * np.finfo(float).eps * scale
+    return int(min(np.count_nonzero(values > tolerance), m.n - 1))
 
 
 def principal_components(m: Moments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -224,30 +224,78 @@ def list_input(
     Raises :class:`InputError` when the input is missing, is not a folder, or has an unsupported scheme. An
     input with no files gives an empty listing: whether that is an error is the caller's decision.
     """
-    parsed = urlparse(uri)
     max_file_bytes = max_file_mb * 1024 * 1024
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     root_split = SPLITS.get(name.lower())
     listing = Listing(root=uri)
-    if parsed.scheme in _S3_SCHEMES:
-        if not parsed.netloc:
-            raise InputError(f"input {uri!r} names no bucket")
+    root = _root(uri)
+    if root is None:
         if s3_client is None:
             from fruits.storage import make_s3_client
 
             s3_client = make_s3_client()
         _walk_s3(uri, listing, max_file_bytes, root_split, s3_client)
-    elif parsed.scheme in ("", "file") or len(parsed.scheme) == 1:
-        root = uri.removeprefix("file://").removeprefix("file:") if parsed.scheme == "file" else uri
-        if not os.path.exists(root):
-            raise InputError(f"input not found: {uri}")
-        if not os.path.isdir(root):
-            raise InputError(f"input is not a folder: {uri} (give the folder that holds the class folders)")
-        _walk_local(root, listing, max_file_bytes, root_split)
     else:
-        raise InputError(f"unsupported input {uri!r}: give a local folder or an s3:// prefix")
+        _walk_local(root, listing, max_file_bytes, root_split)
     listing.entries.sort(key=lambda entry: entry.path)
     return listing
+
+
+def _root(uri: str) -> str | None:
+    """The local folder ``uri`` names (a path, ``file:/x``, ``file:///x``, ``file://localhost/x``), or None for
+    an ``s3://`` prefix with a bucket; InputError for anything the job cannot list, found without a request."""
+    parsed = urlparse(uri)
+    if parsed.scheme in _S3_SCHEMES:
+        if not parsed.netloc:
+            raise InputError(f"input {uri!r} names no bucket")
+        return None
+    if parsed.scheme not in ("", "file") and len(parsed.scheme) != 1:  # one letter: a Windows drive
+        raise InputError(f"unsupported input {uri!r}: give a local folder or an s3:// prefix")
+    root = uri
+    if parsed.scheme == "file":
+        root = uri[len("file:") :]
+        if root.startswith("//"):  # file://host/path: only this host is local
+            host, _, path = root[2:].partition("/")
+            if host not in ("", "localhost"):
+                raise InputError(f"unsupported input {uri!r}: {host} is another host; give a local folder")
+            root = "/" + path
+    if not os.path.exists(root):
+        raise InputError(f"input not found: {uri}")
+    if not os.path.isdir(root):
+        raise InputError(f"input is not a folder: {uri} (give the folder that holds the class folders)")
+    return root
+
+
+def check_input(
+    uri: str, *, allow_empty: bool = False, s3_client: object | None = None, network: bool = True
+) -> None:
+    """Refuse, before any work, an input :func:`list_input` would refuse: InputError in one line.
+
+    Locally that is all of it (missing, not a folder, another host, an unsupported scheme). On S3 one request
+    (``network``) also finds a bucket that does not exist or refuses listing, and, without ``allow_empty``, a
+    prefix that holds no object at all; no JVM is needed for any of it.
+    """
+    if _root(uri) is not None or not network:
+        return
+    if s3_client is None:
+        from fruits.storage import make_s3_client
+
+        s3_client = make_s3_client()
+    parsed = urlparse(uri)
+    prefix = parsed.path.lstrip("/")
+    prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+    try:
+        page = s3_client.list_objects_v2(Bucket=parsed.netloc, Prefix=prefix, MaxKeys=1)  # type: ignore[attr-defined]
+    except Exception as error:
+        response = getattr(error, "response", None)
+        if not isinstance(response, dict):
+            raise
+        code = response.get("Error", {}).get("Code", "")
+        if code == "NoSuchBucket":
+            raise InputError(f"input {uri}: bucket {parsed.netloc} does not exist") from None
+        raise InputError(f"input {uri}: S3 refused to list it ({code}: {error})") from None
+    if not allow_empty and not page.get("KeyCount"):
+        raise InputError(f"input is empty: no files under {uri}")
 
 
 def iter_rows(listing: Listing) -> Iterator[tuple[str, int, str, str | None, str, str | None]]:

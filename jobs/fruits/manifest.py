@@ -76,6 +76,7 @@ def build(
     k: int,
     explained: list[float],
     fitted_here: bool,
+    pca_notes: dict[str, Any] | None = None,
     quality: dict[str, Any] | None,
     identify: dict[str, Any] | None,
     feature_store: dict[str, Any],
@@ -127,6 +128,8 @@ def build(
             "explained_by_k": curve[k - 1],
             "explained_variance": explained,
             "cumulative_explained_variance": curve,
+            # rank (k never exceeds it), k_limited_by_rank, reused_from, not_reused (why --reuse-pca refitted)
+            **(pca_notes or {}),
         },
         "quality": quality,
         "identify": identify,  # what `fruits identify` answers new photos with (fruits.identify.describe)

@@ -96,7 +96,7 @@ def _from_store(store: Store, key: str, engine: str, folder: str) -> tuple[dict[
         pointer = store.read_json(_pointer_key(key, engine))
         path = os.path.join(folder, pointer["file_name"])
         store.download_file(_file_key(key, pointer["file_name"]), path)
-    except (NotFound, ValueError, KeyError):
+    except (NotFound, ValueError, KeyError, TypeError):  # none, or a damaged pointer: build it again
         return None
     if not models.sha256_file(path).startswith(pointer["sha256"]):
         log.warning("the stored %s model does not match its checksum: building it again", engine)
@@ -152,6 +152,20 @@ def _build(
         },
     }
     return pointer, path
+
+
+def stored_feature_dim(store: Store, key: str) -> int | None:
+    """The feature width of the model kept in the store for ``key``, as its pointer says; None without one.
+
+    What the model makes, so what every stored vector of ``key`` must be: a vector of another width is damage.
+    """
+    for pointer_key in store.list_keys(f"{key}/{ENGINES_DIR}/"):
+        if pointer_key.endswith(".json"):
+            try:
+                return int(store.read_json(pointer_key)["feature_dim"])
+            except (NotFound, ValueError, KeyError, TypeError):
+                continue
+    return None
 
 
 def prepare_model(

@@ -12,16 +12,18 @@ came from. Nothing here needs Spark.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from fruits.decoding import DEFAULT_MAX_PIXELS
 from fruits.engines import ENGINES
-from fruits.layout import default_feature_store
+from fruits.layout import TRIGGER_PATTERN, default_feature_store
 from fruits.listing import DEFAULT_MAX_FILE_MB
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
 
@@ -71,6 +73,8 @@ class JobOptions:
     max_file_mb: int = DEFAULT_MAX_FILE_MB
     allow_empty: bool = False
     check: bool = False
+    skip_unchanged: bool = False
+    trigger: str = ""
 
     @property
     def store_uri(self) -> str:
@@ -83,8 +87,8 @@ class Option:
     """How one :class:`JobOptions` field is given and checked.
 
     ``kind``: ``str``, ``int``, ``float`` or ``flag``; numbers must lie in ``[low, high]`` (``low_open``: above
-    ``low``); ``choices`` lists the accepted strings; ``help`` is the command line's text (the default and the
-    conf key are added to it).
+    ``low``); ``choices`` lists the accepted strings, ``pattern`` (a regular expression) the accepted shape of a
+    string; ``help`` is the command line's text (the default and the conf key are added to it).
     """
 
     name: str
@@ -94,6 +98,7 @@ class Option:
     high: float | None = None
     low_open: bool = False
     choices: tuple[str, ...] | None = None
+    pattern: str | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -194,6 +199,19 @@ OPTIONS: tuple[Option, ...] = (
         "on a few synthetic images, and exit: no image is featurized (litert-int8 reads its calibration images when "
         "its model is not kept yet) and nothing is committed",
     ),
+    Option(
+        "skip_unchanged",
+        "flag",
+        "when the images read (paths, labels, content ids) and the options that shape the results are those of the "
+        "latest commit, commit nothing and exit 0 (outcome: unchanged)",
+    ),
+    Option(
+        "trigger",
+        "str",
+        "what started this run (e.g. a Step Functions execution's name): its outcome record is also written "
+        "under <output>/_triggered/<TRIGGER>.json, and its commit names it",
+        pattern=TRIGGER_PATTERN,
+    ),
 )
 _BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -234,6 +252,8 @@ def convert(option: Option, value: Any) -> Any:
         text = str(value)
         if option.choices is not None and text not in option.choices:
             raise ValueError(f"invalid choice {text!r} (choose from {', '.join(option.choices)})")
+        if option.pattern is not None and not re.fullmatch(option.pattern, text):
+            raise ValueError(f"must match {option.pattern}, got {text!r}")
         return text
     try:
         number: float = int(str(value).strip()) if option.kind == "int" else float(str(value).strip())
@@ -249,6 +269,29 @@ def convert(option: Option, value: Any) -> Any:
         high = "" if option.high is None else f"<= {option.high:g}"
         raise ValueError(f"must be {' and '.join(part for part in (low, high) if part)}, got {value!r}")
     return number
+
+
+def closest(name: str, known: Sequence[str]) -> str | None:
+    """The known name ``name`` most likely misspells (``image_size`` -> ``imageSize``), or None.
+
+    Spellings that differ only in case, ``_`` and ``-`` match first; then the nearest by difflib's ratio.
+    """
+
+    def plain(text: str) -> str:
+        return re.sub(r"[^a-z0-9.]", "", text.lower())
+
+    same = [candidate for candidate in known if plain(candidate) == plain(name)]
+    if same:
+        return same[0]
+    near = difflib.get_close_matches(plain(name), [plain(candidate) for candidate in known], n=1, cutoff=0.6)
+    return next(candidate for candidate in known if plain(candidate) == near[0]) if near else None
+
+
+def _unknown(what: str, name: str, known: Sequence[str]) -> UsageError:
+    """The one line for a name no layer knows, with the nearest known one."""
+    guess = closest(name, known)
+    hint = f" (did you mean {guess}?)" if guess else f" (known: {', '.join(known)})"
+    return UsageError(f"{what}: unknown option{hint}")
 
 
 def _argparse_type(option: Option) -> Callable[[str], Any]:
@@ -267,10 +310,23 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class _Once(argparse.Action):
+    """Stores an option's value, refusing it a second time: no option is repeatable, so a repeat is a mistake
+    (which one was meant?), never silently the last one."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            raise argparse.ArgumentError(self, "given twice: give it once")
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every option can also come from the Spark conf key shown in its help."""
     parser = _Parser(
         prog="featurize_pca.py",
+        allow_abbrev=False,  # --vari is not --variance: every flag is spelt out
         description=(
             "Featurize fruit images with a pretrained CNN (transfer learning) and reduce the features with "
             "Spark MLlib PCA. Writes results.csv (path, label, pc_1..pc_k), results.parquet, the fitted "
@@ -285,12 +341,34 @@ def build_parser() -> argparse.ArgumentParser:
         text = f"{option.help}{shown} [{conf_key(option.name)}]"
         target = components if option.name in _COMPONENTS else parser
         if option.kind == "flag":
-            target.add_argument(flag(option.name), action="store_true", default=None, help=text)
+            target.add_argument(flag(option.name), action=_Once, nargs=0, default=None, help=text)
         else:
             target.add_argument(
-                flag(option.name), type=_argparse_type(option), metavar=option.name.upper(), help=text
+                flag(option.name),
+                action=_Once,
+                type=_argparse_type(option),
+                metavar=option.name.upper(),
+                help=text,
             )
     return parser
+
+
+def parse_command_line(argv: Sequence[str]) -> dict[str, Any]:
+    """The options ``argv`` sets, checked: an unknown or abbreviated flag is one UsageError naming the nearest
+    flag, a repeated one is refused, every value is converted and bounded. Needs neither Spark nor the other
+    layers (``--input`` and ``--output`` may come from them)."""
+    parser = build_parser()
+    namespace, extra = parser.parse_known_args(list(argv))
+    if extra:
+        word = extra[0]
+        if word.startswith("-"):
+            raise _unknown(word.split("=", 1)[0], word.split("=", 1)[0], [flag(o.name) for o in OPTIONS])
+        raise UsageError(f"unexpected argument {word!r}: every value follows its option (e.g. --k 50)")
+    return {
+        name: getattr(namespace, name)
+        for name in option_names()
+        if getattr(namespace, name, None) is not None
+    }
 
 
 def load_defaults(uri: str) -> dict[str, Any]:
@@ -316,14 +394,24 @@ def load_defaults(uri: str) -> dict[str, Any]:
     return document
 
 
-def _layer(values: Mapping[str, Any], where: Callable[[str], str], *, strict: bool) -> dict[str, Any]:
+def _conf_values(conf: Mapping[str, str]) -> dict[str, Any]:
+    """The options the Spark conf sets (``spark.fruits.<name>``), by option name; any other ``spark.fruits.*``
+    key is refused as the defaults file refuses an unknown key (``spark.fruits.image_size`` would otherwise be
+    ignored and the run made at 224)."""
+    names = {conf_key(name): name for name in option_names()}
+    known = [*names, DEFAULTS_CONF_KEY]
+    for key in sorted(conf):
+        if key.startswith(CONF_PREFIX) and key not in known:
+            raise _unknown(f"Spark conf key {key}", key, known)
+    return {name: conf[key] for key, name in names.items() if key in conf}
+
+
+def _layer(values: Mapping[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
     """Checked values of one layer; ``where(name)`` says where a value came from, for error messages."""
     layer: dict[str, Any] = {}
     for name, value in values.items():
         if name not in _BY_NAME:
-            if strict:
-                raise UsageError(f"{where(name)}: unknown option (known: {', '.join(option_names())})")
-            continue
+            raise _unknown(where(name), name, option_names())
         if value is None or value == "":
             continue  # not set in this layer
         try:
@@ -346,18 +434,12 @@ def parse_options(
     fields) > built-in defaults. Without ``defaults``, the file named by ``conf[spark.fruits.defaults]`` is read.
     """
     conf = conf or {}
-    namespace = build_parser().parse_args(list(argv))
-    names = option_names()
+    command_line = parse_command_line(argv)
+    from_conf = _layer(_conf_values(conf), conf_key)
     if defaults is None and conf.get(DEFAULTS_CONF_KEY):
         defaults_source = conf[DEFAULTS_CONF_KEY]
         defaults = load_defaults(defaults_source)
-    command_line = {
-        name: getattr(namespace, name) for name in names if getattr(namespace, name, None) is not None
-    }
-    from_conf = _layer({name: conf.get(conf_key(name)) for name in names}, conf_key, strict=False)
-    from_file = _layer(
-        defaults or {}, lambda name: f"job defaults file {defaults_source}, key {name!r}", strict=True
-    )
+    from_file = _layer(defaults or {}, lambda name: f"job defaults file {defaults_source}, key {name!r}")
 
     values: dict[str, Any] = {}
     for layer in (from_file, from_conf, command_line):  # lowest precedence first
@@ -397,35 +479,66 @@ def needs_spark_conf(argv: Sequence[str]) -> bool:
     return os.environ.get("PYSPARK_GATEWAY_PORT") is not None or not {"--input", "--output"} <= set(argv)
 
 
-def check_command_line(argv: Sequence[str]) -> bool:
-    """Check, before any JVM starts, a command line that is a whole run by itself: UsageError if it is not
-    valid. False, checking nothing, when the options may come from Spark's conf (:func:`needs_spark_conf`)."""
+def check_command_line(argv: Sequence[str], *, network: bool = True) -> bool:
+    """Check, before any JVM starts, a command line that is a whole run by itself: its options, its input and
+    its output (:func:`check_locations`); UsageError if it is not valid. When the options may come from Spark's
+    conf (:func:`needs_spark_conf`) only the command line's own flags and values are checked, and False says so.
+    """
     if needs_spark_conf(argv):
+        parse_command_line(argv)
         return False
-    check_output(parse_options(argv))
+    check_locations(parse_options(argv), network=network)
     return True
 
 
 def valid_local_command(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` alone is a complete, valid run (no ``--help``), whose Spark may start right away."""
+    """Whether ``argv`` alone is a complete, valid run (no ``--help``), whose Spark may start right away.
+
+    Checks nothing that needs a network request (an S3 input): that waits for the job's own check, which runs
+    while this JVM boots."""
     if wants_help(argv):
         return False
     try:
-        return check_command_line(argv)
+        return check_command_line(argv, network=False)
     except UsageError:
         return False
+
+
+def check_locations(options: JobOptions, *, network: bool = True) -> None:
+    """Refuse, before Spark starts, an input that cannot be listed (:func:`fruits.listing.check_input`; on S3
+    one request when ``network``) and an output or feature store that cannot be written (:func:`check_output`):
+    one UsageError."""
+    from fruits.listing import InputError, check_input
+
+    try:
+        # --check lists the input without needing files in it (a fresh deploy's empty bucket passes)
+        check_input(options.input, allow_empty=options.allow_empty or options.check, network=network)
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    check_output(options)
+
+
+#: Stands for an S3 client where a store is built only to check its URI: no request is ever made with it.
+_NO_CLIENT = object()
 
 
 def check_output(options: JobOptions) -> None:
     """Refuse an output (or feature store) that cannot be written, before Spark starts: one UsageError.
 
-    Locally: the path must not be a file, and its nearest existing folder must be writable. On S3 the first
-    write (the lease) tells; the job reports a refusal there in one line too.
+    Its URI must be one the job's storage addresses (:func:`fruits.storage.open_store`: a local path,
+    ``file://`` or ``s3://bucket/prefix``). Locally: the path must not be a file, and its nearest existing folder
+    must be writable. On S3 the first write (the lease) tells; the job reports a refusal there in one line too.
     """
+    from fruits.storage import LocalStore, open_store
+
     for what, location in (("--output", options.output), ("--feature-store", options.store_uri)):
-        if "://" in location and not location.startswith("file://"):
+        try:
+            store = open_store(location, s3_client=_NO_CLIENT)
+        except ValueError as error:
+            raise UsageError(f"{what} {location}: {error}") from None
+        if not isinstance(store, LocalStore):
             continue
-        path = os.path.abspath(os.path.expanduser(location.removeprefix("file://")))
+        path = store.root
         if os.path.isfile(path):
             raise UsageError(f"{what} {location} is a file: give a folder (it is created if missing)")
         existing = path

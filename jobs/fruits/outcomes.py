@@ -10,8 +10,11 @@ parsed) writes ``<output>/_outcomes/<run_id>.json`` when it ends (the names are 
      "counts": null, "commit": null}
 
 ``status`` is one of :data:`STATUSES`. The operator CLI (``fruits status``) reads these records to name a step's
-outcome; a run killed outright (SIGKILL, a lost container) writes none, and its driver log tells instead. Writing
-is best effort: a run never fails, nor hides its own error, because its record could not be written.
+outcome; a run killed outright (SIGKILL, a lost container) writes none, and its driver log tells instead. A run
+given ``--trigger NAME`` writes the same record a second time as ``<output>/_triggered/NAME.json``, where whatever
+started it (the autorun state machine, which knows only its own execution's name) reads it; ``metrics`` carries
+what that reader reports besides the counts (k, the quality report's accuracies). Writing is best effort: a run
+never fails, nor hides its own error, because its record could not be written.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .layout import OUTCOMES_PREFIX, is_run_id, outcome_key
+from .layout import OUTCOMES_PREFIX, is_run_id, outcome_key, triggered_outcome_key
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -31,8 +34,9 @@ log = logging.getLogger(__name__)
 SUCCEEDED = "succeeded"  # a run committed
 NOTHING_TO_DO = "nothing-to-do"  # --allow-empty and nothing to featurize: exit 0, no commit
 CHECKED = "checked"  # --check passed: the cluster can run the job
+UNCHANGED = "unchanged"  # --skip-unchanged and nothing new since the latest commit: exit 0, no commit
 FAILED = "failed"  # exit status 1 or 2: the reason says why
-STATUSES = (SUCCEEDED, NOTHING_TO_DO, CHECKED, FAILED)
+STATUSES = (SUCCEEDED, NOTHING_TO_DO, CHECKED, UNCHANGED, FAILED)
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class Outcome:
     counts: dict[str, Any] | None = None
     commit: int | None = None
     details: dict[str, Any] | None = None
+    trigger: str | None = None
+    metrics: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -80,15 +86,35 @@ def this_host() -> str:
     return socket.gethostname()
 
 
-def write(store: Store, outcome: Outcome) -> str | None:
-    """Write ``outcome`` under the output root; its URI, or None (with a warning) when it could not be written."""
-    key = outcome_key(outcome.run_id)
-    try:
-        store.write_bytes(key, (json.dumps(outcome.to_json(), indent=2) + "\n").encode(), "application/json")
-    except Exception as error:  # best effort: the run's own result and message come first
-        log.warning("could not write the run's outcome record %s: %s", store.uri_for(key), error)
+def metrics_of(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a record reports of a committed run's manifest besides its counts: k and the quality report's
+    accuracies (None where the run had no Training/Test split)."""
+    if not manifest:
         return None
-    return store.uri_for(key)
+    quality = manifest.get("quality") or {}
+    return {
+        "k": (manifest.get("pca") or {}).get("k"),
+        "test_accuracy_pca": quality.get("test_accuracy_pca"),
+        "test_accuracy_full_features": quality.get("test_accuracy_full_features"),
+    }
+
+
+def write(store: Store, outcome: Outcome) -> str | None:
+    """Write ``outcome`` under the output root (and under its trigger's name, when it has one); the URI of the
+    run's record, or None (with a warning) when it could not be written."""
+    data = (json.dumps(outcome.to_json(), indent=2) + "\n").encode()
+    keys = [outcome_key(outcome.run_id)]
+    if outcome.trigger:
+        keys.append(triggered_outcome_key(outcome.trigger))
+    written = []
+    for key in keys:
+        try:
+            store.write_bytes(key, data, "application/json")
+        except Exception as error:  # best effort: the run's own result and message come first
+            log.warning("could not write the run's outcome record %s: %s", store.uri_for(key), error)
+            continue
+        written.append(key)
+    return store.uri_for(keys[0]) if keys[0] in written else None
 
 
 def started(run_id: str) -> datetime:

@@ -37,6 +37,7 @@ from fruits.linalg import (  # the reduction's pure parts, used here and re-expo
     pc_columns,
     principal_components,
     projecting,
+    rank,
     unpack,
 )
 from fruits.summaries import PARTIALS_SCHEMA, add_up, one_partition_per_slot, pickled
@@ -78,6 +79,11 @@ class Reduction:
     projection: Projection
     k: int
     explained: list[float]  # per component, over all components
+    rank: int  # of the centered rows: k never exceeds it
+
+
+class NoVariance(ValueError):
+    """Every row has the same features: there is no direction to project on."""
 
 
 def pipeline_model(spark: SparkSession, mean: np.ndarray, components: np.ndarray) -> PipelineModel:
@@ -126,14 +132,20 @@ def fit(features: DataFrame, *, feature_dim: int, k: int | None, variance: float
 
 
 def fit_moments(spark: SparkSession, sums: Moments, *, k: int | None, variance: float | None) -> Reduction:
-    """Center + PCA from the rows' :class:`Moments` (gathered by the caller, e.g. with other sums in one pass)."""
+    """Center + PCA from the rows' :class:`Moments` (gathered by the caller, e.g. with other sums in one pass).
+
+    k is at most the rows' rank (:func:`fruits.linalg.rank`): the components past it are directions of no
+    variance, arbitrary and different on every machine, not data. :class:`NoVariance` when the rank is 0.
+    """
     mean, components, explained = principal_components(sums)
     curve = [float(v) for v in explained]
-    dim = len(mean)
-    chosen = min(k, dim) if k is not None else choose_k(curve, variance or 0.95)
+    top = rank(sums, explained)
+    if top == 0:
+        raise NoVariance(f"all {sums.n} rows have the same features")
+    chosen = min(k if k is not None else choose_k(curve, variance or 0.95), top)
     projection = Projection(mean, components[:, :chosen])
     model = pipeline_model(spark, projection.mean, projection.components)
-    return Reduction(model=model, projection=projection, k=chosen, explained=curve)
+    return Reduction(model=model, projection=projection, k=chosen, explained=curve, rank=top)
 
 
 def projection_of(model: PipelineModel) -> Projection:

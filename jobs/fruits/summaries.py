@@ -151,7 +151,7 @@ def summarize_frames(frames: Iterable[pd.DataFrame], dim: int) -> Summaries:
         if not present.any():
             continue
         frame = chunk if present.all() else chunk[present].reset_index(drop=True)
-        x = unpack(frame["features"]).astype(np.float64)
+        x = unpack(frame["features"], dim).astype(np.float64)
         training = (frame["split"] == "Training").to_numpy()
         roles = np.full(len(frame), "other", dtype=object)
         if training.any():

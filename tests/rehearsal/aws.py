@@ -28,6 +28,7 @@ import boto3
 import requests
 
 from tests.cfn import Deployment
+from tests.rehearsal.metadata import RoleCredentials
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,14 +75,14 @@ def moto_compensations(statements: list[dict[str, Any]]) -> list[dict[str, Any]]
 class MotoAws:
     """moto in its own process, with IAM users, buckets and artifacts made from a :class:`Deployment`."""
 
-    def __init__(self, workdir: Path, region: str) -> None:
+    def __init__(self, workdir: Path, region: str, host: str = "127.0.0.1") -> None:
         self.region = region
         self.audit_path = workdir / "s3-audit.jsonl"
         port_file = workdir / "moto.port"
         self.log = open(workdir / "moto.log", "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.rehearsal.s3_server", "--port-file", str(port_file),
-             "--audit", str(self.audit_path)],
+             "--audit", str(self.audit_path), "--region", region, "--host", host],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
@@ -90,7 +91,8 @@ class MotoAws:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto server did not start; see {workdir / 'moto.log'}")
             time.sleep(0.1)
-        self.endpoint = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        self.port = int(port_file.read_text().strip())
+        self.endpoint = f"http://{host}:{self.port}"
         # Before enforcement any key works; this one only creates the administrator.
         bootstrap = Credentials("AKIAREHEARSALSETUP00", "setup")
         self.admin = self._user(
@@ -119,6 +121,34 @@ class MotoAws:
     def user(self, name: str, statements: list[dict[str, Any]]) -> Credentials:
         """An IAM user holding exactly ``statements``."""
         return self._user(self.admin, name, statements)
+
+    def instance_role(self, name: str, statements: list[dict[str, Any]]) -> RoleCredentials:
+        """The instance profile's role holding exactly ``statements``, assumed as EC2 assumes it for a node.
+
+        One session for the whole rehearsal (12 hours), so every request of the cluster carries one access key.
+        """
+        iam = self.client("iam")
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}
+            ],
+        }
+        role = iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), MaxSessionDuration=43200
+        )
+        document = {"Version": "2012-10-17", "Statement": statements}
+        iam.put_role_policy(RoleName=name, PolicyName="policy", PolicyDocument=json.dumps(document))
+        session = self.client("sts").assume_role(
+            RoleArn=role["Role"]["Arn"], RoleSessionName="i-rehearsal", DurationSeconds=43200
+        )["Credentials"]
+        return RoleCredentials(
+            name,
+            session["AccessKeyId"],
+            session["SecretAccessKey"],
+            session["SessionToken"],
+            session["Expiration"],
+        )
 
     def enforce_iam(self) -> None:
         """From now on every request must be signed by a user whose policy allows it."""

@@ -1,244 +1,138 @@
-"""The cloud rehearsal: the step the stack deploys, run as EMR would run it, against S3 with IAM enforced.
+"""The cloud rehearsal: a first deploy's scenario, on the cluster tests/rehearsal/conftest.py builds.
 
-Everything comes from the synthesized templates (``scripts/synth.sh`` into a scratch ``cdk.out``): bucket and
-prefix names, the artifacts the BucketDeployment uploads, the bootstrap action and its arguments, the cluster's
-``spark-defaults``, the step's exact arguments and the instance role's S3 statements. The run happens on a Spark
-standalone master with two workers on 127.0.0.1, as an unprivileged user with no route out, reading and writing
-``s3://`` through Hadoop's S3A against moto (which enforces the instance role's policy). The tests run in file
-order, as the scenario of a first deploy: bootstrap, the deployed step on an empty input, images uploaded, the
-deployed step, a console step with only the script, a step with ``--k 5``, the operator's download, a driver
-killed mid-run, two steps at once, and finally the audit of every S3 request.
+The tests run in file order, as the scenario of a first deploy and its first weeks:
 
-Substitutions, each forced by what a single machine can do (README, "Cloud rehearsal"): client deploy mode
-instead of cluster, a standalone master instead of YARN, S3A instead of EMRFS, moto instead of S3 (no Condition
-keys, see :func:`tests.rehearsal.aws.moto_compensations`), context ``model=mobilenet alpha=0.25`` because the
-shared weights file is Keras' ImageNet file for that model.
+1. the bootstrap action installed exactly the pins, from the wheelhouse, with no network beyond the subnet, and
+   the cluster's user can read and run what it installed;
+2. the stack's own step (CloudFormation adds it with the cluster) checks the cluster, commits nothing, and its
+   driver fits its YARN container, measured;
+3. an analyst's step on the still-empty input fails, and ``fruits status`` reads it as failed, with the reason;
+4. images uploaded, ``fruits submit`` runs the job: a run committed, ``fruits status`` reads it as succeeded;
+5. a bare console step (the script alone: the cluster's spark-defaults make it a cluster-mode YARN application)
+   with ``--k 5``, reusing the S3 feature store; the operator downloads the latest run;
+6. a driver killed while featurizing (its application master's process, from outside): YARN reports the
+   application FAILED, nothing is committed; its node leaves the cluster, and the next step's driver, on the
+   other node, takes the output's lease over at once by asking the ResourceManager;
+7. two runs started together (as two notebooks or a second console step would): exactly one commits;
+8. the audit: every S3 request of the instance role was allowed, and every request of the job's boto3 client was
+   signed for the stack's region.
 
-Run it alone with ``make rehearse`` (or ``pytest -m rehearsal``). It needs root (it creates the cluster user and
-the bootstrap's /opt folders), Java, /usr/bin/python3.11, Maven for the S3A jars, FRUITS_DATA and FRUITS_WEIGHTS.
+Every step's exit status is judged as EMR judges it (0: COMPLETED, else FAILED) and its YARN application's final
+status is read from the ResourceManager.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fruits_infra.instances import DRIVER_HEAP_MB, DRIVER_OVERHEAD_MB
 
-from tests import cfn
-from tests.rehearsal.aws import Credentials, MotoAws, moto_compensations
-from tests.rehearsal.node import (
-    Node,
-    StandaloneCluster,
-    StandIns,
-    ensure_user,
-    local_step,
-    run_bootstrap,
-    system_folder,
-)
+from tests.conftest import write_image
+from tests.rehearsal import network, node
+from tests.rehearsal.conftest import REPO, STEP_TIMEOUT, Rehearsal
+from tests.rehearsal.hadoop import PeakMemory, am_container_id, processes_in
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-REGION = "eu-west-3"  # not us-east-1, so that a client defaulting to us-east-1 shows in the audit
-CONTEXT = {"model": "mobilenet", "alpha": "0.25"}  # the model of the shared weights file (Keras' own file)
-STEP_TIMEOUT = 900
+sys.path.insert(0, str(REPO / "scripts"))
+import cluster_requirements  # noqa: E402
+
+pins = cluster_requirements.pins
+
+MiB = 1024 * 1024
+#: The driver's container must keep this share of its size free at its peak (docs/sizing.md).
+DRIVER_MARGIN = 0.25
 
 
-@dataclass
-class Rehearsal:
-    """Everything the scenario shares: the deployment, the AWS side, the node and its Spark cluster."""
-
-    workdir: Path
-    deployment: cfn.Deployment
-    aws: MotoAws
-    role: Credentials
-    node: Node
-    cluster: StandaloneCluster
-    stack: str
-    runs: int = 0
-
-    @property
-    def outputs(self) -> dict[str, str]:
-        return self.deployment.outputs[self.stack]
-
-    def step(self, step_args: list[str], name: str, **env: str) -> tuple[int, str]:
-        """Run one EMR step's ``spark-submit`` arguments here; (exit status, driver output)."""
-        self.runs += 1
-        argv = [str(Path(self.node.env()["SPARK_HOME"]) / "bin" / "spark-submit")]
-        argv += local_step(step_args, self.cluster.master_url)
-        log = self.workdir / f"step-{self.runs:02d}-{name}.log"
-        code, output = self.node.run(argv, env=self.node.driver_env(**env), log=log, timeout=STEP_TIMEOUT)
-        print(f"--- step {name}: exit {code}, log {log}")
-        return code, output
-
-    def deployed_step(self, name: str, **env: str) -> tuple[int, str]:
-        """The step the stack itself adds (its exact arguments)."""
-        (args,) = self.deployment.steps.values()
-        return self.step(args, name, **env)
-
-    def console_step(self, name: str, *arguments: str, **env: str) -> tuple[int, str]:
-        """A step added from the console as the README tells analysts: the application location, the deploy
-        mode the stack prints, no spark-submit options, and optional arguments."""
-        args = ["spark-submit", "--deploy-mode", self.outputs["StepDeployMode"]]
-        return self.step([*args, self.outputs["StepApplicationLocation"], *arguments], name, **env)
-
-    def results(self) -> tuple[str, str]:
-        """(bucket, prefix/) of the job's default output, from the stack's outputs."""
-        bucket, _, prefix = self.outputs["ResultsUri"].removeprefix("s3://").partition("/")
-        return bucket, prefix
-
-    def commits(self) -> list[dict[str, Any]]:
-        """The commit objects under the results prefix, oldest first."""
-        bucket, prefix = self.results()
-        s3 = self.aws.client("s3")
-        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}_commits/").get("Contents", [])
-        keys = sorted(item["Key"] for item in listed)
-        return [json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys]
-
-    def read(self, key: str) -> bytes:
-        """An object of the results prefix."""
-        bucket, prefix = self.results()
-        return self.aws.client("s3").get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
-
-    def manifest(self) -> dict[str, Any]:
-        """The current run's manifest (from its run prefix, as the commit names it)."""
-        commit = self.commits()[-1]
-        return json.loads(self.read(commit["run_prefix"] + "manifest.json"))
+def _application(output: str) -> str:
+    ids = [word for word in output.replace("\n", " ").split() if word.startswith("application_")]
+    assert ids, output[-3000:]
+    return ids[-1].rstrip(".,)")
 
 
-def _requirements() -> None:
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root (it creates the cluster user and the bootstrap's folders)")
-    for tool in ("java", "setpriv", "mvn", "npx"):
-        if shutil.which(tool) is None:
-            missing.append(tool)
-    if not Path("/usr/bin/python3.11").exists():
-        missing.append("/usr/bin/python3.11")
-    for name in ("FRUITS_DATA", "FRUITS_WEIGHTS"):
-        if not os.environ.get(name):
-            missing.append(name)
-    if missing:
-        pytest.skip("the cloud rehearsal needs " + ", ".join(missing))
-
-
-def _synthesize(out: Path) -> None:
-    context = [arg for key, value in CONTEXT.items() for arg in ("-c", f"{key}={value}")]
-    done = subprocess.run(
-        [str(REPO / "scripts" / "synth.sh"), *context],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "CDK_OUT": str(out),
-            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
+def _step(rehearsal: Rehearsal, args: list[str], name: str, *, watch_memory: bool = False) -> dict[str, Any]:
+    """Add a step through EMR's API and wait for it: its state, exit status, output, application and report."""
+    assert rehearsal.emr is not None
+    step_id = rehearsal.emr.add({"Name": name, "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args}})
+    memory = None
+    if watch_memory:
+        memory = PeakMemory(lambda: [p for a in _running_apps(rehearsal) for p in _am_dirs(rehearsal, a)])
+    step = rehearsal.emr.wait(step_id, STEP_TIMEOUT)
+    output = step.log.read_text(errors="replace") if step.log else ""
+    application = _application(output)
+    app = rehearsal.hadoop.wait_for_application(application, timeout=120)
+    result = {"id": step_id, "state": step.state, "exit": step.exit_code, "output": output, "app": app}
+    if memory is not None:
+        result["driver_peak"] = memory.stop()
+    print(
+        f"--- step {name} ({step_id}): {step.state}, exit {step.exit_code}, {application} {app['finalStatus']}"
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return result
 
 
-def _jars() -> list[str]:
-    done = subprocess.run(
-        [str(REPO / "scripts" / "fetch-jars.sh")], capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    folder = Path(done.stdout.strip().splitlines()[-1])
-    return sorted(str(path) for path in folder.glob("*.jar"))
-
-
-def _rehearsal_defaults(endpoint: str, jars: list[str]) -> dict[str, str]:
-    """What a real cluster has without our configuration and a single machine needs in its place."""
-    classpath = ":".join(jars)
-    return {
-        # EMRFS serves s3:// on EMR; here Hadoop's S3A does, against moto.
-        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-        "spark.hadoop.fs.s3a.endpoint": endpoint,
-        "spark.hadoop.fs.s3a.endpoint.region": REGION,
-        "spark.hadoop.fs.s3a.path.style.access": "true",
-        "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
-        # Credentials from the environment, as the instance profile's reach every process of a node.
-        "spark.hadoop.fs.s3a.aws.credentials.provider": "com.amazonaws.auth.EnvironmentVariableCredentialsProvider",
-        "spark.hadoop.fs.s3a.retry.limit": "3",
-        "spark.hadoop.fs.s3a.attempts.maximum": "3",
-        # EMR puts EMRFS on the classpath the same way (extraClassPath in its own spark-defaults).
-        "spark.driver.extraClassPath": classpath,
-        "spark.executor.extraClassPath": classpath,
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
-        "spark.ui.enabled": "false",
-    }
-
-
-@pytest.fixture(scope="module")
-def rehearsal() -> Iterator[Rehearsal]:
-    """Synthesize, deploy to moto, start the node's Spark cluster; tear it all down afterwards."""
-    _requirements()
-    workdir = Path(tempfile.mkdtemp(prefix="fruits-rehearsal-"))
-    workdir.chmod(0o755)  # the cluster user reads the Spark configuration and writes its own folders here
-    print(f"rehearsal work folder: {workdir}")
-    _synthesize(workdir / "cdk.out")
-    deployment = cfn.load(workdir / "cdk.out", REGION)
-    (stack,) = [name for name, outputs in deployment.outputs.items() if "ClusterId" in outputs]
-
-    aws = MotoAws(workdir, REGION)
-    cluster: StandaloneCluster | None = None
-    keras_home = Path(
-        deployment.spark_defaults.get(
-            "spark.yarn.appMasterEnv.KERAS_HOME", deployment.spark_env.get("KERAS_HOME", "/opt/fruits/keras")
-        )
-    )
+def _running_apps(rehearsal: Rehearsal) -> list[str]:
     try:
-        with system_folder(Path("/opt/fruits")):
-            aws.create_buckets(deployment)
-            deployed = aws.deploy_artifacts(deployment)
-            print("artifacts:", *deployed, sep="\n  ")
-            statements = deployment.instance_role_statements
-            role = aws.user("instance-role", statements + moto_compensations(statements))
-            aws.enforce_iam()
-
-            # Where the bootstrap keeps pre-fetched ImageNet weights: Keras' cache layout under KERAS_HOME.
-            weights = Path(os.environ["FRUITS_WEIGHTS"])
-            (keras_home / "models").mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(weights, keras_home / "models" / weights.name)
-
-            node = Node(
-                workdir=workdir,
-                user=ensure_user(),
-                credentials=role,
-                endpoint=aws.endpoint,
-                spark_defaults=deployment.spark_defaults,
-                rehearsal_defaults=_rehearsal_defaults(aws.endpoint, _jars()),
-            )
-            node.preflight(deployment.spark_defaults.get("spark.pyspark.python", "/usr/bin/python3.11"))
-            # Workers offer what one executor of the synthesized configuration asks for, so it can start.
-            cores = int(deployment.spark_defaults.get("spark.executor.cores", "1"))
-            memory = _megabytes(deployment.spark_defaults.get("spark.executor.memory", "1g")) + 512
-            cluster = StandaloneCluster(node, workers=2, cores=cores, memory=f"{memory}m")
-            yield Rehearsal(workdir, deployment, aws, role, node, cluster, stack)
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        aws.stop()
-        print(f"rehearsal logs kept in {workdir}")
+        return [a["id"] for a in rehearsal.hadoop.applications() if a["state"] == "RUNNING"]
+    except OSError:
+        return []
 
 
-def _megabytes(size: str) -> int:
-    """Spark's memory strings (``3328m``, ``4g``) in MiB."""
-    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
-    text = size.strip().lower().removesuffix("b")
-    return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text) // (1024 * 1024)
+def _am_dirs(rehearsal: Rehearsal, application: str) -> list[Path]:
+    return rehearsal.container_dirs(application, am_container_id(application))
+
+
+def _console_args(rehearsal: Rehearsal, *extra: str) -> list[str]:
+    """A console step as the README tells analysts: the deploy mode and the application location."""
+    outputs = rehearsal.outputs
+    return [
+        "spark-submit",
+        "--deploy-mode",
+        outputs["StepDeployMode"],
+        outputs["StepApplicationLocation"],
+        *extra,
+    ]
+
+
+def _driver_log(rehearsal: Rehearsal, application: str, name: str = "stdout") -> str:
+    """The driver's log as its node keeps it: stdout is the job's (Python's stderr merged in), stderr Spark's."""
+    paths = list(
+        (node.STATE / "nodes").glob(f"*/yarn/logs/{application}/{am_container_id(application)}/{name}")
+    )
+    return paths[0].read_text(errors="replace") if paths else ""
+
+
+def _commits(rehearsal: Rehearsal) -> list[dict[str, Any]]:
+    bucket, _, prefix = rehearsal.outputs["ResultsUri"].removeprefix("s3://").partition("/")
+    s3 = rehearsal.aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}_commits/").get("Contents", [])
+    return [json.loads(s3.get_object(Bucket=bucket, Key=i["Key"])["Body"].read()) for i in listed]
+
+
+def _read(rehearsal: Rehearsal, key: str) -> bytes:
+    bucket, _, prefix = rehearsal.outputs["ResultsUri"].removeprefix("s3://").partition("/")
+    return rehearsal.aws.client("s3").get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+
+
+def _outcomes(rehearsal: Rehearsal) -> list[dict[str, Any]]:
+    bucket, _, prefix = rehearsal.outputs["ResultsUri"].removeprefix("s3://").partition("/")
+    s3 = rehearsal.aws.client("s3")
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}_outcomes/").get("Contents", [])
+    return [
+        json.loads(s3.get_object(Bucket=bucket, Key=i["Key"])["Body"].read())
+        for i in sorted(listed, key=lambda i: i["Key"])
+    ]
+
+
+def _manifest(rehearsal: Rehearsal) -> dict[str, Any]:
+    return json.loads(_read(rehearsal, _commits(rehearsal)[-1]["run_prefix"] + "manifest.json"))
 
 
 def _reconciles(manifest: dict[str, Any]) -> None:
@@ -246,148 +140,242 @@ def _reconciles(manifest: dict[str, Any]) -> None:
     assert counts["found"] == counts["featurized"] + counts["rejected"], counts
 
 
-def _last_line(output: str, word: str) -> str:
-    lines = [line for line in output.splitlines() if word in line]
-    return lines[-1] if lines else output[-2000:]
+def _on_core_node(app: dict[str, Any]) -> str:
+    """The core node that ran the application master: cluster mode, never the primary."""
+    host = app["amHostHttpAddress"].split(":")[0]
+    assert host in {h.name for h in network.CORE}, app
+    return host
 
 
-def test_bootstrap_installs_the_runtime_and_leaves_read_only_folders(rehearsal: Rehearsal) -> None:
-    s3 = rehearsal.aws.client("s3", rehearsal.role)  # EMR fetches bootstrap scripts with the instance profile
-    for index, (uri, args) in enumerate(rehearsal.deployment.bootstrap_actions):
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        script = rehearsal.workdir / f"bootstrap-{index}.sh"
-        s3.download_file(bucket, key, str(script))
-        stand_ins = StandIns.write(rehearsal.workdir / "stand-ins", sys.executable, REGION)
-        code, output = run_bootstrap(
-            script,
-            args,
-            node=rehearsal.node,
-            stand_ins=stand_ins,
-            log=rehearsal.workdir / f"bootstrap-{index}.log",
-        )
-        assert code == 0, output[-3000:]
-    for folder in (Path("/opt/fruits"), *Path("/opt/fruits").rglob("*")):
-        info = folder.stat()
-        assert info.st_uid == 0 and not info.st_mode & 0o022, f"{folder} must be root-owned and read-only"
+# --- 1. the bootstrap -------------------------------------------------------------------------------------
 
 
-def test_deployed_step_on_an_empty_input_completes_without_a_commit(rehearsal: Rehearsal) -> None:
-    """A fresh account: the input bucket is empty when the stack's step runs. It must succeed, publish nothing."""
-    code, output = rehearsal.deployed_step("deployed-empty-input")
-    assert code == 0, output[-3000:]
-    assert "nothing to featurize" in output
-    assert rehearsal.commits() == []
+def test_bootstrap_installed_exactly_the_pins_from_the_wheelhouse_with_no_network(
+    rehearsal: Rehearsal,
+) -> None:
+    code, log = rehearsal.bootstrap
+    assert code == 0, log[-3000:]
+    assert f"packages={rehearsal.outputs['WheelhouseUri']}" in log  # the stack's wheelhouse, not PyPI
+    assert "runtime installed" in log
+    frozen = subprocess.run(
+        [node.CLUSTER_PYTHON, "-m", "pip", "freeze", "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert cluster_requirements.pins(cluster_requirements.LOCK.read_text()).items() <= pins(frozen).items()
+    # The weights came over HTTPS from their real URL, and had the digest the stack pins.
+    (_, args) = rehearsal.deployment.bootstrap_actions[0]
+    assert rehearsal.downloads.requests == [
+        args[args.index("--weights-url") + 1].split("googleapis.com", 1)[1]
+    ]
+    assert f"sha256 {args[args.index('--weights-sha256') + 1]} (as pinned)" in log
+    # Nothing beyond the subnet answers: the cluster has no egress, as the wheelhouse assumes.
+    probe = node.run_on(
+        network.PRIMARY, rehearsal.hadoop_user, ["curl", "-sS", "--max-time", "5", "https://pypi.org/simple/"],
+        env=node.base_env(rehearsal.hadoop_user), log=rehearsal.workdir / "egress-probe.log", timeout=30,
+    )  # fmt: skip
+    assert probe[0] != 0, probe[1]
 
 
-def test_deployed_step_publishes_a_run(rehearsal: Rehearsal) -> None:
+def test_the_cluster_user_can_read_and_run_what_the_bootstrap_installed(rehearsal: Rehearsal) -> None:
+    weights = next(Path("/opt/fruits").rglob("*.h5"))
+    script = (
+        "import numpy, pandas, pyarrow, PIL, ai_edge_litert, keras, boto3, tensorflow; "
+        f"open({str(weights)!r}, 'rb').read(8); print('ok')"
+    )
+    code, output = node.run_on(
+        network.CORE[0], rehearsal.yarn_user, [node.CLUSTER_PYTHON, "-c", script],
+        env=node.base_env(rehearsal.yarn_user), log=rehearsal.workdir / "yarn-user-imports.log", timeout=300,
+    )  # fmt: skip
+    assert code == 0 and output.strip().endswith("ok"), output[-2000:]
+    code, output = node.run_on(
+        network.CORE[0], rehearsal.yarn_user, ["touch", str(weights.parent / "planted")],
+        env=node.base_env(rehearsal.yarn_user), log=rehearsal.workdir / "yarn-user-write.log", timeout=30,
+    )  # fmt: skip
+    assert code != 0, "the cluster user must not write the bootstrap's folders"
+    for path in (Path("/opt/fruits"), *Path("/opt/fruits").rglob("*")):
+        info = path.stat()
+        assert info.st_uid == 0 and not info.st_mode & 0o022, f"{path} must be root-owned and read-only"
+
+
+# --- 2. the stack's step ----------------------------------------------------------------------------------
+
+
+def test_the_stacks_step_checks_the_cluster_commits_nothing_and_fits_its_container(
+    rehearsal: Rehearsal,
+) -> None:
+    (args,) = rehearsal.deployment.steps.values()
+    step = _step(rehearsal, args, "stack-step", watch_memory=True)
+    assert (step["state"], step["exit"]) == ("COMPLETED", 0), step["output"][-4000:]
+    assert step["app"]["finalStatus"] == "SUCCEEDED"
+    _on_core_node(step["app"])
+    assert _commits(rehearsal) == [], "a deploy must not start a production run"
+    (record,) = _outcomes(rehearsal)
+    assert record["status"] == "checked" and record["application_id"] == step["app"]["id"]
+    assert record["details"]["model"]["from"] == "built"  # the first run will find the model ready
+    # The driver's container: the heap and the overhead the stack sizes; its peak (TensorFlow imported and the
+    # model converted in the driver's Python, inside the overhead) keeps a quarter of it free.
+    container = (DRIVER_HEAP_MB + DRIVER_OVERHEAD_MB) * MiB
+    rehearsal.notes["driver_peak_check_mib"] = step["driver_peak"] // MiB
+    print(
+        f"driver container peak, first run (model built): {step['driver_peak'] / MiB:.0f} MiB of {container // MiB}"
+    )
+    assert 0 < step["driver_peak"] <= (1 - DRIVER_MARGIN) * container
+
+
+# --- 3. a failing step ------------------------------------------------------------------------------------
+
+
+def test_a_step_on_an_empty_input_fails_and_fruits_status_reads_it_as_failed(rehearsal: Rehearsal) -> None:
+    step = _step(rehearsal, _console_args(rehearsal), "empty-input")
+    assert step["state"] == "FAILED" and step["exit"] != 0
+    assert step["app"]["finalStatus"] == "FAILED"
+    assert "User application exited with status 2" in step["app"]["diagnostics"]
+    assert "featurize_pca: error: input is empty" in _driver_log(rehearsal, step["app"]["id"])
+    done = rehearsal.fruits("status", step["id"], "--stack", rehearsal.stack)
+    assert done.returncode == 1, done.stdout + done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("failed: input is empty: no files under"), done.stdout
+    assert step["app"]["id"] in done.stdout  # where the driver's log is
+    report = json.loads(rehearsal.fruits("status", step["id"], "--stack", rehearsal.stack, "--json").stdout)
+    assert report["outcome"] == "failed" and report["run_outcome"]["exit_code"] == 2
+
+
+# --- 4. fruits submit -------------------------------------------------------------------------------------
+
+
+def test_fruits_submit_publishes_a_run_and_status_reads_it_as_succeeded(rehearsal: Rehearsal) -> None:
     uploaded = rehearsal.aws.upload_folder(Path(os.environ["FRUITS_DATA"]), rehearsal.outputs["InputUri"])
-    code, output = rehearsal.deployed_step("deployed")
-    assert code == 0, output[-3000:]
-    (commit,) = rehearsal.commits()
-    manifest = rehearsal.manifest()
+    done = rehearsal.fruits(
+        "submit", "--stack", rehearsal.stack, "--wait", "--poll", "5", timeout=STEP_TIMEOUT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[1].startswith("succeeded: run "), done.stdout
+    (commit,) = _commits(rehearsal)
+    manifest = _manifest(rehearsal)
     _reconciles(manifest)
     assert manifest["counts"]["found"] == len(uploaded)
-    assert manifest["weights"]["pretrained"] is True and manifest["weights"]["kind"] != "random"
+    assert manifest["weights"]["pretrained"] is True and manifest["spark_master"] == "yarn"
     for name in ("results.csv", "manifest.json", "rejected.csv", "explained_variance.png", "pca_scatter.png"):
-        assert rehearsal.read(commit["run_prefix"] + name), name
-        assert rehearsal.read(name) == rehearsal.read(commit["run_prefix"] + name), f"published {name}"
-    rows = rehearsal.read("results.csv").decode().splitlines()
-    assert len(rows) == 1 + manifest["counts"]["featurized"]
-    assert rows[0].startswith("path,label,pc_1")
-    rejected = rehearsal.read("rejected.csv").decode()
-    assert "README.md" in rejected  # the sample's provenance file: found, and rejected with a reason
+        assert _read(rehearsal, name) == _read(rehearsal, commit["run_prefix"] + name), f"published {name}"
+    assert "README.md" in _read(rehearsal, "rejected.csv").decode()  # found, and rejected with a reason
+    record = _outcomes(rehearsal)[-1]
+    assert (record["status"], record["commit"]) == ("succeeded", 1)
+    assert record["application_id"].startswith("application_") and record["host"].startswith("core-")
 
 
-def test_console_step_with_only_the_script_location(rehearsal: Rehearsal) -> None:
-    code, output = rehearsal.console_step("console")
-    assert code == 0, _last_line(output, "Error") + "\n" + output[-3000:]
-    assert len(rehearsal.commits()) == 2
-    manifest = rehearsal.manifest()
-    _reconciles(manifest)
-    assert manifest["counts"]["newly_featurized"] == 0, "the second run must reuse the S3 feature store"
-    assert manifest["counts"]["reused"] == manifest["counts"]["featurized"]
+# --- 5. a bare console step; the operator's download -------------------------------------------------------
 
 
-def test_console_step_with_k_5(rehearsal: Rehearsal) -> None:
-    code, output = rehearsal.console_step("console-k5", "--k", "5")
-    assert code == 0, output[-3000:]
-    assert len(rehearsal.commits()) == 3
-    manifest = rehearsal.manifest()
-    assert manifest["pca"]["k"] == 5 and manifest["counts"]["newly_featurized"] == 0
-    assert rehearsal.read("results.csv").decode().splitlines()[0] == "path,label," + ",".join(
-        f"pc_{i}" for i in range(1, 6)
+def test_the_script_alone_runs_in_cluster_mode_from_the_clusters_defaults(rehearsal: Rehearsal) -> None:
+    step = _step(
+        rehearsal, ["spark-submit", rehearsal.outputs["StepApplicationLocation"], "--k", "5"], "bare-k5"
     )
+    assert (step["state"], step["app"]["finalStatus"]) == ("COMPLETED", "SUCCEEDED"), step["output"][-4000:]
+    _on_core_node(step["app"])  # spark.submit.deployMode=cluster came from spark-defaults
+    manifest = _manifest(rehearsal)
+    assert manifest["pca"]["k"] == 5 and manifest["counts"]["newly_featurized"] == 0  # the S3 feature store
+    header = _read(rehearsal, "results.csv").decode().splitlines()[0]
+    assert header == "path,label," + ",".join(f"pc_{i}" for i in range(1, 6))
 
 
-def test_operator_downloads_the_latest_run(rehearsal: Rehearsal) -> None:
-    rehearsal.aws.put_stack_outputs(rehearsal.stack, rehearsal.outputs)
+def test_the_operator_downloads_the_latest_run(rehearsal: Rehearsal) -> None:
     dest = rehearsal.workdir / "downloaded"
-    env = {
-        **os.environ,
-        **rehearsal.aws.admin.env(),
-        "AWS_ENDPOINT_URL": rehearsal.aws.endpoint,
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }
-    fruits = Path(sys.executable).parent / "fruits"
-    done = subprocess.run(
-        [str(fruits), "results", "--stack", rehearsal.stack, "--region", REGION, "--dest", str(dest)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    done = rehearsal.fruits("results", "--stack", rehearsal.stack, "--dest", str(dest))
     assert done.returncode == 0, done.stderr
-    assert (dest / "results.csv").read_bytes() == rehearsal.read("results.csv")
-    assert json.loads((dest / "manifest.json").read_text())["run_id"] == rehearsal.commits()[-1]["run_id"]
+    assert (dest / "results.csv").read_bytes() == _read(rehearsal, "results.csv")
+    assert json.loads((dest / "manifest.json").read_text())["run_id"] == _commits(rehearsal)[-1]["run_id"]
 
 
-def test_driver_killed_while_featurizing_keeps_the_previous_commit(rehearsal: Rehearsal) -> None:
-    from tests.conftest import write_image
+# --- 6. a driver killed ------------------------------------------------------------------------------------
 
-    before = rehearsal.commits()
+
+def test_a_driver_killed_while_featurizing_fails_and_the_next_step_takes_over_at_once(
+    rehearsal: Rehearsal,
+) -> None:
+    before = _commits(rehearsal)
     new_images = rehearsal.workdir / "new-images"
     for i in range(4):  # new bytes, so that the next run has something to featurize
         write_image(new_images / "Training" / "Plum Rehearsal" / f"p{i}.jpg", (90, 20, 110), seed=100 + i)
     rehearsal.aws.upload_folder(new_images, rehearsal.outputs["InputUri"])
-    code, output = rehearsal.console_step("killed", FRUITS_KILL_AT="featurize")
-    assert code != 0 and "killing this run now" in output
-    assert rehearsal.commits() == before, "a killed run must not publish"
 
-    code, output = rehearsal.console_step("after-kill")
-    assert code == 0, _last_line(output, "error") + "\n" + output[-3000:]
-    commits = rehearsal.commits()
-    assert len(commits) == len(before) + 1
-    manifest = rehearsal.manifest()
+    killed: dict[str, Any] = {}
+
+    def kill_when_featurizing() -> None:
+        while "app" not in killed:
+            for application in _running_apps(rehearsal):
+                if "featurize " in _driver_log(rehearsal, application):
+                    folders = _am_dirs(rehearsal, application)
+                    jvms = [p for f in folders for p in processes_in(f) if _is_application_master(p)]
+                    for pid in jvms:
+                        os.kill(pid, signal.SIGKILL)
+                    killed.update(app=application, pids=jvms)
+            threading.Event().wait(0.5)
+
+    killer = threading.Thread(target=kill_when_featurizing, daemon=True)
+    killer.start()
+    step = _step(rehearsal, _console_args(rehearsal), "killed")
+    killer.join(timeout=5)
+    assert killed.get("pids"), "the application master was never seen featurizing"
+    assert step["state"] == "FAILED" and step["app"]["id"] == killed["app"]
+    assert step["app"]["finalStatus"] == "FAILED"  # one attempt (spark.yarn.maxAppAttempts=1)
+    assert _commits(rehearsal) == before, "a killed run must not publish"
+    # Its node leaves the cluster (as a node EMR scales in): the next driver runs on the other node, where the
+    # killed driver's process means nothing; only the ResourceManager can say it is gone.
+    gone_host = next(h for h in network.CORE if h.name == _on_core_node(step["app"]))
+    rehearsal.hadoop.stop_nodemanager(gone_host)
+    try:
+        after = _step(rehearsal, _console_args(rehearsal), "after-kill")
+    finally:
+        rehearsal.hadoop.start_nodemanager(gone_host)
+    assert (after["state"], after["app"]["finalStatus"]) == ("COMPLETED", "SUCCEEDED"), after["output"][
+        -4000:
+    ]
+    assert _on_core_node(after["app"]) != gone_host.name
+    driver = _driver_log(rehearsal, after["app"]["id"])
+    assert f"its YARN application {killed['app']} is FAILED" in driver, (
+        "the lease was not taken over through YARN"
+    )
+    assert len(_commits(rehearsal)) == len(before) + 1
+    manifest = _manifest(rehearsal)
     _reconciles(manifest)
     assert manifest["counts"]["newly_featurized"] == 4
 
 
-def test_two_steps_submitted_together_publish_exactly_one_commit(rehearsal: Rehearsal) -> None:
-    before = len(rehearsal.commits())
-    results: dict[str, tuple[int, str]] = {}
+def _is_application_master(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"org.apache.spark.deploy.yarn.ApplicationMaster" in handle.read()
+    except OSError:
+        return False
 
-    def submit(name: str) -> None:
-        results[name] = rehearsal.console_step(name)
 
-    threads = [threading.Thread(target=submit, args=(f"together-{i}",)) for i in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    codes = sorted(code for code, _ in results.values())
-    assert codes == [0, 2], {name: output[-1500:] for name, (_, output) in results.items()}
-    (refused,) = [output for code, output in results.values() if code == 2]
-    assert "output is in use" in refused
-    assert len(rehearsal.commits()) == before + 1
+# --- 7. two runs at once -----------------------------------------------------------------------------------
+
+
+def test_two_runs_started_together_publish_exactly_one_commit(rehearsal: Rehearsal) -> None:
+    """EMR runs one step at a time; two notebooks (or a step beside a notebook) do not wait for each other."""
+    before = len(_commits(rehearsal))
+    started = [rehearsal.start_step(_console_args(rehearsal), f"together-{i}") for i in (1, 2)]
+    codes = sorted(process.wait(timeout=STEP_TIMEOUT) for process, _ in started)
+    outputs = [log.read_text(errors="replace") for _, log in started]
+    assert codes[0] == 0 and codes[1] != 0, codes
+    apps = [rehearsal.hadoop.application(_application(output)) for output in outputs]
+    assert sorted(app["finalStatus"] for app in apps) == ["FAILED", "SUCCEEDED"]
+    (refused,) = [app for app in apps if app["finalStatus"] == "FAILED"]
+    assert "output is in use" in _driver_log(rehearsal, refused["id"])
+    assert len(_commits(rehearsal)) == before + 1
+
+
+# --- 8. the audit -----------------------------------------------------------------------------------------
 
 
 def test_every_s3_request_was_allowed_and_signed_for_the_stack_region(rehearsal: Rehearsal) -> None:
-    requests_of_role = [r for r in rehearsal.aws.audit() if r["access_key"] == rehearsal.role.access_key]
-    assert requests_of_role, "the audit saw no request of the instance role"
-    denied = [
-        f"{r['status']} {r['method']} {r['path']}?{r['query']}"
-        for r in requests_of_role
-        if r["status"] == 403
-    ]
-    assert not denied, "requests the instance role's policy denied:\n" + "\n".join(sorted(set(denied))[:40])
-    python_clients = [r for r in requests_of_role if "Boto3" in r["agent"] or "Botocore" in r["agent"]]
-    regions = {r["region"] for r in python_clients}
-    assert regions == {REGION}, f"boto3 requests were signed for {regions}, the stack's region is {REGION}"
+    requests = [r for r in rehearsal.aws.audit() if r["access_key"] == rehearsal.instance_role_key]
+    assert requests, "the audit saw no request of the instance role"
+    denied = sorted(
+        {f"{r['status']} {r['method']} {r['path']}?{r['query']}" for r in requests if r["status"] == 403}
+    )
+    assert not denied, "requests the instance role's policy denied:\n" + "\n".join(denied[:40])
+    regions = {r["region"] for r in requests if "Boto3" in r["agent"] or "Botocore" in r["agent"]}
+    assert regions == {rehearsal.deployment.region}, f"boto3 requests were signed for {regions}"
+    print(json.dumps(rehearsal.notes, indent=2))

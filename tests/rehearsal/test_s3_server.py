@@ -10,6 +10,7 @@ import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
 from botocore.auth import S3SigV4Auth
@@ -61,6 +62,35 @@ def _java_style_get(
     SignsUserAgent(BotoCredentials(who.access_key, who.secret_key), "s3", REGION).add_auth(request)
     headers = {**dict(request.headers.items()), "User-Agent": sent_agent}
     return requests.get(url, headers=headers, timeout=10)
+
+
+def _signed_get(aws: MotoAws, who: Credentials, key: str, region: str) -> requests.Response:
+    """A GET signed for ``region`` as any SDK signs it."""
+    url = f"{aws.endpoint}/{BUCKET}/{requests.utils.quote(key)}"
+    request = AWSRequest(method="GET", url=url)
+    S3SigV4Auth(BotoCredentials(who.access_key, who.secret_key), "s3", region).add_auth(request)
+    return requests.get(url, headers=dict(request.headers.items()), timeout=10)
+
+
+def test_a_request_signed_for_another_region_is_refused_as_s3_refuses_it(server) -> None:
+    aws, reader = server
+    refused = _signed_get(aws, reader, "images/Red Apple/a b.jpg", "us-east-1")
+    assert refused.status_code == 400 and refused.headers["x-amz-bucket-region"] == REGION
+    assert b"AuthorizationHeaderMalformed" in refused.content
+    assert f"the region 'us-east-1' is wrong; expecting '{REGION}'".encode() in refused.content
+    assert _signed_get(aws, reader, "images/Red Apple/a b.jpg", REGION).status_code == 200
+
+
+def test_boto3_without_the_region_pays_a_refused_request_that_the_audit_shows(server) -> None:
+    """botocore follows S3's answer (it re-signs for the region S3 names), as it does against S3 itself."""
+    aws, reader = server
+    client = boto3.client(
+        "s3", endpoint_url=aws.endpoint, region_name="us-east-1",
+        aws_access_key_id=reader.access_key, aws_secret_access_key=reader.secret_key,
+    )  # fmt: skip
+    assert client.get_object(Bucket=BUCKET, Key="images/Red Apple/a b.jpg")["Body"].read() == b"jpeg"
+    mine = [r for r in aws.audit() if r["access_key"] == reader.access_key]
+    assert [(r["status"], r["region"]) for r in mine[-2:]] == [(400, "us-east-1"), (200, REGION)]
 
 
 def test_a_request_that_signs_user_agent_is_accepted_with_a_key_that_has_spaces(server) -> None:

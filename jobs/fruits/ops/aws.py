@@ -12,7 +12,9 @@ What this module relies on (the contracts with the CDK stack, cdk/fruits_infra/s
 - `ClusterGeneration` (optional: stacks deployed before it lack it) is the `clusterGeneration` context value
   that the cluster was deployed with; a new value replaces the cluster;
 - `RedeployCommand` (optional, newer stacks) is the deploy that works once the cluster has terminated (the same
-  stage, the next generation), as the CDK app spells it.
+  stage, the next generation), as the CDK app spells it;
+- `AutorunClusterNamePrefix` (only with context autorun) begins the name of every transient cluster the autorun
+  state machine starts (cdk/fruits_infra/autorun.py): its steps are the job's steps too.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -44,6 +47,9 @@ ENDED_CLUSTER_STATES = frozenset({"TERMINATING", "TERMINATED", "TERMINATED_WITH_
 FINAL_STEP_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "INTERRUPTED"})
 FAILED_STEP_STATES = FINAL_STEP_STATES - {"COMPLETED"}
 
+AUTORUN_PREFIX_OUTPUT = "AutorunClusterNamePrefix"
+#: How far back the transient clusters of triggered runs are looked for.
+TRANSIENT_LOOKBACK = timedelta(days=14)
 GENERATION_OUTPUT = "ClusterGeneration"
 REDEPLOY_OUTPUT = "RedeployCommand"
 GENERATION_CONTEXT = "clusterGeneration"
@@ -204,17 +210,45 @@ def _steps(emr: EmrClient, cluster_id: str) -> Iterator[dict[str, Any]]:
         yield from page.get("Steps", [])
 
 
-def latest_job_step(emr: EmrClient, outputs: StackOutputs) -> dict[str, Any]:
-    """The newest step that runs our job script (`StepApplicationLocation`).
+def job_clusters(emr: EmrClient, outputs: StackOutputs, now: datetime | None = None) -> list[str]:
+    """Where the job's steps run: the stack's cluster, then (with autorun) the transient clusters its state machine
+    started within :data:`TRANSIENT_LOOKBACK`, as EMR lists them (newest first)."""
+    clusters = [outputs["ClusterId"]]
+    prefix = outputs.get(AUTORUN_PREFIX_OUTPUT)
+    if prefix:
+        after = (now or datetime.now(UTC)) - TRANSIENT_LOOKBACK
+        for page in emr.get_paginator("list_clusters").paginate(CreatedAfter=after):
+            clusters += [c["Id"] for c in page.get("Clusters", []) if c.get("Name", "").startswith(prefix)]
+    return clusters
 
-    Matched on the script in the arguments rather than on the step name, because `--name` may rename a run
-    and other teams' steps may share the cluster.
-    """
-    cluster_id, script = outputs["ClusterId"], outputs["StepApplicationLocation"]
-    for step in _steps(emr, cluster_id):
-        if script in step.get("Config", {}).get("Args", []):
-            return step
-    raise OpsError(f"no step of the Fruits job on cluster {cluster_id} yet (run `fruits submit`)")
+
+def find_job_step(emr: EmrClient, outputs: StackOutputs, step_id: str | None) -> tuple[str, dict[str, Any]]:
+    """(cluster, step): step ``step_id`` wherever it ran, or the newest step of the job on any of
+    :func:`job_clusters` (a triggered run's on its transient cluster too)."""
+    clusters = job_clusters(emr, outputs)
+    if step_id is not None:
+        for cluster_id in clusters:
+            try:
+                return cluster_id, describe_step(emr, cluster_id, step_id)
+            except OpsError:
+                continue
+        raise OpsError(
+            f"no step {step_id} on cluster {outputs['ClusterId']} nor on a triggered run's cluster"
+        )
+    script = outputs["StepApplicationLocation"]
+    newest: tuple[str, dict[str, Any]] | None = None
+    for cluster_id in clusters:
+        step = next(
+            (s for s in _steps(emr, cluster_id) if script in s.get("Config", {}).get("Args", [])), None
+        )
+        created = (step or {}).get("Status", {}).get("Timeline", {}).get("CreationDateTime")
+        if step and (newest is None or created > newest[1]["Status"]["Timeline"]["CreationDateTime"]):
+            newest = (cluster_id, step)
+    if newest is None:
+        raise OpsError(
+            f"no step of the Fruits job on cluster {outputs['ClusterId']} yet (run `fruits submit`)"
+        )
+    return newest
 
 
 def describe_step(emr: EmrClient, cluster_id: str, step_id: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from fruits.commits import DamagedCommit
 from fruits.ops import aws, identify, runs, smoke
 from fruits.ops.status import FAILED, step_report
 
@@ -161,16 +162,16 @@ def _print_logs(report: dict[str, Any]) -> None:
     if "stderr_uri" not in report:
         return  # a pending step has no logs yet
     print(f"step log  {report['stderr_uri']}  (spark-submit's report)")
-    if report.get("driver_stderr_uri"):
-        print(f"driver    {report['driver_stderr_uri']}")
+    if report.get("driver_log_uri"):
+        print(f"driver    {report['driver_log_uri']}")
     elif report.get("containers_uri"):
         print(f"driver    not uploaded yet; it will be under {report['containers_uri']}")
     else:
         print("driver    unknown until the step log, which names the YARN application, is uploaded")
     if "stderr_tail" in report:
         _print_tail("the step log", report["stderr_uri"], report["stderr_tail"])
-    if report.get("driver_stderr_uri") and "driver_stderr_tail" in report:
-        _print_tail("the driver log", report["driver_stderr_uri"], report["driver_stderr_tail"])
+    if report.get("driver_log_uri") and "driver_log_tail" in report:
+        _print_tail("the driver log", report["driver_log_uri"], report["driver_log_tail"])
 
 
 def print_status(report: dict[str, Any]) -> None:
@@ -183,7 +184,9 @@ def print_status(report: dict[str, Any]) -> None:
     print(f"state     {report['state']}" + (f"  ({times})" if times else ""))
     if report["state"] == "COMPLETED":
         commit = report.get("commit")
-        if not report.get("published"):
+        if report.get("commit_damaged"):
+            print(f"result    {report['commit_damaged']}")
+        elif not report.get("published"):
             why = "no commit yet" if commit is None else "the latest commit is older than the step"
             print(f"result    completed without publishing a run ({why}; see the driver log)")
         if commit is not None:
@@ -198,19 +201,41 @@ def print_status(report: dict[str, Any]) -> None:
         print(f"reason    {report.get('reason') or 'not given by EMR'}")
         if report.get("failure_log") and report["failure_log"] not in (
             report.get("stderr_uri"),
-            report.get("driver_stderr_uri"),
+            report.get("driver_log_uri"),
         ):
             print(f"log       {report['failure_log']}  (EMR's pick of the log with the cause)")
     _print_logs(report)
 
 
-def print_runs(commits: list[dict[str, Any]]) -> None:
-    """A table of commits, oldest first; `*` marks the current one."""
-    header = ("", "NUMBER", "RUN ID", "COMMITTED AT", *(k.upper() for k in COUNT_KEYS))
+def print_runs(commits: list[dict[str, Any] | DamagedCommit]) -> None:
+    """A table of commits, oldest first; `*` marks the current one, `damaged` one the job did not write. When any
+    run was triggered (autorun), a last column names what started each (the state machine's execution; `-` for
+    the others)."""
+    triggered = any(not isinstance(commit, DamagedCommit) and commit.get("trigger") for commit in commits)
+    header = (
+        "",
+        "NUMBER",
+        "RUN ID",
+        "COMMITTED AT",
+        *(k.upper() for k in COUNT_KEYS),
+        *(("TRIGGER",) if triggered else ()),
+    )
     rows = [header]
     for index, commit in enumerate(commits):
-        counts = commit.get("counts") or {}
         current = "*" if index == len(commits) - 1 else ""
+        if isinstance(commit, DamagedCommit):
+            rows.append(
+                (
+                    current,
+                    str(commit.number),
+                    "damaged",
+                    "",
+                    *("-" for _ in COUNT_KEYS),
+                    *(("-",) if triggered else ()),
+                )
+            )
+            continue
+        counts = commit.get("counts") or {}
         rows.append(
             (
                 current,
@@ -218,16 +243,24 @@ def print_runs(commits: list[dict[str, Any]]) -> None:
                 str(commit.get("run_id", "")),
                 str(commit.get("committed_at", "")),
                 *(str(counts.get(k, "-")) for k in COUNT_KEYS),
+                *((str(commit.get("trigger") or "-"),) if triggered else ()),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         # Text columns left-aligned, numbers right-aligned.
         cells = [
-            cell.ljust(w) if i < 4 else cell.rjust(w)
+            cell.ljust(w) if i < 4 or i == len(COUNT_KEYS) + 4 else cell.rjust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
+
+
+def _as_json(commit: dict[str, Any] | DamagedCommit) -> dict[str, Any]:
+    """A commit as `fruits runs --json` prints it; a damaged one as its number and what is wrong."""
+    if isinstance(commit, DamagedCommit):
+        return {"number": commit.number, "damaged": commit.problem, "uri": commit.uri}
+    return commit
 
 
 def _split_job_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -257,7 +290,13 @@ def _status(args: argparse.Namespace, outputs: aws.StackOutputs, clients: Client
             print(json.dumps(report, indent=2, default=str))
         else:
             print_status(report)
-    if ended:
+    if ended and outputs.get(aws.AUTORUN_PREFIX_OUTPUT):
+        # With autorun a stopped stack cluster is the usual state: triggered runs start their own.
+        print(
+            f"fruits: the stack's cluster {outputs['ClusterId']} is {state}; triggered runs start their own",
+            file=sys.stderr,
+        )
+    elif ended:
         raise aws.OpsError(aws.redeploy_advice(outputs, state))
     return EXIT_STEP_FAILED if report and report["outcome"] == FAILED else EXIT_OK
 
@@ -326,11 +365,16 @@ def run(args: argparse.Namespace, job_args: list[str] | None, clients: Clients) 
             print(f"run {commit['run_id']} has no {', '.join(download.missing)}", file=sys.stderr)
         return EXIT_OK
     if args.command == "runs":
-        commits = runs.list_commits(store)
+        commits = runs.scan_commits(store)
         if args.json:
-            print(json.dumps(commits, indent=2))
+            print(json.dumps([_as_json(commit) for commit in commits], indent=2))
         else:
             print_runs(commits)
+        for commit in commits:
+            if isinstance(commit, DamagedCommit):  # one line each, naming the object
+                current = commit is commits[-1]
+                fix = runs.DAMAGED_COMMIT_FIX if current else "earlier runs are listed; it names none of them"
+                print(f"fruits: {commit}; {fix}", file=sys.stderr)
         return EXIT_OK
     raise AssertionError(f"unhandled command {args.command}")  # argparse only lets known commands through
 

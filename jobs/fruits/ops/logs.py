@@ -5,10 +5,15 @@ printed: the application id and its state reports. The driver runs in the YARN a
 container logs EMR archives under the cluster's log URI::
 
     <LogUri><cluster-id>/steps/<step-id>/stderr.gz                            the spark-submit client
-    <LogUri><cluster-id>/containers/<application-id>/<container-id>/stderr.gz  each container, the driver's too
+    <LogUri><cluster-id>/containers/<application-id>/<container-id>/stdout.gz  the driver's Python: the job's log
+    <LogUri><cluster-id>/containers/<application-id>/<container-id>/stderr.gz  the driver's JVM: Spark's log
 
-The application master is the first container of its attempt (`container_..._<attempt>_000001`, YARN's
-numbering). EMR copies logs to S3 periodically, so a log may be missing for a few minutes after a step ends.
+The job's own output (its log and the one line it prints when it fails) is in the application master's
+**stdout**: Spark's PythonRunner starts the Python driver with its stderr merged into its stdout
+(``redirectErrorStream``), and YARN keeps a container's stdout apart from its stderr. The cloud rehearsal found
+this: the driver's stderr held Spark's log only. The application master is the first container of its attempt
+(`container_..._<attempt>_000001`, YARN's numbering). EMR copies logs to S3 periodically, so a log may be
+missing for a few minutes after a step ends.
 """
 
 from __future__ import annotations
@@ -79,8 +84,9 @@ def application_id(step_stderr: str) -> str | None:
     return match.group(1) if match else None
 
 
-def driver_stderr_uri(s3: S3Client, log_uri: str, cluster_id: str, application_id: str) -> str | None:
-    """The driver's stderr: the application master's container, of the last attempt; None until uploaded."""
+def driver_log_uri(s3: S3Client, log_uri: str, cluster_id: str, application_id: str) -> str | None:
+    """The driver's log (the job's output): the application master's stdout, of the last attempt; None until
+    uploaded."""
     bucket, prefix = split_s3_uri(containers_uri(log_uri, cluster_id, application_id))
     masters: list[tuple[int, str]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
@@ -91,7 +97,7 @@ def driver_stderr_uri(s3: S3Client, log_uri: str, cluster_id: str, application_i
                 masters.append((int(match.group(1)), container))
     if not masters:
         return None
-    return f"s3://{bucket}/{prefix}{max(masters)[1]}/stderr.gz"
+    return f"s3://{bucket}/{prefix}{max(masters)[1]}/stdout.gz"
 
 
 @dataclass(frozen=True)
@@ -102,18 +108,18 @@ class StepLogs:
     step_stderr: str | None
     application_id: str | None
     containers_uri: str | None
-    driver_stderr_uri: str | None
-    driver_stderr: str | None
+    driver_log_uri: str | None
+    driver_log: str | None
 
 
 def step_logs(s3: S3Client, log_uri: str, cluster_id: str, step_id: str) -> StepLogs:
-    """The step's stderr and, through the application id it names, the driver's stderr."""
+    """The step's stderr and, through the application id it names, the driver's log."""
     step_uri = step_stderr_uri(log_uri, cluster_id, step_id)
     step_text = read_log(s3, step_uri)
     app = application_id(step_text) if step_text else None
     folder = driver_uri = driver_text = None
     if app:
         folder = containers_uri(log_uri, cluster_id, app)
-        driver_uri = driver_stderr_uri(s3, log_uri, cluster_id, app)
+        driver_uri = driver_log_uri(s3, log_uri, cluster_id, app)
         driver_text = read_log(s3, driver_uri) if driver_uri else None
     return StepLogs(step_uri, step_text, app, folder, driver_uri, driver_text)

@@ -28,9 +28,29 @@ def no_commits(store: Store) -> OpsError:
     return OpsError(f"no commits yet under {store.uri_for()}/: no run of the job has completed and published")
 
 
+#: What to do about a damaged current commit, from the operator's side.
+DAMAGED_COMMIT_FIX = (
+    "publish a new run over it with `fruits submit -- --overwrite` (it is kept, and superseded), or fetch an "
+    "earlier run with `fruits results --run RUN_ID` (see `fruits runs`)"
+)
+
+
+def damaged(error: commits.DamagedCommit) -> OpsError:
+    """The one line for a damaged current commit: the object, what is wrong with it, and what to do."""
+    return OpsError(f"{error}; {DAMAGED_COMMIT_FIX}")
+
+
+def scan_commits(store: Store) -> list[dict[str, Any] | commits.DamagedCommit]:
+    """Every commit, oldest first, a damaged one as its `DamagedCommit`; `OpsError` when there is none."""
+    found = commits.scan_commits(store)
+    if not found:
+        raise no_commits(store)
+    return found
+
+
 def list_commits(store: Store) -> list[dict[str, Any]]:
-    """Every commit, oldest first; `OpsError` when there is none."""
-    found = commits.list_commits(store)
+    """Every readable commit, oldest first; `OpsError` when there is none."""
+    found = [commit for commit in scan_commits(store) if isinstance(commit, dict)]
     if not found:
         raise no_commits(store)
     return found
@@ -40,10 +60,14 @@ def find_commit(store: Store, run_id: str | None) -> dict[str, Any]:
     """The latest commit, or the one that published `run_id`.
 
     Only committed runs count: a run prefix without a commit is a run that died or is still writing, and its
-    files may be incomplete.
+    files may be incomplete. A damaged latest commit is an `OpsError` naming it (an older commit is not the
+    latest run); a damaged one in the history names no run and is skipped.
     """
     if run_id is None:
-        latest = commits.latest_commit(store)  # reads one commit object, not all of them
+        try:
+            latest = commits.latest_commit(store)  # reads one commit object, not all of them
+        except commits.DamagedCommit as error:
+            raise damaged(error) from None
         if latest is None:
             raise no_commits(store)
         return latest

@@ -154,13 +154,16 @@ class SmokeResult:
 
 def check_outputs(store: Store, expected: Expected) -> list[Check]:
     """The committed run under `store`: the manifest's counts and results.csv, against what was planted."""
-    commit = commits.latest_commit(store)
+    try:
+        commit = commits.latest_commit(store)
+    except commits.DamagedCommit as err:  # the job never writes one: a failed check, not a traceback
+        return [Check("commit", False, str(err))]
     if commit is None:
         return [Check("commit", False, f"no commit under {store.uri_for()}/: the step published no run")]
     checks = [Check("commit", True, f"run {commit['run_id']} committed as #{commit['number']}")]
     try:
         manifest = commits.read_run_manifest(store)
-    except NotFound as err:
+    except (NotFound, ValueError) as err:  # ValueError: a manifest that is not JSON
         return [*checks, Check("manifest", False, str(err))]
     counts = manifest.get("counts", {})
     found, featurized, rejected = (counts.get(name) for name in ("found", "featurized", "rejected"))
@@ -199,8 +202,8 @@ def _check_results_csv(store: Store, key: str, featurized: Any, expected: Expect
 
 def check_logs(found: logs.StepLogs) -> Check:
     """The driver's log is where status will look for it; not uploaded yet is a warning (EMR copies late)."""
-    if found.driver_stderr is not None:
-        return Check("logs", True, f"driver log {found.driver_stderr_uri}")
+    if found.driver_log is not None:
+        return Check("logs", True, f"driver log {found.driver_log_uri}")
     if found.application_id is None:
         where = found.step_stderr_uri
         return Check("logs", None, f"step log not uploaded yet (EMR copies logs periodically): {where}")
@@ -255,8 +258,8 @@ def run_smoke(
         final = aws.wait_for_step(emr, cluster_id, result.step_id, poll, sleep, timeout=timeout)
         result.state = final["Status"]["State"]
         found = logs.step_logs(s3, outputs["LogUri"], cluster_id, result.step_id)
-        result.log_uri = found.driver_stderr_uri or found.containers_uri or found.step_stderr_uri
-        text = found.driver_stderr if found.driver_stderr is not None else found.step_stderr
+        result.log_uri = found.driver_log_uri or found.containers_uri or found.step_stderr_uri
+        text = found.driver_log if found.driver_log is not None else found.step_stderr
         result.log_tail = logs.tail(text or "", LOG_LINES)
         if result.state not in aws.FINAL_STEP_STATES:
             cancelled = aws.cancel_step(emr, cluster_id, result.step_id)

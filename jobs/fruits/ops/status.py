@@ -30,12 +30,6 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def _find_step(emr: aws.EmrClient, outputs: aws.StackOutputs, step_id: str | None) -> dict[str, Any]:
-    if step_id is None:
-        return aws.latest_job_step(emr, outputs)
-    return aws.describe_step(emr, outputs["ClusterId"], step_id)
-
-
 def step_report(
     emr: aws.EmrClient,
     s3: aws.S3Client,
@@ -51,8 +45,9 @@ def step_report(
     Logs are looked up once the step has started: the step's stderr names the YARN application, whose
     application master container holds the driver's log.
     """
-    cluster_id = outputs["ClusterId"]
-    step = _find_step(emr, outputs, step_id)
+    cluster_id, step = aws.find_job_step(emr, outputs, step_id)
+    if cluster_id != outputs["ClusterId"]:  # a triggered run's transient cluster
+        cluster_state = aws.cluster_state(emr, cluster_id)
     status = step["Status"]
     state = status["State"]
     timeline = status.get("Timeline", {})
@@ -68,7 +63,11 @@ def step_report(
     }
     if state == "COMPLETED":
         store = runs.results_store(s3, outputs["ResultsUri"])
-        commit = commits.latest_commit(store)
+        try:
+            commit = commits.latest_commit(store)
+        except commits.DamagedCommit as error:
+            commit = None
+            report["commit_damaged"] = f"{error}; {runs.DAMAGED_COMMIT_FIX}"
         predates = commit is not None and runs.commit_predates(commit, timeline.get("StartDateTime"))
         report.update(
             commit=commit,
@@ -94,20 +93,20 @@ def step_report(
             stderr_uri=found.step_stderr_uri,
             application_id=found.application_id,
             containers_uri=found.containers_uri,
-            driver_stderr_uri=found.driver_stderr_uri,
+            driver_log_uri=found.driver_log_uri,
         )
         if explain:  # None: not uploaded (yet)
             report["stderr_tail"] = (
                 None if found.step_stderr is None else logs.tail(found.step_stderr, log_lines)
             )
-            report["driver_stderr_tail"] = (
-                None if found.driver_stderr is None else logs.tail(found.driver_stderr, log_lines)
+            report["driver_log_tail"] = (
+                None if found.driver_log is None else logs.tail(found.driver_log, log_lines)
             )
     record = None
     if state != "PENDING":
         record = run_record(s3, outputs, timeline, found.application_id if found else None)
     report["run_outcome"] = record.to_json() if record else None
-    report["outcome"], report["summary"] = judge(report, record, found.driver_stderr if found else None)
+    report["outcome"], report["summary"] = judge(report, record, found.driver_log if found else None)
     return report
 
 
@@ -157,6 +156,11 @@ def judge(report: dict[str, Any], record: outcomes.Outcome | None, driver_log: s
         return SUCCEEDED, "the cluster check passed: this cluster can run the job (nothing was committed)"
     if record.status == outcomes.NOTHING_TO_DO:
         return SUCCEEDED, f"nothing to featurize under {record.input}: no run committed"
+    if record.status == outcomes.UNCHANGED:
+        since = (record.details or {}).get("unchanged_since") or {}
+        return SUCCEEDED, (
+            f"nothing new since commit {since.get('number')} (run {since.get('run_id')}): no run committed"
+        )
     counts = record.counts or {}
     found = " = ".join(
         [
