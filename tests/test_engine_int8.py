@@ -198,14 +198,18 @@ def test_limit_keeps_the_key_and_a_sample_run_calibrates_on_the_whole_input(spar
 def test_an_input_that_cannot_calibrate_is_nothing_to_featurize_with_allow_empty(spark, tmp_path, capsys):
     source = tmp_path / "in"
     (source / "Kiwi").mkdir(parents=True)
-    (source / "Kiwi" / "0.jpg").write_bytes(b"not an image")
+    for name in ("0.jpg", "1.jpg"):
+        (source / "Kiwi" / name).write_bytes(b"not an image")
     output = tmp_path / "out"
     args = ["--input", str(source), "--output", str(output), *FAST_MODEL, "--engine", "litert-int8"]
     assert run(spark, parse_options([*args, "--allow-empty"])) is None
     assert not (output / "manifest.json").exists()
     assert main(args, spark) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line == f"featurize_pca: error: none of the 1 calibration images of {source} could be decoded"
+    assert line == (
+        f"featurize_pca: error: no image under {source} could be featurized: none of the 2 calibration images "
+        f"of {source} could be decoded"
+    )
 
 
 class HidesItsModelOnce(LocalStore):

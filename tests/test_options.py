@@ -217,6 +217,20 @@ def test_the_calibration_of_litert_int8_comes_from_any_layer_and_is_bounded(tmp_
         parse_options([], {"spark.fruits.calibrationImages": "0"}, BASE)
 
 
+def test_a_pinned_calibration_source_of_litert_int8_is_checked_before_spark(tmp_path, moto_s3):
+    (tmp_path / "in").mkdir()
+    run = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    missing = ["--calibration", str(tmp_path / "no-such-folder")]
+    with pytest.raises(UsageError, match=r"^--calibration: input not found: .*no-such-folder$"):
+        check_command_line([*run, "--engine", "litert-int8", *missing])
+    assert check_command_line([*run, *missing]) is True  # a float engine never reads it
+    empty = ["--calibration", moto_s3.uri("calibration")]
+    with pytest.raises(UsageError, match=r"^--calibration: input is empty: no files under s3://"):
+        check_command_line([*run, "--engine", "litert-int8", *empty])
+    moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="calibration/Kiwi/0.jpg", Body=b"x")
+    assert check_command_line([*run, "--engine", "litert-int8", *empty]) is True
+
+
 def test_the_readme_names_every_engine_of_the_one_list():
     from fruits.engines import ENGINES
 

@@ -887,10 +887,12 @@ def run(
             raise
         _nothing_to_featurize(options)
         return None
-    except calibration.NoCalibrationImages:
-        # Calibrating on the input: when none of its images can be read or decoded, none can be featurized.
-        if options.calibration or not options.allow_empty:
+    except calibration.NoCalibrationImages as error:
+        if options.calibration:
             raise
+        # Calibrating on the input: when none of its images can be read or decoded, none can be featurized.
+        if not options.allow_empty:
+            raise NothingFeaturized(f"no image under {options.input} could be featurized: {error}") from None
         _nothing_to_featurize(options)
         return None
 

@@ -22,7 +22,7 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from fruits.decoding import DEFAULT_MAX_PIXELS
-from fruits.engines import ENGINES
+from fruits.engines import CALIBRATED, ENGINES
 from fruits.layout import TRIGGER_PATTERN, default_feature_store
 from fruits.listing import DEFAULT_MAX_FILE_MB
 from fruits.models import MODELS, check_alpha, check_weights_source, get_spec
@@ -505,9 +505,9 @@ def valid_local_command(argv: Sequence[str]) -> bool:
 
 
 def check_locations(options: JobOptions, *, network: bool = True) -> None:
-    """Refuse, before Spark starts, an input that cannot be listed (:func:`fruits.listing.check_input`; on S3
-    one request when ``network``) and an output or feature store that cannot be written (:func:`check_output`):
-    one UsageError."""
+    """Refuse, before Spark starts, an input (and ``litert-int8``'s ``--calibration``) that cannot be listed
+    (:func:`fruits.listing.check_input`; on S3 one request when ``network``) and an output or feature store that
+    cannot be written (:func:`check_output`): one UsageError."""
     from fruits.listing import InputError, check_input
 
     try:
@@ -515,6 +515,11 @@ def check_locations(options: JobOptions, *, network: bool = True) -> None:
         check_input(options.input, allow_empty=options.allow_empty or options.check, network=network)
     except InputError as error:
         raise UsageError(str(error)) from None
+    if options.calibration and options.engine in CALIBRATED:
+        try:  # a pinned calibration source must hold images: its store's first int8 run calibrates on them
+            check_input(options.calibration, network=network)
+        except InputError as error:
+            raise UsageError(f"--calibration: {error}") from None
     check_output(options)
 
 
