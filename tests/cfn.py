@@ -49,6 +49,7 @@ class Deployment:
     spark_env: dict[str, str] = field(default_factory=dict)
     classifications: dict[str, dict[str, str]] = field(default_factory=dict)  # every one, by name
     core_instance_types: list[str] = field(default_factory=list)
+    cluster_name: str = ""
     bootstrap_actions: list[tuple[str, list[str]]] = field(default_factory=list)  # (script URI, args)
     steps: dict[str, list[str]] = field(default_factory=dict)  # step name -> HadoopJarStep args
     instance_role_statements: list[dict[str, Any]] = field(default_factory=list)
@@ -236,6 +237,7 @@ def load(cdk_out: Path, region: str) -> Deployment:
     for configuration in properties.get("Configurations", []):
         name = configuration["Classification"]
         deployment.classifications[name] = _classification(properties["Configurations"], name)
+    deployment.cluster_name = str(properties.get("Name", ""))
     instances = properties["Instances"]
     if "CoreInstanceGroup" in instances:
         deployment.core_instance_types = [instances["CoreInstanceGroup"]["InstanceType"]]

@@ -41,8 +41,9 @@ from tests.rehearsal.web import Downloads, make_certificates, trusted_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"  # not us-east-1: a client that falls back to us-east-1 is refused, as S3 refuses it
-# The shared weights file is Keras' ImageNet file for MobileNet alpha 0.25; the wheelhouse: no egress.
-CONTEXT = {"model": "mobilenet", "alpha": "0.25", "wheelhouse": "true"}
+# The shared weights file is Keras' ImageNet file for MobileNet alpha 0.25; the wheelhouse: no egress; autorun:
+# the state machine's step is rehearsed too (the cluster's template is the same with it on).
+CONTEXT = {"model": "mobilenet", "alpha": "0.25", "wheelhouse": "true", "autorun": "true"}
 STEP_TIMEOUT = 900
 WEIGHTS_HOST = "storage.googleapis.com"
 CORE_LABEL = "CORE"  # EMR's name for the core nodes' label
@@ -355,6 +356,7 @@ def _emr(rehearsal: Rehearsal) -> EmrService:
 
     return EmrService(
         cluster_id=rehearsal.outputs["ClusterId"],
+        cluster_name=rehearsal.deployment.cluster_name,
         log_uri=log_uri,
         start_step=rehearsal.start_step,
         container_logs=container_logs,

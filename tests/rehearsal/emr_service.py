@@ -9,7 +9,8 @@ FAILED otherwise; and the cluster copies the step's output and the YARN containe
 ``<LogUri><cluster-id>/containers/<application-id>/<container-id>/stderr.gz``.
 
 :class:`EmrService` does the same for the rehearsal's cluster, and answers the EMR API calls the operator CLI
-makes (AddJobFlowSteps, ListSteps, DescribeStep, CancelSteps, DescribeCluster, in the JSON protocol boto3 speaks:
+makes (AddJobFlowSteps, ListSteps, DescribeStep, CancelSteps, DescribeCluster, ListClusters, in the JSON protocol
+boto3 speaks:
 ``X-Amz-Target: ElasticMapReduce.<Operation>``), so ``fruits submit`` and ``fruits status`` run here against the
 real cluster's steps. Its requests are not authorized (the operators' IAM is not what the rehearsal checks).
 It pushes logs when a step ends, where EMR pushes them every few minutes.
@@ -86,6 +87,7 @@ class EmrService:
         self,
         *,
         cluster_id: str,
+        cluster_name: str,
         log_uri: str,
         start_step: Callable[[list[str], str], tuple[subprocess.Popen[bytes], Path]],
         container_logs: Callable[[str], list[tuple[str, str, Path]]],
@@ -93,6 +95,8 @@ class EmrService:
         address: str,
     ) -> None:
         self.cluster_id = cluster_id
+        self.cluster_name = cluster_name
+        self.created = time.time()
         self.log_uri = log_uri
         self._start_step = start_step
         self._container_logs = container_logs
@@ -129,6 +133,10 @@ class EmrService:
 
     def call(self, operation: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One API call: (HTTP status, answer)."""
+        if operation == "ListClusters":  # the one cluster (no filter but CreatedAfter is rehearsed)
+            after = float(body.get("CreatedAfter") or 0)
+            found = [] if after > self.created else [self._summary()]
+            return 200, {"Clusters": found}
         cluster = body.get("ClusterId") or body.get("JobFlowId")
         if cluster != self.cluster_id:
             return 400, {
@@ -136,10 +144,7 @@ class EmrService:
                 "Message": f"Cluster id '{cluster}' is not valid.",
             }
         if operation == "DescribeCluster":
-            busy = any(step.state in ("PENDING", "RUNNING") for step in self.steps)
-            return 200, {
-                "Cluster": {"Id": self.cluster_id, "Status": {"State": "RUNNING" if busy else "WAITING"}}
-            }
+            return 200, {"Cluster": self._summary()}
         if operation == "AddJobFlowSteps":
             return 200, {"StepIds": [self.add(step) for step in body["Steps"]]}
         if operation == "ListSteps":
@@ -158,6 +163,11 @@ class EmrService:
         if operation == "CancelSteps":
             return 200, {"CancelStepsInfoList": [self.cancel(step_id) for step_id in body["StepIds"]]}
         return 400, {"__type": "InvalidRequestException", "Message": f"{operation} is not rehearsed"}
+
+    def _summary(self) -> dict[str, Any]:
+        busy = any(step.state in ("PENDING", "RUNNING") for step in self.steps)
+        state = "RUNNING" if busy else "WAITING"
+        return {"Id": self.cluster_id, "Name": self.cluster_name, "Status": {"State": state}}
 
     def add(self, request: dict[str, Any]) -> str:
         """Queue a step (AddJobFlowSteps); its id."""

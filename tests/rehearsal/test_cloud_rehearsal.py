@@ -14,7 +14,9 @@ The tests run in file order, as the scenario of a first deploy and its first wee
    application FAILED, nothing is committed; its node leaves the cluster, and the next step's driver, on the
    other node, takes the output's lease over at once by asking the ResourceManager;
 7. two runs started together (as two notebooks or a second console step would): exactly one commits;
-8. the audit: every S3 request of the instance role was allowed, and every request of the job's boto3 client was
+8. the step the autorun state machine adds (read from its synthesized definition) after 10 % more images were
+   uploaded: only they are featurized; the same step again commits nothing (``unchanged``);
+9. the audit: every S3 request of the instance role was allowed, and every request of the job's boto3 client was
    signed for the stack's region.
 
 Every step's exit status is judged as EMR judges it (0: COMPLETED, else FAILED) and its YARN application's final
@@ -35,6 +37,7 @@ from typing import Any
 import pytest
 from fruits_infra.instances import DRIVER_HEAP_MB, DRIVER_OVERHEAD_MB
 
+from tests import cfn
 from tests.conftest import write_image
 from tests.rehearsal import network, node
 from tests.rehearsal.conftest import REPO, STEP_TIMEOUT, Rehearsal
@@ -366,7 +369,69 @@ def test_two_runs_started_together_publish_exactly_one_commit(rehearsal: Rehears
     assert len(_commits(rehearsal)) == before + 1
 
 
-# --- 8. the audit -----------------------------------------------------------------------------------------
+# --- 8. a triggered run ------------------------------------------------------------------------------------
+
+
+def _triggered_step_args(rehearsal: Rehearsal, execution: str) -> list[str]:
+    """The step the autorun state machine adds: its "Job arguments" state's States.Array, read from the
+    synthesized definition, with the execution's name where the definition takes ``$$.Execution.Name``."""
+    resolver = cfn.Resolver(rehearsal.workdir / "cdk.out", rehearsal.deployment.region)
+    ((stack, _, machine),) = resolver.resources("AWS::StepFunctions::StateMachine")
+    document = json.loads(resolver.resolve(stack, machine["Properties"]["DefinitionString"]))
+    expression = document["States"]["Job arguments"]["Parameters"]["args.$"]
+    return [execution if item == "$$.Execution.Name" else item for item in _states_array(expression)]
+
+
+def _states_array(expression: str) -> list[str]:
+    """The items of ``States.Array('a', 'b\\'c', $$.Execution.Name)``: quoted literals and bare paths."""
+    assert expression.startswith("States.Array(") and expression.endswith(")"), expression
+    body, items, i = expression[len("States.Array(") : -1], [], 0
+    while i < len(body):
+        if body[i] in ", ":
+            i += 1
+        elif body[i] == "'":
+            j, text = i + 1, []
+            while body[j] != "'":
+                text.append(body[j + 1] if body[j] == "\\" else body[j])
+                j += 2 if body[j] == "\\" else 1
+            items.append("".join(text))
+            i = j + 1
+        else:
+            j = body.find(",", i)
+            items.append(body[i : len(body) if j < 0 else j].strip())
+            i = len(body) if j < 0 else j
+    return items
+
+
+def test_a_triggered_run_featurizes_only_the_new_images_and_a_second_one_commits_nothing(
+    rehearsal: Rehearsal,
+) -> None:
+    before = _manifest(rehearsal)["counts"]
+    new_images = rehearsal.workdir / "tenth"
+    count = -(-before["featurized"] // 10)  # 10 % more images
+    for i in range(count):
+        write_image(new_images / "Training" / "Kiwi Rehearsal" / f"k{i}.jpg", (120, 160, 40), seed=500 + i)
+    rehearsal.aws.upload_folder(new_images, rehearsal.outputs["InputUri"])
+    commits_before = len(_commits(rehearsal))
+
+    step = _step(rehearsal, _triggered_step_args(rehearsal, "rehearsal-window-1"), "triggered")
+    assert (step["state"], step["app"]["finalStatus"]) == ("COMPLETED", "SUCCEEDED"), step["output"][-4000:]
+    manifest = _manifest(rehearsal)
+    _reconciles(manifest)
+    assert (
+        manifest["counts"]["newly_featurized"] == count
+        and manifest["counts"]["reused"] == before["featurized"]
+    )
+    record = json.loads(_read(rehearsal, "_triggered/rehearsal-window-1.json"))
+    assert record["status"] == "succeeded" and record["counts"] == manifest["counts"]
+
+    again = _step(rehearsal, _triggered_step_args(rehearsal, "rehearsal-window-2"), "triggered-again")
+    assert again["state"] == "COMPLETED", again["output"][-4000:]
+    assert len(_commits(rehearsal)) == commits_before + 1, "a run with nothing new commits nothing"
+    assert json.loads(_read(rehearsal, "_triggered/rehearsal-window-2.json"))["status"] == "unchanged"
+
+
+# --- 9. the audit -----------------------------------------------------------------------------------------
 
 
 def test_every_s3_request_was_allowed_and_signed_for_the_stack_region(rehearsal: Rehearsal) -> None:

@@ -95,7 +95,7 @@ def service(tmp_path: Path):
             return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT), log
 
     service = EmrService(
-        cluster_id="j-REHEARSAL", log_uri="s3://logs/emr/", start_step=start_step,
+        cluster_id="j-REHEARSAL", cluster_name="fruits-featurize-g1", log_uri="s3://logs/emr/", start_step=start_step,
         container_logs=lambda application: [], put_log=pushed.__setitem__, address="127.0.0.1",
     )  # fmt: skip
     yield service, pushed
@@ -128,6 +128,18 @@ def test_steps_run_one_at_a_time_and_their_state_is_their_exit_status(service) -
     listed = client.list_steps(ClusterId="j-REHEARSAL")["Steps"]
     assert [s["Id"] for s in listed] == list(reversed(ids))  # newest first, as EMR lists them
     assert b"application_1_0001" in gzip.decompress(pushed[f"j-REHEARSAL/steps/{ids[0]}/stderr.gz"])
+
+
+def test_the_cluster_is_listed_by_name_as_emr_lists_clusters(service) -> None:
+    emr_service, _ = service
+    client = _client(emr_service)
+    (cluster,) = client.list_clusters()["Clusters"]
+    assert (cluster["Id"], cluster["Name"], cluster["Status"]["State"]) == (
+        "j-REHEARSAL",
+        "fruits-featurize-g1",
+        "WAITING",
+    )
+    assert client.describe_cluster(ClusterId="j-REHEARSAL")["Cluster"]["Name"] == "fruits-featurize-g1"
 
 
 def test_another_cluster_is_refused_as_emr_refuses_it(service) -> None:
