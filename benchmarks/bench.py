@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmarks import alternatives, decode, incremental, job_runs, limit, realdata, report
 from benchmarks.common import ROOT, dataset, machine, read_images, run_child
+from fruits.engines import ENGINES
 
 SECTIONS = ("limit", "decode", "jobs", "alternatives", "incremental", "pca", "naive", "realdata")
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "realdata")
@@ -68,7 +69,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     add("--cache", default="out/bench-data", help="where generated image sets are kept")
     add("--out", default="out/bench", help="where runs, logs and bench.json go")
     add("--sizes", type=ints, default=[1000, 5000, 20000], help="N for the job runs")
-    add("--engines", type=words, default=["litert", "keras"])
+    add(
+        "--engines",
+        type=words,
+        default=list(ENGINES),
+        help=f"engines for the job runs, any of {', '.join(ENGINES)} (default: all)",
+    )
     add("--big-engines", type=words, default=[], help="engines for the largest N (default: --engines)")
     add(
         "--alt-venv",
@@ -114,6 +120,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    strange = {*args.engines, *args.big_engines, args.realdata_engine} - set(ENGINES)
+    if strange:
+        parser.error(f"unknown engine(s) {', '.join(sorted(strange))}; choose from {', '.join(ENGINES)}")
     args.sections = [s for s in (args.sections or DEFAULT_SECTIONS) if s not in args.skip]
     if args.quick:
         args.sizes, args.naive_count, args.pca_sizes, args.incremental_n = [1000], 128, [1000, 5000], 1100

@@ -19,6 +19,7 @@ if str(ROOT / "jobs") not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import make_dataset  # noqa: E402
+from fruits.engines import CALIBRATED  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -93,6 +94,14 @@ def timed_rate(work: Callable[[], object], items: int, repeats: int) -> dict[str
     }
 
 
+def calibration_folder(args: argparse.Namespace) -> Path | None:
+    """The folder every ``litert-int8`` run of the benchmark calibrates on: the sample the image sets are made
+    from (``--data``), else the real-data input; one folder for every N, so every int8 run, the limit and the
+    alternatives share one int8 model file."""
+    folder = getattr(args, "data", None) or getattr(args, "input", None)
+    return Path(folder).resolve() if folder else None
+
+
 def job_command(
     args: argparse.Namespace,
     engine: str,
@@ -128,6 +137,8 @@ def job_command(
         str(args.decode_size),
         "--overwrite",
     ]
+    if engine in CALIBRATED and calibration_folder(args):
+        command += ["--calibration", str(calibration_folder(args))]
     if getattr(args, "k", None):
         command += ["--k", str(args.k)]
     if limit:

@@ -10,8 +10,10 @@ start together at a barrier for each timed pass; a pass's rate is all images ove
 start to the last end.
 
 The model files come from :func:`export_models`, a fresh Python process calling the job's public functions
-``fruits.models.build_feature_model`` and ``fruits.engines.export``: the same bytes the job exports (TensorFlow's
-conversion is deterministic in a fresh process; the job-runs section checks the sha256 the job's workers ran).
+``fruits.models.build_feature_model`` and ``fruits.engines.export`` (and for ``litert-int8``
+``fruits.calibration.collect`` on the folder every int8 job run of the benchmark is given as ``--calibration``):
+the same bytes the job exports (TensorFlow's conversion is deterministic in a fresh process; the job-runs
+section checks the sha256 the job's workers ran).
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ import time
 from pathlib import Path
 
 from benchmarks import procwatch
-from benchmarks.common import ROOT, loadavg
-
-EXTENSIONS = {"litert": ".tflite", "keras": ".keras"}
-
+from benchmarks.common import ROOT, calibration_folder, loadavg
+from fruits.engines import RUNTIMES
 
 # --------------------------------------------------------------------------------------------- model files
 
@@ -54,6 +54,7 @@ def export_models(args: argparse.Namespace, engines: list[str], folder: Path) ->
                 "decode_size": args.decode_size,
                 "engines": engines,
                 "folder": str(folder),
+                "calibration": str(calibration_folder(args)) if calibration_folder(args) else None,
             }
         ),
     ]
@@ -61,6 +62,21 @@ def export_models(args: argparse.Namespace, engines: list[str], folder: Path) ->
     if done.returncode != 0:
         raise RuntimeError(f"model export failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _calibration_images(spec: dict) -> list | None:
+    """The int8 engine's calibration images, chosen and decoded by the job's own functions (the job's defaults
+    for their count and the file size limit), from the folder the int8 job runs are given."""
+    if not spec.get("calibration"):
+        return None
+    from fruits import calibration
+    from fruits.listing import list_input
+    from fruits.options import default
+
+    megabytes = default("max_file_mb")
+    listing = list_input(spec["calibration"], max_file_mb=megabytes)
+    chosen = calibration.collect(listing, default("calibration_images"), megabytes * 1024 * 1024)
+    return chosen.decoded(spec["decode_size"], default("max_pixels"))
 
 
 def _export(spec: dict) -> dict[str, dict[str, str]]:
@@ -73,12 +89,13 @@ def _export(spec: dict) -> dict[str, dict[str, str]]:
         alpha=spec["alpha"],
         weights=models.resolve_weights(spec["weights"]),
     )
+    images = _calibration_images(spec) if set(spec["engines"]) & set(engines.CALIBRATED) else None
     files = {}
     for engine in spec["engines"]:
-        exported = engines.export(model, engine, spec["folder"], f"{spec['model']}-export")
+        exported = engines.export(model, engine, spec["folder"], f"{spec['model']}-export", images)
         sha = models.sha256_file(exported)
-        # Named as the job names the file it ships: <model>-<sha256[:16]><extension>.
-        path = os.path.join(spec["folder"], f"{spec['model']}-{sha[:16]}{EXTENSIONS[engine]}")
+        # Named as the job names the file it ships: <name>-<sha256[:16]><extension>.
+        path = os.path.join(spec["folder"], f"{spec['model']}-{sha[:16]}{engines.extension(engine)}")
         os.replace(exported, path)
         files[engine] = {"path": path, "sha256": sha}
     return files
@@ -197,7 +214,7 @@ def shapes(engine: str, cores: int, batch: int) -> dict[str, dict[str, int]]:
     single = {"processes": 1, "threads": cores}
     per_core = {"processes": cores, "threads": 1}
     found = {f"1 proc x {cores} threads, batch {batch}": {**single, "batch": batch}}
-    if engine == "litert":
+    if RUNTIMES[engine] == "litert":
         found[f"1 proc x {cores} threads, batch 1"] = {**single, "batch": 1}
         # LiteRT with one thread invokes image by image whatever the batch (fruits.engines).
         found[f"{cores} procs x 1 thread, per image"] = {**per_core, "batch": batch}

@@ -230,7 +230,7 @@ def test_one_table_as_text_and_as_markdown(state):
     lines = text.splitlines()
     assert lines[0].startswith("machine: test CPU, 2 cores")
     assert lines[2].split()[:3] == ["section", "measurement", "N"]
-    assert sum(1 for line in lines if line.startswith("target")) == 7
+    assert sum(1 for line in lines if line.startswith("target")) == 8
     assert "MISS 1.17 (N=20,000)" in text and "PASS 0.71 (N=20,000)" in text
     assert "start-up + teardown 13.5 s" in text  # 70 - 56.5
     pool_row = next(line for line in lines if "multiprocessing.Pool script" in line)
@@ -260,6 +260,37 @@ def test_one_table_as_text_and_as_markdown(state):
     assert table[0] == "| section | measurement | N | s | img/s | x limit | notes |"
     assert all(line.count(" | ") == len(report.COLUMNS) - 1 for line in table if not line.startswith("|---"))
     assert len(table) == len(report.rows(state)) + 2
+
+
+def int8_run(run: dict, featurize: float) -> dict:
+    return {
+        **run,
+        "name": run["name"].replace("litert", "litert-int8"),
+        "engine": "litert-int8",
+        "timings_seconds": {**run["timings_seconds"], "featurize": featurize},
+    }
+
+
+def test_the_int8_engine_is_judged_against_float_in_the_same_run_and_on_its_own_limit(state):
+    state["limit"]["engines"]["litert-int8"] = {"shapes": {}, "best_shape": "", "best": 1000.0}
+    assert report.limit_rate(state) == 500.0  # the machine's limit stays the float engines' best
+    assert report.run_limit(state, "litert-int8") == 1000.0 and report.run_limit(state, "keras") == 500.0
+    target = f"litert-int8 featurize >= 1.7 x litert featurize at N={report.TARGET_N:,}"
+    assert {t.name: t for t in report.targets(state)}[target].status == "n/a"  # not run
+    state["jobs"].append(int8_run(state["jobs"][0], featurize=2.5))  # N = 2,500: 2.0x, but not at 20,000
+    found = {t.name: t for t in report.targets(state)}[target]
+    assert (found.status, found.value, found.where) == ("n/a", pytest.approx(2.0), "N=2,500, same run")
+    state["jobs"].append(int8_run(state["jobs"][1], featurize=30.0))  # N = 20,000: 45 / 30 = 1.5x
+    found = {t.name: t for t in report.targets(state)}[target]
+    assert (found.status, found.value) == ("MISS", pytest.approx(1.5))
+    state["jobs"][-1]["timings_seconds"]["featurize"] = 25.0  # 1.8x
+    assert {t.name: t for t in report.targets(state)}[target].status == "PASS"
+    # The featurize target of the float engine is untouched by the int8 runs.
+    assert {t.name: t for t in report.targets(state)}[
+        "featurize stage >= 0.85 x limit"
+    ].value == pytest.approx(20000 / 45 / 500)
+    int8_row = next(r for r in report.rows(state) if r[1] == "litert-int8: featurize stage" and r[2] == 20000)
+    assert int8_row[5] == "0.80" and "x its own limit (litert-int8)" in int8_row[6]  # 800 / 1000
 
 
 def test_a_failed_or_skipped_alternative_is_a_row_with_the_reason(state):
@@ -401,7 +432,12 @@ def test_command_line_sections_and_checks(monkeypatch):
     assert args.sections == list(bench.DEFAULT_SECTIONS) and "realdata" not in args.sections
     assert bench.job_plan(args) == [("litert", 2500)] and args.alt_sizes == [2500]
     args = bench.parse(["--data", "/d", "--sizes", "1000,5000", "--big-engines", "litert"])
-    assert bench.job_plan(args) == [("litert", 1000), ("keras", 1000), ("litert", 5000)]
+    assert bench.job_plan(args) == [
+        ("litert", 1000),
+        ("litert-int8", 1000),
+        ("keras", 1000),
+        ("litert", 5000),
+    ]
     assert bench.parse(["realdata", "--input", "/x"]).sections == ["realdata"]
     assert args.pairs == 3 and bench.parse(["--data", "/d", "--quick"]).pairs == 1
     assert bench.parse(["--data", "/d", "--quick", "--pairs", "2"]).pairs == 2  # given, not overridden
@@ -411,6 +447,7 @@ def test_command_line_sections_and_checks(monkeypatch):
         ["jobs"],
         ["--data", "/d", "--pairs", "0"],
         ["--quick", "--data", "/d", "--pairs", "0"],
+        ["--data", "/d", "--engines", "litert,onnx"],
     ):
         with pytest.raises(SystemExit):
             bench.parse(wrong)
@@ -494,6 +531,20 @@ def test_pool_script_on_generated_images_equals_the_engine_and_pca_of_the_job(tm
     write_job_csv(tmp_path / "job.csv", [str(p) for p in sorted(paths)], reference)
     result = compare.compare_files(tmp_path / "job.csv", tmp_path / "pool.csv", explained=explained)
     assert result["equal"], result
+
+
+def test_int8_job_runs_calibrate_on_one_folder_and_the_limit_exports_from_it(tmp_path, monkeypatch):
+    from benchmarks.common import calibration_folder, job_command
+
+    monkeypatch.delenv("FRUITS_DATA", raising=False)
+
+    args = bench.parse(["--data", str(tmp_path), "--sizes", "500"])
+    command = job_command(args, "litert-int8", tmp_path / "n500", tmp_path / "out")
+    assert command[command.index("--calibration") + 1] == str(tmp_path.resolve())
+    assert "--calibration" not in job_command(args, "litert", tmp_path / "n500", tmp_path / "out")
+    assert calibration_folder(bench.parse(["realdata", "--input", str(tmp_path)])) == tmp_path.resolve()
+    assert {s["processes"] for s in limit.shapes("litert-int8", 2, 64).values()} == {1, 2}
+    assert len(limit.shapes("litert-int8", 2, 64)) == 3  # the LiteRT shapes, per image included
 
 
 def test_the_limit_measures_only_the_engines_the_sections_run():

@@ -18,7 +18,7 @@ from scripts.notebooks import problems, strip
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "fruits_chain.ipynb"
-PARAMETERS = ("INPUT", "OUTPUT", "SAMPLE_SIZE", "RUN_JOB", "EXPLORE", "WEIGHTS", "FRUITS_ZIP")
+PARAMETERS = ("INPUT", "OUTPUT", "SAMPLE_SIZE", "RUN_JOB", "EXPLORE", "WEIGHTS", "ENGINE", "FRUITS_ZIP")
 
 
 def _cells(kind: str) -> list[dict]:

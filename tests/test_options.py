@@ -204,6 +204,42 @@ def test_an_output_in_a_read_only_folder_is_refused(shared_tmp):
         as_unprivileged(check_output, options)
 
 
+def test_the_calibration_of_litert_int8_comes_from_any_layer_and_is_bounded(tmp_path):
+    uri = _file(tmp_path, {**BASE, "engine": "litert-int8", "calibration": "s3://in/calibration/"})
+    options = parse_options(["--calibration-images", "50"], {DEFAULTS_CONF_KEY: uri})
+    assert (options.engine, options.calibration, options.calibration_images) == (
+        "litert-int8",
+        "s3://in/calibration/",
+        50,
+    )
+    assert parse_options([], {}, BASE).calibration == ""  # the input itself
+    with pytest.raises(UsageError, match=r"spark\.fruits\.calibrationImages: must be >= 1"):
+        parse_options([], {"spark.fruits.calibrationImages": "0"}, BASE)
+
+
+def test_a_pinned_calibration_source_of_litert_int8_is_checked_before_spark(tmp_path, moto_s3):
+    (tmp_path / "in").mkdir()
+    run = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
+    missing = ["--calibration", str(tmp_path / "no-such-folder")]
+    with pytest.raises(UsageError, match=r"^--calibration: input not found: .*no-such-folder$"):
+        check_command_line([*run, "--engine", "litert-int8", *missing])
+    assert check_command_line([*run, *missing]) is True  # a float engine never reads it
+    empty = ["--calibration", moto_s3.uri("calibration")]
+    with pytest.raises(UsageError, match=r"^--calibration: input is empty: no files under s3://"):
+        check_command_line([*run, "--engine", "litert-int8", *empty])
+    moto_s3.client.put_object(Bucket=moto_s3.bucket, Key="calibration/Kiwi/0.jpg", Body=b"x")
+    assert check_command_line([*run, "--engine", "litert-int8", *empty]) is True
+
+
+def test_the_readme_names_every_engine_of_the_one_list():
+    from fruits.engines import ENGINES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `--engine`")]
+    assert [engine for engine in ENGINES if f"`{engine}`" not in row] == []
+    assert "| `--calibration`" in readme and "| `--calibration-images`" in readme
+
+
 # --- one rule on every layer: unknown, misspelt, abbreviated and repeated options ------------------------
 
 

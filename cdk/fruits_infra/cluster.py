@@ -57,6 +57,7 @@ def job_defaults(
     }
     optional = {
         "alpha": config.alpha,
+        "calibration": config.calibration,
         "k": config.pca_k,
         "variance": config.pca_variance,
         "batch_size": config.batch_size,

@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "alpha": None,
     "imageSize": default("image_size"),
     "engine": default("engine"),
+    # litert-int8: an s3:// prefix whose images calibrate its model (the job's --calibration; default the input).
+    "calibration": None,
     "pcaK": None,
     "pcaVariance": None,
     "batchSize": None,
@@ -163,6 +165,7 @@ class FruitsConfig:
     alpha: float | None = DEFAULTS["alpha"]
     image_size: int = DEFAULTS["imageSize"]
     engine: str = DEFAULTS["engine"]
+    calibration: str | None = DEFAULTS["calibration"]
     pca_k: int | None = DEFAULTS["pcaK"]
     pca_variance: float | None = DEFAULTS["pcaVariance"]
     batch_size: int | None = DEFAULTS["batchSize"]
@@ -229,6 +232,10 @@ class FruitsConfig:
             )
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.calibration is not None and not _S3_URI.match(self.calibration):
+            raise ConfigError(
+                f"calibration must be an s3:// prefix (s3://bucket/prefix/) of images, got {self.calibration!r}"
+            )
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(sorted(MODELS))}, got {self.model!r}")
         if self.pca_variance is not None and not 0.0 < self.pca_variance <= 1.0:
@@ -346,6 +353,7 @@ class FruitsConfig:
             alpha=None if _optional_str(get("alpha")) is None else _parse_float("alpha", get("alpha")),
             image_size=_parse_int("imageSize", get("imageSize")),
             engine=str(get("engine")),
+            calibration=_optional_str(get("calibration")),
             pca_k=None if _optional_str(get("pcaK")) is None else _parse_int("pcaK", get("pcaK")),
             pca_variance=(
                 None

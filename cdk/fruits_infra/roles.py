@@ -204,6 +204,34 @@ class EmrRoles(Construct):
             )
         )
 
+    def authorize_read_prefix(self, sid: str, s3_uri: str, why: str) -> None:
+        """Read every object under ``s3://bucket/prefix/`` and list that prefix, nothing else of the bucket (the
+        int8 engine's calibration images: the job lists them with boto3's ListObjectsV2 and reads them with
+        GetObject, never through Hadoop). ListObjectsV2 needs ``s3:ListBucket`` on the bucket
+        (https://docs.aws.amazon.com/AmazonS3/latest/API/API_ListObjectsV2.html), which ``s3:prefix`` scopes to
+        the listed prefix (https://docs.aws.amazon.com/AmazonS3/latest/userguide/amazon-s3-policy-keys.html)."""
+        bucket, _, key = s3_uri.removeprefix("s3://").partition("/")
+        pattern = f"{_prefix_pattern(key)}*"
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid=sid, actions=_READ, resources=[f"arn:{Aws.PARTITION}:s3:::{bucket}/{pattern}"]
+            )
+        )
+        self.instance_role.add_to_policy(
+            iam.PolicyStatement(
+                sid=f"{sid}List",
+                actions=["s3:ListBucket"],
+                resources=[f"arn:{Aws.PARTITION}:s3:::{bucket}"],
+                conditions={"StringLike": {"s3:prefix": [_prefix_pattern(key), pattern]}},
+            )
+        )
+        acknowledge(
+            self.instance_role,
+            f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{bucket}/{pattern}]",
+            f"Scoped to the {_prefix_pattern(key)} key prefix, read only: {why}; the object keys under it are "
+            "whatever the platform team puts there.",
+        )
+
     def authorize_local_disk_key(self, key: kms.IKey) -> None:
         """Nodes encrypt their local disks with ``key``; EMR attaches encrypted EBS volumes with grants."""
         for sid, role in (("LocalDiskKey", self.instance_role), ("EbsKey", self.service_role)):

@@ -144,6 +144,12 @@ class FruitsEmrStack(Stack):
         self.roles.authorize_log_delivery(storage.logs_bucket, EMR_LOGS_PREFIX)
         if config.weights_uri:
             self.roles.authorize_read_object("ReadWeights", config.weights_uri)
+        if config.calibration:
+            self.roles.authorize_read_prefix(
+                "ReadCalibration",
+                config.calibration,
+                "litert-int8's calibration images (context calibration)",
+            )
 
         script_uri = artifacts.uri(SCRIPT_KEY, via=storage.artifacts_bucket)
         py_files_uri = artifacts.uri(PYFILES_KEY, via=storage.artifacts_bucket)

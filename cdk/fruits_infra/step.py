@@ -5,7 +5,8 @@ cluster (a new generation, a pin, model or Studio change). A production run ther
 deploys, whether or not anyone asked for it, and would hold the output's lease against the next console step. So
 the step runs the job with ``--check`` (fruits.cluster_check): the weights, the input's listing, writes to the
 output, the model prepared as a first run prepares it (kept in the feature store, so that run finds it ready) and
-a few synthetic images featurized on the executors; nothing is read from the input and nothing is committed.
+a few synthetic images featurized on the executors; nothing is committed, and nothing is read from the input
+but, for ``litert-int8`` on the input, the images its model is calibrated on when the store does not keep it yet.
 
 It runs in cluster mode like every other run, and waits for the application (spark-submit's default,
 ``spark.yarn.submit.waitAppCompletion=true``, https://spark.apache.org/docs/3.5.6/running-on-yarn.html), so its

@@ -10,7 +10,11 @@ input           the input can be listed (its files are counted, none is read)
 output          the output can be written: this run's outcome record is written there, with conditional
                 writes' support checked on a scratch object
 model           the feature model is prepared as a first run prepares it (built and converted on the driver,
-                kept in the feature store), so the first real run finds it ready
+                kept in the feature store under the run's own model key), so the first real run finds it ready;
+                for ``litert-int8`` that means calibrated as that run would be (reading only its calibration
+                images, when the store has no model for the key yet), or, when the calibration source is the
+                input and it holds no image yet, not prepared: the report says so, and the executors are checked
+                with the float model of the same runtime (the first run calibrates)
 executors       a few synthetic images are featurized on the executors with that model: their Python, its
                 packages and the shipped model work where the work runs
 ==============  ===========================================================================================
@@ -23,6 +27,9 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,10 +37,10 @@ import pandas as pd
 from PIL import Image
 from pyspark.sql import SparkSession
 
-from fruits import feature_store, layout, models
+from fruits import calibration, engines, feature_store, layout, model_export, models
 from fruits.featurize import featurize
 from fruits.linalg import unpack
-from fruits.listing import list_input
+from fruits.listing import Listing, list_input
 from fruits.model_export import prepare_model
 from fruits.options import JobOptions
 from fruits.storage import open_store
@@ -56,7 +63,10 @@ def synthetic_jpeg(index: int, size: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def _step(name: str, report: dict[str, Any], work: Any) -> Any:
+def _step(
+    name: str, report: dict[str, Any], work: Any, shown: Callable[[Any], Any] = lambda value: value
+) -> Any:
+    """``work()``'s value; ``shown(value)`` goes into the report and the log. CheckFailed naming the step."""
     try:
         value = work()
     except CheckFailed:
@@ -64,8 +74,8 @@ def _step(name: str, report: dict[str, Any], work: Any) -> Any:
     except Exception as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise CheckFailed(f"check failed at {name}: {first}") from error
-    report[name] = value
-    log.info("check: %s ok: %s", name, value)
+    report[name] = shown(value)
+    log.info("check: %s ok: %s", name, report[name])
     return value
 
 
@@ -80,21 +90,67 @@ def run_check(spark: SparkSession, options: JobOptions, run_id: str) -> dict[str
         ),
     )
     report["weights"] = {"kind": weights.kind, "path": weights.path, "sha256": weights.sha256}
-    _step(
+    found = _step(
         "input",
         report,
-        lambda: f"{len(list_input(options.input, max_file_mb=options.max_file_mb).entries)} files",
+        lambda: list_input(options.input, max_file_mb=options.max_file_mb),
+        lambda listing: f"{len(listing.entries)} files",
     )
     _step("output", report, lambda: _check_output(options, run_id))
-    store = open_store(options.store_uri)
-    key = feature_store.model_key_for(options, weights)
     folder = tempfile.mkdtemp(prefix="fruits-check-")
-    artifact, source = _step(
-        "model", report, lambda: prepare_model(spark, options, weights, store, key, folder)
+    artifact, _ = _step(
+        "model",
+        report,
+        lambda: _prepare(spark, options, weights, found, folder),
+        lambda prepared: prepared[1],
     )
-    report["model"] = {"engine": options.engine, "from": source, "features": artifact.feature_dim}
     _step("executors", report, lambda: _check_executors(spark, options, artifact))
     return report
+
+
+def _prepare(
+    spark: SparkSession,
+    options: JobOptions,
+    weights: models.Weights,
+    found: Listing,
+    folder: str,
+) -> tuple[engines.ModelArtifact, dict[str, Any]]:
+    """The model a real run with ``options`` would use, under its key (feature_store.model_key_for), and the
+    report's ``model`` entry, which says which model the executors are checked with."""
+    store = open_store(options.store_uri)
+    key = feature_store.model_key_for(options, weights)
+    calibrate = partial(calibration.choose, options, found) if options.engine in engines.CALIBRATED else None
+    try:
+        artifact, source = prepare_model(spark, options, weights, store, key, folder, calibrate)
+    except calibration.NoCalibrationImages as error:
+        if options.calibration:
+            raise
+        # A deploy before the first images: nothing to calibrate on yet, and that is no fault of the cluster.
+        float_engine = engines.uncalibrated(options.engine)
+        fallback = replace(options, engine=float_engine)
+        artifact, source = prepare_model(
+            spark, fallback, weights, store, feature_store.model_key_for(fallback, weights), folder
+        )
+        log.warning(
+            "check: %s not prepared (%s): executors checked with %s", options.engine, error, float_engine
+        )
+        return artifact, {
+            "engine": options.engine,
+            "from": f"not prepared: {error}; the first run with images calibrates it",
+            "model_key": key,
+            "checked_with": {"engine": float_engine, "from": source, "features": artifact.feature_dim},
+        }
+    return artifact, {
+        "engine": options.engine,
+        "from": source,
+        "features": artifact.feature_dim,
+        "model_key": key,
+        "calibration": (
+            model_export.calibration_of(model_export.kept_pointer(store, key, options.engine))
+            if calibrate
+            else None
+        ),
+    }
 
 
 def _check_output(options: JobOptions, run_id: str) -> str:

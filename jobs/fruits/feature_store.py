@@ -30,6 +30,8 @@ from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from fruits import calibration
+from fruits.engines import CALIBRATED
 from fruits.hadoop_paths import literal
 from fruits.layout import STORE_FORMAT as STORE_FORMAT  # the store's folder names: the layout owns them
 from fruits.layout import model_key as model_key
@@ -50,9 +52,16 @@ def weights_id(weights: Weights) -> str:
 
 
 def model_key_for(options: Any, weights: Weights) -> str:
-    """The model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``."""
+    """THE model key of a run with ``options`` (fruits.options.JobOptions) and resolved ``weights``: the job and
+    ``--check`` (:mod:`fruits.cluster_check`) both take it from here. The float engines share one; a calibrated
+    engine's (:data:`fruits.engines.CALIBRATED`) adds its quantization and its calibration's spec
+    (:func:`fruits.calibration.spec`: source and count, not the images), known before anything is read and
+    unchanged as the input grows."""
+    quantized = CALIBRATED.get(options.engine)
+    if quantized:
+        quantized += f"-{calibration.spec(options)}"
     return model_key(
-        options.model, options.alpha, options.image_size, options.decode_size, weights_id(weights)
+        options.model, options.alpha, options.image_size, options.decode_size, weights_id(weights), quantized
     )
 
 
@@ -104,10 +113,6 @@ def write_batch(frame: DataFrame, store: Store, key: str, run_id: str) -> str:
 
 #: Where damaged files are moved: inside the model's folder, outside every batch, hidden from Spark (a ``_``).
 SET_ASIDE_DIR = "_set_aside"
-
-
-class DamagedFeatures(RuntimeError):
-    """The stored vectors hold what no model makes (NaN or infinity): a damaged feature-store file."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,12 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -37,13 +37,16 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits import (
+    calibration,
     commits,
+    engines,
     failures,
     feature_store,
     fingerprint,
     identify,
     jvm_archive,
     layout,
+    linalg,
     manifest,
     model_export,
     models,
@@ -54,6 +57,7 @@ from fruits import (
     summaries,
     writing,
 )
+from fruits.calibration import Calibration
 from fruits.cluster_check import CheckFailed, run_check
 from fruits.faults import checkpoint
 from fruits.featurize import featurize, read_and_featurize
@@ -141,6 +145,8 @@ class RunContext:
     weights: models.Weights
     model_key: str
     threads: int
+    # litert-int8: chooses the images its model is calibrated on, when the feature store has none for its key yet
+    calibrate: Callable[[], Calibration] | None = None
 
     def key_for(self, name: str) -> str:
         """Key of ``name`` inside this run's prefix."""
@@ -155,6 +161,12 @@ class RunContext:
         )
         if not weights.pretrained:
             log.warning(manifest.RANDOM_WEIGHTS_WARNING)
+            if options.engine in engines.CALIBRATED:
+                log.warning(
+                    "%s with random weights: their activations lie far below int8's resolution, so the "
+                    "features are (nearly) all zero; good for timing only",
+                    options.engine,
+                )
         elif weights.kind == "imagenet":
             log.info("ImageNet weights: %s", weights.path or "not cached here, Keras downloads them")
         threads = options.threads or int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
@@ -171,22 +183,30 @@ class RunContext:
             threads=threads,
         )
 
+    def calibrating(self, found: Listing) -> RunContext:
+        """For a calibrated engine (``litert-int8``): this context with what chooses its calibration images, from
+        ``--calibration`` or else ``found`` (every file under the input, before ``--limit``), called only by a
+        store's first run with its key (:mod:`fruits.calibration`); for the others, this context as it is."""
+        if self.options.engine not in engines.CALIBRATED:
+            return self
+        return replace(self, calibrate=partial(calibration.choose, self.options, found))
+
 
 # --- extract -------------------------------------------------------------------------------------------
 
 
-def list_stage(ctx: RunContext) -> Listing:
-    """Every file under the input, judged from its name and size (``--limit``: the first N, in path order)."""
+def list_stage(ctx: RunContext) -> tuple[Listing, Listing]:
+    """Every file under the input, judged from its name and size, and those this run takes (``--limit``: the
+    first N, in path order); the first is what a calibrated engine calibrates from."""
     with ctx.timer.stage("list"):
         # An output or feature store inside the input: the job's own files are not listed (fruits.listing).
-        listing = list_input(
+        found = list_input(
             ctx.options.input,
             max_file_mb=ctx.options.max_file_mb,
             output=ctx.options.output,
             feature_store=ctx.options.store_uri,
         )
-        if ctx.options.limit:
-            listing.entries = listing.entries[: ctx.options.limit]
+        listing = replace(found, entries=found.entries[: ctx.options.limit]) if ctx.options.limit else found
     log.info(
         "input %s: %d files found, %d to read, %d rejected from the listing; %d hidden names skipped%s",
         ctx.options.input,
@@ -196,7 +216,7 @@ def list_stage(ctx: RunContext) -> Listing:
         listing.hidden,
         f", {listing.job_outputs} names of this job's own output skipped" if listing.job_outputs else "",
     )
-    return listing
+    return found, listing
 
 
 def formula_labels(listing: Listing) -> list[str]:
@@ -327,7 +347,7 @@ def featurize_stage(ctx: RunContext, catalog: Catalog, lease: Lease) -> Featuriz
     sc = spark.sparkContext
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibrate)
     partitions = task_count(todo_count, options.images_per_task, sc.defaultParallelism)
     with ctx.timer.stage("featurize", f"{todo_count} images"), report_progress(sc, "featurize", todo_count):
         checkpoint("featurize")
@@ -356,7 +376,7 @@ def read_and_featurize_stage(ctx: RunContext, listing: Listing, lease: Lease) ->
     images = len(listing.to_read)
     folder = tempfile.mkdtemp(prefix="fruits-model-")  # lives as long as the session uses the shipped file
     with ctx.timer.stage("prepare model", f"({options.model}, {options.engine})"):
-        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder)
+        artifact, source = prepare_model(spark, options, ctx.weights, store, key, folder, ctx.calibrate)
     sc = spark.sparkContext
     with (
         ctx.timer.stage("featurize", f"{images} images: read, decode, infer in one pass"),
@@ -424,8 +444,8 @@ def sums_stage(ctx: RunContext, rows: DataFrame, feature_dim: int) -> summaries.
     with ctx.timer.stage("PCA", "(pass of sums)"):
         checkpoint("pca")
         sums = summaries.summarize(rows, feature_dim)
-    if not np.isfinite(sums.total.total).all():
-        raise feature_store.DamagedFeatures("feature vectors hold NaN or infinity")
+    # _healed looks for the damaged file behind it; if none explains it, this line is the run's last.
+    linalg.require_finite("sum of the features (mean and covariance)", sums.total.total)
     return sums
 
 
@@ -916,12 +936,13 @@ def run(
     spark.conf.set(ARROW_ENABLED, "true")  # listings and samples via Arrow
     ctx = RunContext.start(spark, options, run_id)
 
-    listing = list_stage(ctx)  # extract (1): nothing is read yet
+    found, listing = list_stage(ctx)  # extract (1): nothing is read yet
     if not listing.entries:
         if options.allow_empty:
             _nothing_to_featurize(options)
             return None
         raise InputError(f"input is empty: no files under {options.input}")
+    ctx = ctx.calibrating(found)
     try:
         _enough_to_read(options, listing)
         with held_lease(ctx) as lease:
@@ -955,6 +976,14 @@ def run(
     except NothingFeaturized:
         if not options.allow_empty:
             raise
+        _nothing_to_featurize(options)
+        return None
+    except calibration.NoCalibrationImages as error:
+        if options.calibration:
+            raise
+        # Calibrating on the input: when none of its images can be read or decoded, none can be featurized.
+        if not options.allow_empty:
+            raise NothingFeaturized(f"no image under {options.input} could be featurized: {error}") from None
         _nothing_to_featurize(options)
         return None
 
@@ -1122,6 +1151,7 @@ def _extract_transform_load(
         formula_labels=formulas,
         feature_dim=reduced.feature_dim,
         model_source=featurized.model_source,
+        calibration=model_export.calibration_of(kept["model_file"]),  # the model's own record: any run's
         threads=ctx.threads,
         weights=ctx.weights,
         weights_sha=ctx.weights.sha256,

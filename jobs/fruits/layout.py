@@ -151,10 +151,21 @@ STORE_FORMAT = "f32-upright"
 _MODEL_KEY = re.compile(r"^[A-Za-z0-9._=-]+-a[0-9.]+-s\d+-d\d+-w[A-Za-z0-9._=-]+-" + STORE_FORMAT + "$")
 
 
-def model_key(model: str, alpha: float, image_size: int, decode_size: int, weights_id: str) -> str:
-    """The feature store's folder for the settings that decide a feature vector (the engine does not: they
-    agree)."""
-    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}-{STORE_FORMAT}"
+def model_key(
+    model: str,
+    alpha: float,
+    image_size: int,
+    decode_size: int,
+    weights_id: str,
+    quantized: str | None = None,
+) -> str:
+    """The feature store's folder for the settings that decide a feature vector.
+
+    The float engines (``litert``, ``keras``) agree, so they share one key. A quantized engine's features are its
+    own: ``quantized`` (e.g. ``int8-c<source>-n<count>``) goes into its key.
+    """
+    variant = f"-{quantized}" if quantized else ""
+    raw = f"{model}-a{alpha:g}-s{image_size}-d{decode_size}-w{weights_id}{variant}-{STORE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9._=-]", "_", raw)
 
 

@@ -71,6 +71,7 @@ def build(
     formula_labels: list[str],
     feature_dim: int,
     model_source: str | None,
+    calibration: dict[str, Any] | None,
     threads: int,
     weights: Weights,
     weights_sha: str | None,
@@ -112,6 +113,8 @@ def build(
             "batch_size": options.batch_size,
             "threads_per_task": threads,
             "prepared_from": model_source,  # local cache | feature store | built | None (nothing new to featurize)
+            # litert-int8: the images its int8 ranges were set on (source, split, count, id); None for float
+            "calibration": calibration,
         },
         "weights": {
             "source": weights.source,

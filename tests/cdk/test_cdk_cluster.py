@@ -10,6 +10,7 @@ from cdkapp import synthesize
 from fruits_infra.artifacts import wheelhouse_key
 
 from fruits import models
+from fruits.options import parse_options
 
 KERAS_HOME = "/opt/fruits/keras"
 PYTHON = "/usr/bin/python3.11"
@@ -251,6 +252,8 @@ def variant_app(tmp_path_factory):
         idleTimeoutSeconds=1800,
         releaseLabel="emr-7.12.0",
         osReleaseLabel="2023.6.20250203",
+        engine="litert-int8",
+        calibration="s3://my-calibration-bucket/fruits/calibration",
     )
 
 
@@ -317,6 +320,41 @@ def test_instance_role_reads_exactly_the_weights_and_certificate_objects(variant
         ":s3:::my-certs-bucket/emr/certs.zip",
         ":s3:::my-models-bucket/models/mobilenet_v2.h5",
     ]
+
+
+def test_a_pinned_calibration_is_the_job_default_and_the_nodes_read_and_list_only_that_prefix(
+    variant_app, variant
+):
+    defaults = variant_app.data_stack.job_defaults
+    options = parse_options([], {}, {**defaults, "weights": "imagenet"})  # its weights file is on the nodes
+    assert (options.engine, options.calibration) == (
+        "litert-int8",
+        "s3://my-calibration-bucket/fruits/calibration",
+    )
+    found = {}
+    for policy in variant.find_resources("AWS::IAM::Policy").values():
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if st.get("Sid", "").startswith("ReadCalibration"):
+                found[st["Sid"]] = (st["Action"], st["Resource"]["Fn::Join"][1][-1], st.get("Condition"))
+    assert found == {
+        "ReadCalibration": ("s3:GetObject", ":s3:::my-calibration-bucket/fruits/calibration/*", None),
+        "ReadCalibrationList": (
+            "s3:ListBucket",
+            ":s3:::my-calibration-bucket",
+            # The prefix the job's listing asks for (fruits.listing: the prefix and a trailing slash).
+            {"StringLike": {"s3:prefix": ["fruits/calibration/", "fruits/calibration/*"]}},
+        ),
+    }
+
+
+def test_without_a_pinned_calibration_no_other_bucket_is_readable(emr, full_app):
+    assert "calibration" not in full_app.data_stack.job_defaults
+    sids = {
+        st.get("Sid")
+        for policy in emr.find_resources("AWS::IAM::Policy").values()
+        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    assert not any(sid and sid.startswith("ReadCalibration") for sid in sids)
 
 
 def test_spot_task_group_in_instance_group_mode(tmp_path):

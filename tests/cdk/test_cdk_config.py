@@ -6,6 +6,7 @@ import pytest
 from aws_cdk import App
 from cdkapp import CDK_JSON
 from fruits_infra.config import DEFAULTS, ConfigError, FruitsConfig
+from fruits_infra.job_contract import ENGINES
 
 
 def test_cdk_json_documents_every_context_key_with_its_default():
@@ -36,6 +37,7 @@ def test_command_line_strings_are_parsed_to_the_default_types():
             "coreInstanceTypes": "m5.2xlarge,m6i.2xlarge",
             "pcaVariance": "0.95",
             "deployStep": "false",
+            "calibration": "s3://my-calibration/fruits/",
         }
     )
     config = FruitsConfig.from_context(app.node)
@@ -45,6 +47,7 @@ def test_command_line_strings_are_parsed_to_the_default_types():
     assert config.step_arguments == ("--k", "50")
     assert config.core_instance_types == ("m5.2xlarge", "m6i.2xlarge")
     assert config.pca_variance == pytest.approx(0.95)
+    assert config.calibration == "s3://my-calibration/fruits/" and FruitsConfig().calibration is None
 
 
 @pytest.mark.parametrize(
@@ -84,6 +87,8 @@ def test_command_line_strings_are_parsed_to_the_default_types():
         ({"weightsSha256": "ABC"}, "weightsSha256 must be 64 lower-case hex digits"),
         ({"pipIndexUrl": "http://pypi.internal/simple/"}, "pipIndexUrl must be an https:// URL"),
         ({"wheelhouse": "true", "pipIndexUrl": "https://pypi.internal/simple/"}, "not both"),
+        ({"calibration": "https://b/calibration/"}, "calibration must be an s3:// prefix"),
+        ({"calibration": "s3://b"}, "calibration must be an s3:// prefix"),
     ],
 )
 def test_bad_context_is_refused_with_the_key_named(context, message):
@@ -109,3 +114,13 @@ def test_stage_and_generation_name_the_stacks_and_the_cluster():
     dev = FruitsConfig.from_context(App(context={"stage": "dev", "clusterGeneration": "3"}).node)
     assert dev.stack_name("FruitsEmrStack") == "FruitsEmrStack-dev"
     assert dev.full_cluster_name == "fruits-featurize-dev-g3"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_engine_of_the_job_is_a_valid_engine_context(engine):
+    assert FruitsConfig.from_context(App(context={"engine": engine}).node).engine == engine
+
+
+def test_an_unknown_engine_is_refused_naming_the_job_engines():
+    with pytest.raises(ConfigError, match=f"engine must be one of {', '.join(ENGINES)}, got 'onnx'"):
+        FruitsConfig.from_context(App(context={"engine": "onnx"}).node)
