@@ -29,16 +29,32 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+# The CPU features that decide int8 against float32 speed: without an 8-bit dot product (x86 VNNI, ARM's
+# asimddp/i8mm) int8 convolutions run no faster than float32 ones (docs/benchmark.md, "The int8 engine").
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def simd_flags(cpuinfo: str) -> list[str]:
+    """The :data:`SIMD_FLAGS` this CPU has, from ``/proc/cpuinfo``'s first ``flags`` (x86) or ``Features`` line."""
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return [flag for flag in SIMD_FLAGS if flag in have]
+    return []
+
+
 def machine() -> dict[str, object]:
-    """CPU model, cores, memory, OS and Python of this machine."""
+    """CPU model and its int8-relevant SIMD features, cores, memory, OS and Python of this machine."""
     cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    for line in cpuinfo.splitlines():
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
     memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
     return {
         "cpu": cpu,
+        "simd": simd_flags(cpuinfo),
         "cores": os.cpu_count(),
         "memory_gib": round(memory_kb / 2**20, 1),
         "os": platform.platform(),

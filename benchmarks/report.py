@@ -617,8 +617,10 @@ def rows(report: dict) -> list[tuple]:
 
 def heading(report: dict) -> str:
     m = report["machine"]
+    # older reports have no "simd"
+    simd = f" ({' '.join(m['simd']) or 'no int8-relevant SIMD'})" if "simd" in m else ""
     return (
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; code {report.get('commit', '?')}; "
+        f"machine: {m['cpu']}{simd}, {m['cores']} cores, {m['memory_gib']} GiB; code {report.get('commit', '?')}; "
         f"model {report['model']} {report['alpha']} image {report['image_size']} decode {report['decode_size']} "
         f"batch {report['batch_size']} weights {report['weights']}; {report.get('started', '')}"
     )

@@ -595,3 +595,25 @@ def test_the_identify_benchmark_counts_right_answers_against_the_class_folders()
         ]
     }
     assert accuracy(document) == (1, 2)  # an unanswered photo is neither right nor wrong
+
+
+# ----------------------------------------------------------------------------------------------- machine
+
+
+def test_simd_flags_names_the_int8_relevant_features_of_x86_and_arm() -> None:
+    from benchmarks import common
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni\nprocessor\t: 1\nflags\t\t: fpu\n"
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm\n"
+    # the first CPU's line, in SIMD_FLAGS order
+    assert common.simd_flags(x86) == ["avx2", "avx512f", "avx512_vnni"]
+    assert common.simd_flags(arm) == ["asimddp", "i8mm"]
+    assert common.simd_flags("model name\t: unknown\n") == []
+
+
+def test_heading_shows_the_simd_features_and_reads_older_reports(state: dict) -> None:
+    assert report.heading(state).startswith("machine: test CPU, 2 cores")  # a report from before "simd"
+    state["machine"]["simd"] = ["avx2"]
+    assert report.heading(state).startswith("machine: test CPU (avx2), 2 cores")
+    state["machine"]["simd"] = []
+    assert "test CPU (no int8-relevant SIMD)" in report.heading(state)
