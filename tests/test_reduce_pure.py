@@ -46,3 +46,33 @@ def test_a_fit_from_non_finite_sums_fails_with_one_line_instead_of_committing_nu
     rows[2, 1] = bad
     with pytest.raises(NonFiniteStatistics, match=r"^the PCA's sum of the features .* is not finite"):
         principal_components(moments([rows], 3))
+
+
+def test_projecting_adds_every_component_and_the_beside_columns_in_one_frame():
+    import warnings
+
+    import pandas as pd
+
+    from fruits.linalg import pack, projecting
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    mean, components = x.mean(axis=0).astype(np.float64), rng.normal(size=(8, 300))
+    names = [f"pc_{i + 1}" for i in range(300)]
+    frame = pd.DataFrame({"path": [f"p{i}" for i in range(30)], "features": [pack(v) for v in x]})
+
+    def beside(frame, full, pcs):
+        return {"norm": np.linalg.norm(full, axis=1), "role": np.where(pcs[:, 0] > 0, "test", None)}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "error"
+        )  # 300 columns inserted one by one made pandas warn of a fragmented frame
+        (out,) = list(projecting(names, mean, components, keep_features=False, beside=beside)([frame]))
+    assert list(out.columns) == ["path", *names, "norm", "role"]
+    expected = (x.astype(np.float64) - mean) @ components
+    np.testing.assert_allclose(out[names].to_numpy(), expected)
+    np.testing.assert_allclose(out["norm"], np.linalg.norm(x.astype(np.float64), axis=1))
+    assert list(out["role"].isna()) == list(
+        expected[:, 0] <= 0
+    )  # a missing role stays missing (null in Arrow)
