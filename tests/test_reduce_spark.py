@@ -111,3 +111,22 @@ def test_partials_add_up_the_same_through_any_tree(spark, monkeypatch, at_once):
     np.testing.assert_allclose(total.total, expected.total, rtol=1e-12)
     np.testing.assert_allclose(total.gram, expected.gram, rtol=1e-12)
     assert summaries.add_up(frame.limit(0)) is None
+
+
+def test_a_large_projection_travels_as_a_broadcast_not_inside_each_task(spark):
+    from pyspark import cloudpickle
+
+    from fruits.linalg import projecting
+    from fruits.reduce import Projection, project, shipped_once
+
+    components = np.random.default_rng(0).normal(size=(256, 400))  # 800 KB of float64
+    mean = np.zeros(256)
+    big = projecting([f"pc_{i + 1}" for i in range(400)], mean, components, keep_features=False)
+    assert len(cloudpickle.dumps(big)) > 800_000
+    shipped = shipped_once(spark, big)
+    assert len(cloudpickle.dumps(shipped)) < 20_000  # what each task carries: the broadcast's handle
+
+    x = np.random.default_rng(1).normal(size=(50, 256)).astype(np.float32)
+    frame = spark.createDataFrame([(pack(row),) for row in x], "features binary")
+    out = project(Projection(mean, components), frame, keep_features=False).toPandas()
+    np.testing.assert_allclose(out.to_numpy(), x.astype(np.float64) @ components, rtol=1e-9, atol=1e-9)

@@ -15,11 +15,12 @@ is kept for choosing k and for the plot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pyspark import cloudpickle
 from pyspark.ml import PipelineModel
 from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCAModel, StandardScalerModel
@@ -184,7 +185,25 @@ def project(
     fields = [f for f in features.schema.fields if keep_features or f.name != "features"]
     more, more_fields = beside or (None, [])
     schema = StructType([*fields, *(StructField(name, DoubleType()) for name in names), *more_fields])
-    return features.mapInPandas(projecting(names, mean, components, keep_features, more), schema)
+    run = shipped_once(features.sparkSession, projecting(names, mean, components, keep_features, more))
+    return features.mapInPandas(run, schema)
+
+
+def shipped_once(
+    spark: SparkSession, function: Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]
+) -> Callable[[Iterable[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """``function`` for ``mapInPandas``, sent to each executor once as a broadcast instead of inside every task.
+
+    What the projection closes over is large: k x d components (7.6 MB at k = 745, d = 1,280) and the quality
+    report's classifiers (d x 5 x classes per fit, about 10 MB at 100 classes). Inside the closure it went with
+    every task, and Spark warned of each stage's "task of very large size".
+    """
+    payload = spark.sparkContext.broadcast(cloudpickle.dumps(function))
+
+    def run(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        return cloudpickle.loads(payload.value)(frames)
+
+    return run
 
 
 def loaded_k(model: PipelineModel) -> int:
