@@ -33,11 +33,13 @@ written by the job under ``_triggered/<execution name>.json`` (``--trigger``), t
 success and on failure alike (every failure is caught and routed through the clean-up). "Step Functions does not
 terminate an Amazon EMR cluster automatically if execution is stopped" (connect-emr, above): so the transient
 cluster also carries a short idle timeout (:data:`TRANSIENT_IDLE_TIMEOUT_SECONDS`), which ends it if the execution
-is stopped, times out or fails to terminate it.
+is stopped, times out or fails to terminate it; a cluster still up after every attempt fails the execution
+(``ClusterNotTerminated``, after the lock's release), so that the alarm says so even of a run that succeeded.
 
 **Bounded.** The job step: ``autorunTimeoutMinutes`` (``timeout`` around spark-submit, and the task's own
-timeout a little later); the cluster's start: :data:`CREATE_TIMEOUT`; its termination: :data:`TERMINATE_TIMEOUT`,
-three attempts; the whole execution: the sum plus margins (:func:`execution_timeout`).
+timeout a little later: past it, the run is reported failed, "Step timed out"); the cluster's start:
+:data:`CREATE_TIMEOUT`; its termination: :data:`TERMINATE_TIMEOUT`, three attempts; the whole execution: the sum
+plus margins (:func:`execution_timeout`).
 
 **Told.** Every run publishes its outcome record to the runs topic (status as a message attribute, for filter
 policies) and puts CloudWatch metrics (:data:`METRICS_NAMESPACE`): ``Runs`` by status, and for runs with counts
@@ -353,6 +355,19 @@ class FruitsAutorun(Construct):
             error="RunFailed",
             cause="The run failed: see the outcome published to the runs topic",
         )
+        # A transient cluster that outlived every attempt to end it: the outcome already published does not say
+        # so (it went out before the clean-up), so the execution fails with its own error and the alarm tells.
+        cluster_left = sfn.Fail(
+            self,
+            "Cluster not terminated",
+            error="ClusterNotTerminated",
+            cause=(
+                f"The transient cluster ({transient_name_prefix(config)}<execution name>) could not be terminated "
+                f"(terminateError in the execution's history): its {TRANSIENT_IDLE_TIMEOUT_SECONDS // 60}-minute "
+                "idle timeout should end it; check with `fruits status` or the EMR console"
+            ),
+        )
+        finish.when(sfn.Condition.is_present("$.terminateError"), cluster_left)
         finish.when(sfn.Condition.is_present("$.runError"), run_failed)
         finish.when(sfn.Condition.string_equals(_record("status"), "failed"), run_failed)
         finish.otherwise(sfn.Succeed(self, "Done"))
@@ -386,7 +401,8 @@ class FruitsAutorun(Construct):
             max_attempts=TERMINATE_ATTEMPTS - 1,
             backoff_rate=2,
         )
-        # Still up after every attempt: its idle timeout ends it; the execution goes on to release the lock.
+        # Still up after every attempt: its idle timeout ends it; the execution goes on to release the lock, then
+        # fails (ClusterNotTerminated) so that the alarm says so.
         terminate.add_catch(release, errors=["States.ALL"], result_path="$.terminateError")
         terminate.next(release)
 
@@ -538,6 +554,14 @@ class FruitsAutorun(Construct):
             ),
             result_path=sfn.JsonPath.DISCARD,
         )
+        # A step past its task's timeout is still running (or pending): whatever record it may write later, this
+        # run failed, and for a reason the operator must read as such (not "no outcome record").
+        timed_out = failed_record(
+            "Step timed out",
+            f"the job's step did not end within {config.autorun_timeout_minutes} minutes plus "
+            f"{int(STEP_GRACE.to_minutes())} of grace (States.Timeout): see the step's logs",
+        )
+        run_job.add_catch(timed_out, errors=["States.Timeout"], result_path="$.runError")
         # A failed step still has its record (the job wrote why): read it, report, clean up, then fail.
         run_job.add_catch(read_outcome, errors=["States.ALL"], result_path="$.runError")
         run_job.next(read_outcome)

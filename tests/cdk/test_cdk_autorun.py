@@ -286,7 +286,11 @@ def test_the_state_machine_waits_for_the_step_and_is_bounded(autorun_app):
     terminate = states["Terminate the transient cluster"]
     assert terminate["Retry"][0]["MaxAttempts"] == 2 and terminate["TimeoutSeconds"] == 1800
     # Every failure after the lock is taken goes through the clean-up: the job's, the cluster's start, the report's.
-    assert states["Run the job"]["Catch"][0]["Next"] == "Read the run's outcome"
+    # (States.ALL must come last: a timed-out step is caught as such first.)
+    assert [(c["ErrorEquals"], c["Next"]) for c in states["Run the job"]["Catch"]] == [
+        (["States.Timeout"], "Step timed out"),
+        (["States.ALL"], "Read the run's outcome"),
+    ]
     assert states["Start a transient cluster"]["Catch"][0]["Next"] == "Cluster did not start"
     assert states["Publish the outcome"]["Catch"][0]["Next"] == "A transient cluster to end?"
     args = states["Job arguments"]["Parameters"]["args.$"]
