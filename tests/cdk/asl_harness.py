@@ -10,6 +10,8 @@
   the APIs': botocore checks every parameter), and maps service errors to the names Step Functions gives them.
   ``addStep.sync`` adds the step on moto's EMR and then plays the job: it parses the step's arguments with the
   job's own option parser and writes the outcome record the scenario asks for, with the job's own code.
+  Failures are injected per integration (``failures``: the error an integration answers every time) or by the
+  play (``hung``: the step never ends, so the interpreter's own timeout of the task fires).
 - :func:`execute`: one execution through node and the interpreter; its status, output and the states entered.
 """
 
@@ -114,7 +116,8 @@ class TaskError(Exception):
 @dataclass
 class JobPlay:
     """What the job does when the state machine's step runs: ``status`` of its outcome record (``killed``: it
-    writes none and the step fails), and the record's counts and metrics."""
+    writes none and the step fails; ``hung``: it writes none and the step does not end until the server closes),
+    and the record's counts and metrics."""
 
     status: str = outcomes.SUCCEEDED
     counts: dict[str, int] | None = None
@@ -285,9 +288,13 @@ class Cloud:
 class TaskServer:
     """Performs the Task states the interpreter posts, on :class:`Cloud` (see the module's docstring)."""
 
-    def __init__(self, cloud: Cloud, play: JobPlay) -> None:
+    def __init__(self, cloud: Cloud, play: JobPlay, failures: dict[str, TaskError] | None = None) -> None:
         self.cloud, self.play = cloud, play
+        #: integration (``elasticmapreduce:terminateCluster.sync``) -> the error it answers on every call, which is
+        #: still recorded in :attr:`calls` (so retries can be counted); the service is not called.
+        self.failures = dict(failures or {})
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -302,11 +309,14 @@ class TaskServer:
                 ) as error:  # a harness or request bug: stop the execution, never catch it in ASL
                     answer = {"harness_error": f"{request['state']}: {type(error).__name__}: {error}"}
                 data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a task the interpreter timed out: nobody waits for its answer any more
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -326,12 +336,15 @@ class TaskServer:
         return found
 
     def close(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
     def perform(self, resource: str, params: dict[str, Any]) -> Any:
         integration = resource.split(":::", 1)[1]
         self.calls.append((integration, params))
+        if integration in self.failures:
+            raise self.failures[integration]
         handler = self._handlers().get(integration)
         if handler is None:
             raise AssertionError(f"the definition calls {integration}, which this harness does not perform")
@@ -385,6 +398,9 @@ class TaskServer:
         play.seen.append(options)
         if play.status == "killed":
             raise TaskError("States.TaskFailed", json.dumps({"Step": {"Status": {"State": "FAILED"}}}))
+        if play.status == "hung":  # still running when the interpreter gives up on the task
+            self.closing.wait(timeout=60)
+            raise TaskError("States.TaskFailed", "the server closed")
         now = datetime.now(UTC)
         code = 2 if play.status == outcomes.FAILED else 0
         record = outcomes.Outcome(

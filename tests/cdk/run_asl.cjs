@@ -75,7 +75,8 @@ async function main() {
     report = { status: "FAILED", error: cause.name || error.name, cause: cause.message || error.message };
   }
   await logging;
-  process.stdout.write(JSON.stringify({ ...report, states }) + "\n");
+  // Exit once told: a task the interpreter timed out still waits for its answer, and would keep node alive.
+  process.stdout.write(JSON.stringify({ ...report, states }) + "\n", () => process.exit(0));
 }
 
 main().catch((error) => {
