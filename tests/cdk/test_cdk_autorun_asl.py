@@ -8,7 +8,7 @@ import os
 import secrets
 
 import pytest
-from asl_harness import Cloud, JobPlay, TaskServer, definition, execute, interpreter_missing
+from asl_harness import Cloud, JobPlay, TaskError, TaskServer, definition, execute, interpreter_missing
 from cdkapp import REPO, synthesize
 
 from fruits import outcomes
@@ -32,15 +32,18 @@ def emr_template(tmp_path_factory):
 
 @pytest.fixture
 def run(emr_template, moto_server):
-    """``run(play, execution_input, prepare)``: a fresh cloud, the definition resolved on it, one execution."""
+    """``run(play, execution_input, prepare, failures=, edit=)``: a fresh cloud, the definition resolved on it
+    (then ``edit``-ed, to shorten a timeout), one execution with the tasks' ``failures`` injected."""
     servers = []
 
-    def go(play: JobPlay, execution_input: dict, prepare=lambda cloud: None):
+    def go(play: JobPlay, execution_input: dict, prepare=lambda cloud: None, failures=None, edit=None):
         cloud = Cloud(moto_server, emr_template)
         prepare(cloud)
-        server = TaskServer(cloud, play)
+        server = TaskServer(cloud, play, failures)
         servers.append(server)
         machine = definition(emr_template, cloud.names)
+        if edit is not None:
+            edit(machine)
         name = f"exec-{secrets.token_hex(4)}"
         result = execute(REPO, machine, server.url, execution_input, name)
         return cloud, server, result, name
@@ -199,3 +202,97 @@ def test_the_outcome_record_is_read_where_the_job_writes_it(run):
     assert (get["Bucket"], get["Key"]) == (cloud.buckets["results"], f"results/_triggered/{name}.json")
     record = json.loads(cloud.s3.get_object(Bucket=get["Bucket"], Key=get["Key"])["Body"].read())
     assert record["trigger"] == name and record["status"] == "succeeded"
+
+
+def _pending_on_a_stopped_cluster(cloud):
+    cloud.stop_shared_cluster()
+    cloud.upload(2)
+
+
+def test_a_transient_cluster_that_does_not_start_fails_the_execution_and_is_reported(run):
+    # What createCluster.sync ends with when EMR gives up on the cluster (a bootstrap action failed): the cluster
+    # ended itself (TERMINATED_WITH_ERRORS), so there is nothing to terminate.
+    bootstrap = TaskError(
+        "States.TaskFailed",
+        json.dumps(
+            {
+                "Cluster": {
+                    "Status": {
+                        "State": "TERMINATED_WITH_ERRORS",
+                        "StateChangeReason": {
+                            "Code": "BOOTSTRAP_FAILURE",
+                            "Message": "bootstrap action 1 failed",
+                        },
+                    }
+                }
+            }
+        ),
+    )
+    failures = {"elasticmapreduce:createCluster.sync": bootstrap}
+    cloud, server, result, _ = run(JobPlay(), {"trigger": "window"}, _pending_on_a_stopped_cluster, failures)
+    assert result["status"] == "FAILED" and result["error"] == "RunFailed", result  # the alarm counts it
+    assert "Cluster did not start" in result["states"]
+    integrations = _integrations(server)
+    assert integrations.count("elasticmapreduce:createCluster.sync") == 1  # not retried: each try is a start
+    assert "elasticmapreduce:addStep.sync" not in integrations
+    assert "elasticmapreduce:terminateCluster.sync" not in integrations  # no id, and EMR ended it
+    assert cloud.lock_holder() is None
+    # The purge came before the start (by design: the job lists what was uploaded before it): the uploads are no
+    # longer pending, the next window does nothing, and the operator the alarm told starts a run by hand.
+    assert cloud.pending() == 0
+    ((message, status),) = cloud.messages()
+    assert status == "failed" and "cluster did not start" in message["outcome"]["reason"]
+    assert message["cluster"] == {"id": "none", "transient": False}
+    assert server.metrics() == {"Runs": [(1, {"StateMachine": "fruits-autorun", "Status": "failed"})]}
+
+
+@pytest.mark.parametrize("job", [outcomes.SUCCEEDED, outcomes.FAILED])
+def test_a_transient_cluster_that_cannot_be_terminated_fails_the_execution_after_bounded_retries(run, job):
+    failures = {
+        "elasticmapreduce:terminateCluster.sync": TaskError(
+            "EMR.AmazonElasticMapReduceException", "ThrottlingException: Rate exceeded"
+        )
+    }
+    play = JobPlay(
+        job, COUNTS if job == outcomes.SUCCEEDED else None, METRICS if job == outcomes.SUCCEEDED else None
+    )
+    cloud, server, result, name = run(play, {"trigger": "schedule"}, _pending_on_a_stopped_cluster, failures)
+    # Not a silent success: the execution fails with its own error (the alarm fires), after the lock's release.
+    assert result["status"] == "FAILED" and result["error"] == "ClusterNotTerminated", result
+    assert "fruits-featurize-run-<execution name>" in result["cause"]
+    assert result["states"][-3:] == ["Release the run lock", "Did the run fail?", "Cluster not terminated"]
+    assert cloud.lock_holder() is None
+    terminations = [p for i, p in server.calls if i == "elasticmapreduce:terminateCluster.sync"]
+    transient = cloud.clusters()[f"fruits-featurize-run-{name}"]
+    assert terminations == [{"ClusterId": transient["Id"]}] * 3  # TERMINATE_ATTEMPTS, then it gives up
+    # Left up (the failures never reached EMR): its idle timeout is the backstop the cause names.
+    assert transient["Status"]["State"] not in ("TERMINATING", "TERMINATED")
+    (_, request) = next(call for call in server.calls if call[0] == "elasticmapreduce:createCluster.sync")
+    assert (
+        request["AutoTerminationPolicy"] == {"IdleTimeout": 900}
+        and "15-minute idle timeout" in result["cause"]
+    )
+    # The run's own outcome went out before the clean-up, as it was.
+    ((_message, status),) = cloud.messages()
+    assert status == job
+
+
+def test_a_step_past_its_time_budget_is_reported_timed_out_and_its_cluster_terminated(run):
+    stated = {}
+
+    def shorten(machine):
+        step = machine["States"]["Run the job"]
+        stated["timeout"] = step["TimeoutSeconds"]
+        step["TimeoutSeconds"] = 1  # the interpreter's own timeout fires, as Step Functions' would
+
+    cloud, server, result, name = run(
+        JobPlay("hung"), {"trigger": "window"}, _pending_on_a_stopped_cluster, edit=shorten
+    )
+    assert stated["timeout"] == (240 + 15) * 60  # autorunTimeoutMinutes' default plus the step's grace
+    assert result["status"] == "FAILED" and result["error"] == "RunFailed", result
+    assert "Step timed out" in result["states"] and "Read the run's outcome" not in result["states"]
+    assert cloud.clusters()[f"fruits-featurize-run-{name}"]["Status"]["State"] == "TERMINATED"
+    assert cloud.lock_holder() is None
+    ((message, status),) = cloud.messages()
+    assert status == "failed" and "did not end within 240 minutes" in message["outcome"]["reason"]
+    assert server.metrics() == {"Runs": [(1, {"StateMachine": "fruits-autorun", "Status": "failed"})]}
