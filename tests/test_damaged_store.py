@@ -37,7 +37,7 @@ from fruits.feature_store import (
 from fruits.job import main
 from fruits.linalg import pack
 from fruits.storage import Store, open_store
-from tests.job_faults import add_images, job_args
+from tests.job_faults import add_images, job_args, run_job_process
 
 WIDTH = 8
 KEY = "model-f32"
@@ -269,3 +269,76 @@ def test_a_failure_no_damaged_file_explains_is_raised_as_it_was(
     assert main(job_args(images, output, "--overwrite"), spark) == 1
     assert "the pass of sums broke" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not list(output.glob(f"feature_store/*/{SET_ASIDE_DIR}"))
+
+
+@pytest.mark.slow
+def test_the_job_sets_a_damaged_file_aside_on_s3_and_featurizes_its_images_again(
+    moto_s3, tmp_path, monkeypatch
+):
+    """The cluster's case: input, output and store on S3, read by Spark through S3A and set aside through the
+    job's boto3 client. A committed batch file cut short (S3A keeps no checksum file: Spark's read of it fails)
+    is set aside, its images featurized again to the same vectors, and the results are the undamaged run's."""
+    from tests.test_hostile_inputs import put_tree_on_s3, s3a_spark_home, s3a_submit_args
+
+    home = s3a_spark_home(monkeypatch)
+    env = {"PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url), "SPARK_HOME": str(home)}
+    client, bucket = moto_s3.client, moto_s3.bucket
+
+    def keys(prefix: str) -> list[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+    def read(key: str) -> bytes:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def run(name: str) -> str:
+        log = tmp_path / f"{name}.log"
+        args = job_args(moto_s3.uri("in"), moto_s3.uri("out"), "--overwrite")
+        assert run_job_process(args, log, master=None, env=env) == 0, log.read_text()[-3000:]
+        return log.read_text()
+
+    def results() -> pd.DataFrame:
+        return pd.read_csv(io.BytesIO(read("out/results.csv"))).sort_values("path", ignore_index=True)
+
+    add_images(tmp_path / "images", 8)
+    put_tree_on_s3(moto_s3, tmp_path / "images", "in")
+    run("healthy")
+    undamaged = results()
+    part = next(key for key in keys("out/feature_store/") if "/batch=" in key and "/part-" in key)
+    held = pq.read_table(io.BytesIO(read(part))).to_pandas()  # the images the damaged file held, and vectors
+    lost = len(held)
+    assert lost > 0 and not [key for key in keys("out/feature_store/") if key.endswith(".crc")]
+    data = read(part)
+    client.put_object(Bucket=bucket, Key=part, Body=data[: len(data) // 2])  # truncated
+
+    log = run("damaged")
+
+    damaged = f"s3://{bucket}/{part}"
+    warnings = [line for line in log.splitlines() if "set aside" in line]
+    assert len(warnings) == 1 and damaged in warnings[0], warnings
+    manifest = json.loads(read("out/manifest.json"))
+    assert manifest["feature_store"]["set_aside"] == 1
+    (moved,) = manifest["feature_store"]["set_aside_files"]
+    assert moved["file"] == damaged and moved["problem"].startswith("not a readable Parquet file")
+    model_key, batch, name = part.removeprefix("out/feature_store/").split("/")
+    aside = f"out/feature_store/{model_key}/{SET_ASIDE_DIR}/{batch}/{name}"
+    assert moved["now"] == f"s3://{bucket}/{aside}" and part not in keys("out/")
+    assert keys(f"out/feature_store/{model_key}/{SET_ASIDE_DIR}/") == [aside]  # kept, not deleted
+    counts = manifest["counts"]
+    assert counts["found"] == counts["featurized"] == 8 and counts["rejected"] == 0
+    assert counts["newly_featurized"] == lost and counts["reused"] == 8 - lost
+    assert counts["reused"] + counts["newly_featurized"] == counts["found"] - counts["rejected"]
+    # Featurized again to the very vectors the damaged file held, in a new batch of this run.
+    batches = [key for key in keys(f"out/feature_store/{model_key}/batch=") if key.endswith(".parquet")]
+    again = pd.concat(pq.read_table(io.BytesIO(read(key))).to_pandas() for key in batches if key != part)
+    again = again[again["id"].isin(held["id"])].drop_duplicates("id").set_index("id")
+    assert len(again) == lost
+    assert all(again.loc[row.id, "features"] == row.features for row in held.itertuples())
+    healed = results()
+    assert len(healed) == 8 and np.isfinite(healed[["pc_1", "pc_2"]].to_numpy()).all()
+    pd.testing.assert_frame_equal(healed, undamaged, check_exact=False, rtol=1e-4, atol=1e-5)
+
+    # Healed: every file of the store's committed batches now reads whole (what a next run would find).
+    store = open_store(moto_s3.uri("out/feature_store"))
+    files = data_files(store, model_key, feature_store.committed_batches(store, model_key))
+    assert len(files) > 1 and judge([inspect_key(store, key) for key in files], None) == []
