@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "jobs"))
+from benchmarks.common import image_files  # also puts the job's package on the path
 
 
 def sample_images(folder: Path, count: int, size: int) -> np.ndarray:
     """``count`` images under ``folder`` (every k-th of the sorted list), RGB uint8, resized to size x size."""
     from PIL import Image
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = image_files(folder)
     if not files:
         raise SystemExit(f"no images under {folder}")
     step = max(1, len(files) // count)

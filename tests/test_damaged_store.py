@@ -278,10 +278,9 @@ def test_the_job_sets_a_damaged_file_aside_on_s3_and_featurizes_its_images_again
     """The cluster's case: input, output and store on S3, read by Spark through S3A and set aside through the
     job's boto3 client. A committed batch file cut short (S3A keeps no checksum file: Spark's read of it fails)
     is set aside, its images featurized again to the same vectors, and the results are the undamaged run's."""
-    from tests.test_hostile_inputs import put_tree_on_s3, s3a_spark_home, s3a_submit_args
+    from tests.s3a_jobs import put_tree_on_s3, s3a_env, s3a_spark_home
 
-    home = s3a_spark_home(monkeypatch)
-    env = {"PYSPARK_SUBMIT_ARGS": s3a_submit_args(moto_s3.endpoint_url), "SPARK_HOME": str(home)}
+    env = s3a_env(moto_s3, s3a_spark_home(monkeypatch))
     client, bucket = moto_s3.client, moto_s3.bucket
 
     def keys(prefix: str) -> list[str]:
@@ -305,10 +304,10 @@ def test_the_job_sets_a_damaged_file_aside_on_s3_and_featurizes_its_images_again
     run("healthy")
     undamaged = results()
     part = next(key for key in keys("out/feature_store/") if "/batch=" in key and "/part-" in key)
-    held = pq.read_table(io.BytesIO(read(part))).to_pandas()  # the images the damaged file held, and vectors
+    data = read(part)
+    held = pq.read_table(io.BytesIO(data)).to_pandas()  # the images the damaged file held, and their vectors
     lost = len(held)
     assert lost > 0 and not [key for key in keys("out/feature_store/") if key.endswith(".crc")]
-    data = read(part)
     client.put_object(Bucket=bucket, Key=part, Body=data[: len(data) // 2])  # truncated
 
     log = run("damaged")
