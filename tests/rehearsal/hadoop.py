@@ -252,6 +252,12 @@ class Cluster:
         """The ResourceManager's report of one application (state, finalStatus, diagnostics, AM host...)."""
         return self._get(f"{self.rm_web}/ws/v1/cluster/apps/{application_id}")["app"]
 
+    def am_container(self, application_id: str, attempt: int = 1) -> str | None:
+        """The container the ResourceManager gave the application master of ``attempt`` (None before one)."""
+        return attempt_container(
+            self._get(f"{self.rm_web}/ws/v1/cluster/apps/{application_id}/appattempts"), attempt
+        )
+
     def applications(self) -> list[dict[str, Any]]:
         """Every application the ResourceManager knows, oldest first."""
         apps = (self._get(f"{self.rm_web}/ws/v1/cluster/apps").get("apps") or {}).get("app", [])
@@ -286,10 +292,14 @@ def container_log(nodes: Path, application_id: str, container_id: str, name: str
     return None
 
 
-def am_container_id(application_id: str, attempt: int = 1) -> str:
-    """The application master's container: the first container of the attempt (YARN's numbering)."""
-    _, cluster_ts, number = application_id.split("_")
-    return f"container_{cluster_ts}_{number}_{attempt:02d}_000001"
+def attempt_container(appattempts: dict[str, Any], attempt: int = 1) -> str | None:
+    """The application master's container of ``attempt``, from the ResourceManager's ``/appattempts`` answer
+    (None before it has one). Not derivable from the id: it is usually the attempt's first container
+    (``..._01_000001``), but a first allocation the scheduler takes back makes it the second."""
+    for found in (appattempts.get("appAttempts") or {}).get("appAttempt", []):
+        if int(found["id"]) == attempt:
+            return found.get("containerId") or None
+    return None
 
 
 def processes_in(folder: Path) -> list[int]:

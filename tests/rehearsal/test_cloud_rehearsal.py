@@ -41,7 +41,7 @@ from tests import cfn
 from tests.conftest import write_image
 from tests.rehearsal import network, node
 from tests.rehearsal.conftest import REPO, STEP_TIMEOUT, Rehearsal
-from tests.rehearsal.hadoop import PeakMemory, am_container_id, processes_in
+from tests.rehearsal.hadoop import PeakMemory, container_log, processes_in
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.slow]
 
@@ -89,7 +89,8 @@ def _running_apps(rehearsal: Rehearsal) -> list[str]:
 
 
 def _am_dirs(rehearsal: Rehearsal, application: str) -> list[Path]:
-    return rehearsal.container_dirs(application, am_container_id(application))
+    container = rehearsal.hadoop.am_container(application)
+    return rehearsal.container_dirs(application, container) if container else []
 
 
 def _console_args(rehearsal: Rehearsal, *extra: str) -> list[str]:
@@ -106,10 +107,9 @@ def _console_args(rehearsal: Rehearsal, *extra: str) -> list[str]:
 
 def _driver_log(rehearsal: Rehearsal, application: str, name: str = "stdout") -> str:
     """The driver's log as its node keeps it: stdout is the job's (Python's stderr merged in), stderr Spark's."""
-    paths = list(
-        (node.STATE / "nodes").glob(f"*/yarn/logs/{application}/{am_container_id(application)}/{name}")
-    )
-    return paths[0].read_text(errors="replace") if paths else ""
+    container = rehearsal.hadoop.am_container(application)
+    path = container and container_log(node.STATE / "nodes", application, container, name)
+    return path.read_text(errors="replace") if path else ""
 
 
 def _commits(rehearsal: Rehearsal) -> list[dict[str, Any]]:

@@ -50,11 +50,21 @@ def test_node_labels_give_the_queues_the_core_partition() -> None:
     assert queues["yarn.scheduler.capacity.root.default.accessible-node-labels.CORE.capacity"] == "100"
 
 
-def test_the_application_masters_container_is_the_first_of_its_attempt() -> None:
-    assert (
-        hadoop.am_container_id("application_1796617934302_0002") == "container_1796617934302_0002_01_000001"
-    )
-    assert hadoop.am_container_id("application_1_0003", attempt=2) == "container_1_0003_02_000001"
+def test_the_application_masters_container_is_the_one_the_resourcemanager_names() -> None:
+    # As the ResourceManager answered in a rehearsal: attempt 1's master ran in the attempt's second container.
+    answer = {
+        "appAttempts": {
+            "appAttempt": [
+                {"id": 1, "containerId": "container_1796654956106_0007_01_000002"},
+                {"id": 2, "containerId": "container_1796654956106_0007_02_000001"},
+            ]
+        }
+    }
+    assert hadoop.attempt_container(answer) == "container_1796654956106_0007_01_000002"
+    assert hadoop.attempt_container(answer, attempt=2) == "container_1796654956106_0007_02_000001"
+    assert hadoop.attempt_container(answer, attempt=3) is None
+    assert hadoop.attempt_container({"appAttempts": {"appAttempt": [{"id": 1}]}}) is None  # not allocated yet
+    assert hadoop.attempt_container({"appAttempts": None}) is None
 
 
 def test_node_folders_are_expanded_per_node_by_hadoop() -> None:
